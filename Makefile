@@ -1,0 +1,49 @@
+# churn-platform: `make demo` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+
+.PHONY: help install demo test check lint typecheck up down status bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+uv-bootstrap:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+install: uv-bootstrap  ## create .venv from uv.lock
+	$(UV) sync --frozen
+
+demo: install  ## start the embedded stack, generate the default world, print its summary
+	$(RUN) churn up
+	$(RUN) churn generate --replace
+	$(RUN) churn status
+
+test: install  ## run the tests against real PostgreSQL and Redis
+	$(RUN) pytest
+
+lint: install
+	$(RUN) ruff check src tests flows bench
+	$(RUN) ruff format --check src tests flows bench
+
+typecheck: install
+	$(RUN) mypy
+
+check: lint typecheck test  ## ruff, mypy and the tests
+
+up: install  ## start the local stack
+	$(RUN) churn up
+
+down: install  ## stop the local stack
+	$(RUN) churn down
+
+status: install  ## show the local stack
+	$(RUN) churn status
+
+bench: install  ## run the benchmarks under bench/
+	$(RUN) python bench/generate.py
+	$(RUN) python bench/ingest.py
+
+clean:  ## stop the stack and delete its data
+	-$(RUN) churn down
+	rm -rf .churn

@@ -1,0 +1,53 @@
+-- One row per load (a file ingested, or a synthetic world generated or advanced), so every row can be traced.
+CREATE TABLE IF NOT EXISTS raw.loads (
+    load_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind             text        NOT NULL CHECK (kind IN ('events', 'users', 'synthetic')),
+    source           text        NOT NULL,
+    source_sha256    text,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    rows_read        bigint      NOT NULL DEFAULT 0,
+    rows_loaded      bigint      NOT NULL DEFAULT 0,
+    rows_duplicate   bigint      NOT NULL DEFAULT 0,
+    rows_quarantined bigint      NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS raw.users (
+    user_id    text PRIMARY KEY CHECK (user_id <> ''),
+    signup_at  timestamptz,
+    plan       text,
+    plan_price double precision,
+    channel    text,
+    region     text,
+    load_id    bigint NOT NULL REFERENCES raw.loads (load_id)
+);
+
+-- event_key is the idempotency key: md5 of the source's event_id when it has one, else of the row's content
+-- (see churn_platform.data.ingest.EVENT_KEY_SQL). Loading the same event twice can never make two rows.
+CREATE TABLE IF NOT EXISTS raw.events (
+    event_key       uuid PRIMARY KEY,
+    user_id         text             NOT NULL CHECK (user_id <> ''),
+    event_type      text             NOT NULL,
+    event_timestamp timestamptz      NOT NULL,
+    value           double precision,
+    event_id        text,
+    load_id         bigint           NOT NULL
+);
+-- Feature snapshots read a user's events up to a time; labels scan forward from one.
+CREATE INDEX IF NOT EXISTS events_user_time_idx ON raw.events (user_id, event_timestamp);
+-- Incremental work ("events since the last snapshot") scans by time; events arrive roughly in time order.
+CREATE INDEX IF NOT EXISTS events_time_brin ON raw.events USING brin (event_timestamp);
+
+-- Rows that broke the contract, with where they came from and why; raw_record keeps every original value.
+CREATE TABLE IF NOT EXISTS raw.quarantine (
+    source_sha256  text        NOT NULL,
+    row_number     bigint      NOT NULL,
+    kind           text        NOT NULL CHECK (kind IN ('events', 'users')),
+    source         text        NOT NULL,
+    column_name    text        NOT NULL,
+    reason         text        NOT NULL,
+    raw_record     jsonb       NOT NULL,
+    load_id        bigint      NOT NULL REFERENCES raw.loads (load_id),
+    PRIMARY KEY (source_sha256, row_number)
+);
+CREATE INDEX IF NOT EXISTS quarantine_load_idx ON raw.quarantine (load_id);

@@ -1,0 +1,100 @@
+"""The platform database: connections, the schema under `infra/postgres/`, and table checksums."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from churn_platform import local_stack
+from churn_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Applied in this order; each file is idempotent (IF NOT EXISTS), so `churn db init` can run any number of times.
+SCHEMA_FILES = ("schemas.sql", "raw.sql", "synthetic.sql")
+
+# The tables whose content defines a world or a load, with the key that orders their checksum.
+CHECKSUM_TABLES: dict[str, tuple[str, ...]] = {
+    "raw.users": ("user_id",),
+    "raw.events": ("event_key",),
+    "raw.quarantine": ("source_sha256", "row_number"),
+    "synthetic.oracle_churn": ("user_id", "day"),
+}
+# Load bookkeeping (timestamps of when a load ran) is not content: left out of checksums.
+CHECKSUM_EXCLUDED_COLUMNS = frozenset({"load_id"})
+
+
+def schema_dir() -> Path:
+    """`infra/postgres/` in a source checkout, or the copy packaged with the wheel."""
+    packaged = resources.files("churn_platform") / "sql"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "infra" / "postgres"
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A psycopg connection to the platform database."""
+    return psycopg.connect(url, autocommit=autocommit)
+
+
+def platform_url(settings: Settings) -> str:
+    """The platform database URL, starting the embedded server when none is configured."""
+    return local_stack.database_url(settings)
+
+
+def init_schema(url: str) -> list[str]:
+    """Create the database if needed and apply every schema file in one transaction; return the files applied."""
+    local_stack.ensure_database(url)
+    folder = schema_dir()
+    with connect(url) as conn:
+        # Two processes initialising at once would race on CREATE ... IF NOT EXISTS; serialise them.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('churn_platform.init_schema'))")
+        for name in SCHEMA_FILES:
+            conn.execute((folder / name).read_text())  # type: ignore[arg-type]
+    log.info("schema applied from %s", folder)
+    return list(SCHEMA_FILES)
+
+
+@dataclass(frozen=True)
+class TableChecksum:
+    """Row count and an order-independent-of-storage md5 of a table's content."""
+
+    table: str
+    rows: int
+    md5: str
+
+
+def table_checksum(conn: psycopg.Connection, table: str, key: tuple[str, ...]) -> TableChecksum:
+    """md5 over the table's rows as text, in key order, leaving out load bookkeeping columns."""
+    schema, name = table.split(".")
+    columns = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (schema, name),
+        )
+        if row[0] not in CHECKSUM_EXCLUDED_COLUMNS
+    ]
+    query = sql.SQL(
+        "SELECT count(*), coalesce(md5(string_agg(row({cols})::text, E'\\n' ORDER BY {key})), md5(''))"
+        " FROM {table}"
+    ).format(
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        key=sql.SQL(", ").join(sql.Identifier(k) for k in key),
+        table=sql.Identifier(schema, name),
+    )
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return TableChecksum(table, int(row[0]), str(row[1]))
+
+
+def checksums(url: str) -> list[TableChecksum]:
+    """Checksums of every content table: equal checksums mean equal data."""
+    with connect(url) as conn:
+        return [table_checksum(conn, table, key) for table, key in CHECKSUM_TABLES.items()]

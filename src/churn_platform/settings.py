@@ -1,0 +1,91 @@
+"""The platform's one settings object: every URL, path and knob, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed configuration. Unset URLs mean "use the embedded local stack"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHURN_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL for the platform's own data; unset starts the embedded PostgreSQL.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for the online store; unset starts the embedded Redis.",
+    )
+    data_dir: Path = Field(
+        default=Path(".churn"),
+        description="Local folder for the embedded servers' data, PIDs and logs.",
+    )
+    embedded_database: str = Field(
+        default="churn", description="Database created inside the embedded PostgreSQL."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server (the tool's own variable).",
+    )
+    prefect_api_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREFECT_API_URL"),
+        description="Prefect API (the tool's own variable); unset runs flows on a temporary local server.",
+    )
+
+    # The churn definition: which events end a customer, and/or how long a silence counts as churn.
+    churn_event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("cancel",),
+        description="Event types that mark a churn (comma-separated in the environment).",
+    )
+    inactivity_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days without any event after which a user counts as churned (non-contractual businesses).",
+    )
+    label_horizon_days: int = Field(
+        default=30, ge=1, description="H: a snapshot is labelled churned if churn happens within (t, t + H]."
+    )
+
+    ingest_chunk_rows: int = Field(
+        default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."
+    )
+    stack_start_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long `churn up` waits for a component to become healthy."
+    )
+
+    @field_validator("churn_event_types", mode="before")
+    @classmethod
+    def _split_event_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _need_a_churn_definition(self) -> Settings:
+        if not self.churn_event_types and self.inactivity_days is None:
+            raise ValueError(
+                "CHURN_CHURN_EVENT_TYPES is empty and CHURN_INACTIVITY_DAYS is unset: "
+                "set at least one so churn is defined"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once on first use (never at import)."""
+    return Settings()

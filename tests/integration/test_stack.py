@@ -1,0 +1,83 @@
+"""The embedded stack: real PostgreSQL and Redis from pip-installed binaries, started and stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from churn_platform import local_stack
+from churn_platform.settings import Settings
+
+
+@pytest.mark.embedded
+def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
+    # Given no configured URLs
+    settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
+
+    # When the stack comes up
+    statuses = {s.name: s for s in local_stack.up(settings)}
+
+    # Then both servers are healthy, embedded, and answer real queries
+    try:
+        assert statuses["postgres"].healthy and statuses["postgres"].embedded
+        assert statuses["redis"].healthy and statuses["redis"].embedded
+        with psycopg.connect(local_stack.database_url(settings)) as conn:
+            row = conn.execute("SELECT current_database(), 1 + 1").fetchone()
+        assert row == (settings.embedded_database, 2)
+        client = redis.Redis.from_url(local_stack.redis_url(settings))
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        client.close()
+        # A second `up` reuses the running servers instead of starting more
+        assert local_stack.database_url(settings) == statuses["postgres"].url
+        assert local_stack.redis_url(settings) == statuses["redis"].url
+    finally:
+        stopped = local_stack.down(settings)
+
+    # And `down` stops both, after which status reports them down
+    assert sorted(stopped) == ["postgres", "redis"]
+    assert not any(s.healthy for s in local_stack.status(settings))
+
+
+@pytest.mark.embedded
+def test_embedded_redis_keeps_its_data_across_restart(data_dir: Path) -> None:
+    settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
+    component = local_stack.EmbeddedRedis(settings)
+    url = component.start()
+    try:
+        redis.Redis.from_url(url).set("survives", "restart")
+        component.stop()
+        url = component.start()
+        assert redis.Redis.from_url(url).get("survives") == b"restart"
+    finally:
+        component.stop()
+
+
+def test_configured_servers_start_nothing(stack_settings: Settings, tmp_path: Path) -> None:
+    # Given URLs of servers that are running
+    settings = Settings(
+        database_url=local_stack.database_url(stack_settings),
+        redis_url=local_stack.redis_url(stack_settings),
+        data_dir=tmp_path / "unused",
+    )
+    # Then the stack only checks them: healthy, external, and `down` stops nothing
+    statuses = local_stack.up(settings)
+    assert all(s.healthy and not s.embedded for s in statuses)
+    assert local_stack.down(settings) == []
+    assert not (tmp_path / "unused" / "postgres").exists()
+
+
+def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
+    settings = Settings(
+        database_url="postgresql://postgres@127.0.0.1:1/churn",
+        redis_url="redis://127.0.0.1:1/0",
+        data_dir=tmp_path,
+    )
+    statuses = {s.name: s for s in local_stack.status(settings)}
+    assert not statuses["postgres"].healthy and "unreachable" in statuses["postgres"].detail
+    assert not statuses["redis"].healthy
+    with pytest.raises(local_stack.StackError, match="127.0.0.1:1"):
+        local_stack.up(settings)
