@@ -22,9 +22,7 @@ from churn_platform.settings import Settings
 
 
 def _with_database(url: str, database: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = database
-    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+    return psycopg.conninfo.make_conninfo(url, dbname=database)
 
 
 @pytest.fixture(scope="session")

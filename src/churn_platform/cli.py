@@ -14,9 +14,7 @@ from rich.table import Table
 from churn_platform import db, local_stack
 from churn_platform.settings import Settings, get_settings
 
-app = typer.Typer(
-    help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True
-)
+app = typer.Typer(help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True)
 db_app = typer.Typer(help="The platform database.", no_args_is_help=True)
 world_app = typer.Typer(help="The synthetic world.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Load your own users and events (CSV or Parquet).", no_args_is_help=True)

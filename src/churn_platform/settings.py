@@ -33,9 +33,7 @@ class Settings(BaseSettings):
         default=Path(".churn"),
         description="Local folder for the embedded servers' data, PIDs and logs.",
     )
-    embedded_database: str = Field(
-        default="churn", description="Database created inside the embedded PostgreSQL."
-    )
+    embedded_database: str = Field(default="churn", description="Database created inside the embedded PostgreSQL.")
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),

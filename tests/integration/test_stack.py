@@ -79,5 +79,5 @@ def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
     statuses = {s.name: s for s in local_stack.status(settings)}
     assert not statuses["postgres"].healthy and "unreachable" in statuses["postgres"].detail
     assert not statuses["redis"].healthy
-    with pytest.raises(local_stack.StackError, match="127.0.0.1:1"):
+    with pytest.raises(local_stack.StackError, match=r"127\.0\.0\.1:1"):
         local_stack.up(settings)
