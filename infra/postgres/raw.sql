@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS raw.loads (
 );
 
 CREATE TABLE IF NOT EXISTS raw.users (
-    user_id    text PRIMARY KEY CHECK (user_id <> ''),
+    user_id    text COLLATE "C" PRIMARY KEY CHECK (user_id <> ''),
     signup_at  timestamptz,
     plan       text,
     plan_price double precision,
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS raw.users (
 -- (see churn_platform.data.ingest.EVENT_KEY_SQL). Loading the same event twice can never make two rows.
 CREATE TABLE IF NOT EXISTS raw.events (
     event_key       uuid PRIMARY KEY,
-    user_id         text             NOT NULL CHECK (user_id <> ''),
+    user_id         text COLLATE "C" NOT NULL CHECK (user_id <> ''),
     event_type      text             NOT NULL,
     event_timestamp timestamptz      NOT NULL,
     value           double precision,

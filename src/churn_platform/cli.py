@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from datetime import date
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churn_platform import db, local_stack
-from churn_platform.settings import Settings, get_settings
+from churn_platform.data import world
+from churn_platform.data.synthetic import WorldConfig
+from churn_platform.settings import get_settings
 
 app = typer.Typer(help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True)
 db_app = typer.Typer(help="The platform database.", no_args_is_help=True)
@@ -108,9 +110,84 @@ def db_checksum() -> None:
     console.print(table)
 
 
-def _settings() -> Settings:
-    return get_settings()
+# --- the synthetic world -------------------------------------------------------------------------------------------
 
 
-def _unused(_: date | Path | None) -> None:  # keeps imports used until the data commands land
-    return None
+def _days_progress(total: int, description: str) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("days"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _world_table(summary: world.WorldSummary) -> Table:
+    table = Table(title="synthetic world", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for what, value in world.summary_rows(summary):
+        table.add_row(what, value)
+    return table
+
+
+@app.command()
+def generate(
+    users: Annotated[int, typer.Option(min=1, help="Users at the start of the world.")] = 1_000,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 365,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = 7,
+    start: Annotated[str, typer.Option(help="First day of the world (YYYY-MM-DD).")] = "2025-01-01",
+    horizon: Annotated[int, typer.Option(min=1, help="Days ahead the oracle's churn probability covers.")] = 30,
+    drift_at: Annotated[
+        int | None, typer.Option("--drift-at", min=1, help="Day index from which the world drifts.")
+    ] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Discard the world or data already loaded.")] = False,
+) -> None:
+    """Simulate a subscription product and load its users and events into PostgreSQL."""
+    try:
+        config = WorldConfig(
+            users=users, days=days, seed=seed, start_date=date.fromisoformat(start), horizon_days=horizon,
+            drift_at=drift_at,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise _fail(f"--start: {exc}") from exc
+    url = db.platform_url(get_settings())
+    db.init_schema(url)
+    try:
+        world.check_can_generate(url, replace=replace)
+    except world.WorldExistsError as exc:
+        raise _fail(str(exc)) from exc
+    with _days_progress(days, "simulating") as progress:
+        task = progress.add_task("simulating", total=days)
+        try:
+            summary = world.generate_world(url, config, replace=replace, progress=lambda n: progress.advance(task, n))
+        except world.WorldExistsError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(_world_table(summary))
+
+
+@world_app.command("advance")
+def world_advance(days: Annotated[int, typer.Option(min=1, help="Days to add to the world.")] = 7) -> None:
+    """Continue the stored world by N days: new events, new users, realised churn."""
+    url = db.platform_url(get_settings())
+    with _days_progress(days, "advancing") as progress:
+        task = progress.add_task("advancing", total=days)
+        try:
+            summary = world.advance_world(url, days, progress=lambda n: progress.advance(task, n))
+        except world.NoWorldError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(_world_table(summary))
+
+
+@world_app.command("show")
+def world_show() -> None:
+    """Summarise the stored world."""
+    url = db.platform_url(get_settings())
+    stored = world.load_world(url)
+    if stored is None:
+        raise _fail("this database holds no synthetic world: run `churn generate` first")
+    config, _ = stored
+    console.print(_world_table(world.summarise(url, config, 0, 0, 0.0)))

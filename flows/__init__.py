@@ -1,0 +1,1 @@
+"""Prefect flows: thin compositions of churn_platform library calls."""

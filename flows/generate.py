@@ -1,0 +1,71 @@
+"""Prefect flows that create and continue the synthetic world (thin: the library does the work)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from churn_platform import db
+from churn_platform.data import world
+from churn_platform.data.synthetic import WorldConfig
+from churn_platform.settings import get_settings
+
+
+@task
+def platform_database() -> str:
+    """The platform database URL (the embedded server is started when none is configured), schema applied."""
+    url = db.platform_url(get_settings())
+    db.init_schema(url)
+    return url
+
+
+@task
+def generate(url: str, config: WorldConfig, replace: bool) -> world.WorldSummary:
+    return world.generate_world(url, config, replace=replace)
+
+
+@task
+def advance(url: str, days: int) -> world.WorldSummary:
+    return world.advance_world(url, days)
+
+
+@task
+def publish(summary: world.WorldSummary, key: str) -> None:
+    get_run_logger().info(
+        "%s events written in %.1f s; %s users; churn within %s days: %s",
+        f"{summary.events_written:,}", summary.seconds, f"{summary.users:,}", summary.config.horizon_days,
+        "-" if summary.positive_label_rate is None else f"{summary.positive_label_rate:.1%}",
+    )  # fmt: skip
+    create_markdown_artifact(key=key, markdown=world.summary_markdown(summary), description="synthetic world")
+
+
+@flow(name="generate-world")
+def generate_world_flow(
+    users: int = 1_000,
+    days: int = 365,
+    seed: int = 7,
+    start_date: date = date(2025, 1, 1),
+    drift_at: int | None = None,
+    replace: bool = False,
+) -> world.WorldSummary:
+    """Simulate a subscription product and load it into PostgreSQL."""
+    config = WorldConfig(users=users, days=days, seed=seed, start_date=start_date, drift_at=drift_at)
+    url = platform_database()
+    summary = generate(url, config, replace)
+    publish(summary, key="synthetic-world")
+    return summary
+
+
+@flow(name="advance-world")
+def advance_world_flow(days: int = 7) -> world.WorldSummary:
+    """Continue the stored world by `days` days."""
+    url = platform_database()
+    summary = advance(url, days)
+    publish(summary, key="synthetic-world")
+    return summary
+
+
+if __name__ == "__main__":
+    generate_world_flow()

@@ -1,0 +1,376 @@
+"""The synthetic world in PostgreSQL: generate it, continue it, summarise it.
+
+A world is written in one transaction (users, events, the oracle's probabilities, and the simulator state that
+`advance_world` continues from), so a crash leaves the database as it was. Events stream into binary COPY while
+the next days are simulated: the server parses one batch on one core while numpy builds the next on the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg.copy import QueuedLibpqWriter
+from psycopg.types.json import Jsonb
+
+from churn_platform import db
+from churn_platform.data import binary_copy, labels, synthetic
+from churn_platform.data.binary_copy import Field
+from churn_platform.data.synthetic import DayEvents, DayOracle, WorldConfig, WorldState
+
+log = logging.getLogger(__name__)
+
+USER_ID_DIGITS = 7
+# Events are flushed to COPY in batches of about this many rows (bounded memory for large worlds).
+EVENT_BATCH_ROWS = 400_000
+WORLD_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('churn_platform.world'))"
+
+COPY_EVENTS_SQL = (
+    "COPY raw.events (event_key, user_id, event_type, event_timestamp, value, event_id, load_id)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+COPY_ORACLE_SQL = "COPY synthetic.oracle_churn (user_id, day, horizon_days, p_churn) FROM STDIN (FORMAT BINARY)"
+COPY_USERS_SQL = "COPY raw.users (user_id, signup_at, plan, plan_price, channel, region, load_id) FROM STDIN"
+EXISTING_DATA_SQL = """
+SELECT (SELECT count(*) FROM synthetic.worlds), (SELECT count(*) FROM raw.users),
+       EXISTS (SELECT 1 FROM raw.events)
+"""
+# Replacing a world empties every table it fills, and the load history; identities restart so a replaced world
+# is indistinguishable from a fresh one.
+TRUNCATE_WORLD_SQL = """
+TRUNCATE raw.events, raw.users, raw.quarantine, raw.loads, synthetic.oracle_churn, synthetic.worlds
+RESTART IDENTITY
+"""
+INSERT_LOAD_SQL = "INSERT INTO raw.loads (kind, source) VALUES ('synthetic', %s) RETURNING load_id"
+FINISH_LOAD_SQL = """
+UPDATE raw.loads SET finished_at = now(), rows_read = %(rows)s, rows_loaded = %(rows)s WHERE load_id = %(load_id)s
+"""
+SAVE_WORLD_SQL = """
+INSERT INTO synthetic.worlds (world_id, seed, config, start_date, days_simulated, state, runtime, updated_at)
+VALUES (1, %(seed)s, %(config)s, %(start_date)s, %(days)s, %(state)s, %(runtime)s, now())
+ON CONFLICT (world_id) DO UPDATE SET days_simulated = EXCLUDED.days_simulated, state = EXCLUDED.state,
+    runtime = EXCLUDED.runtime, updated_at = EXCLUDED.updated_at
+"""
+LOAD_WORLD_SQL = "SELECT config, state, runtime FROM synthetic.worlds WHERE world_id = 1 FOR UPDATE"
+EVENT_COUNTS_SQL = "SELECT event_type, count(*) FROM raw.events GROUP BY event_type ORDER BY count(*) DESC"
+
+
+class WorldExistsError(RuntimeError):
+    """The database already holds a world or loaded data, and `replace` was not asked for."""
+
+
+class NoWorldError(RuntimeError):
+    """`advance` was asked for, but the database holds no synthetic world."""
+
+
+@dataclass(frozen=True)
+class WorldSummary:
+    """What `churn generate` and `churn world advance` print."""
+
+    config: WorldConfig
+    first_day: date
+    last_day: date
+    users: int
+    active_users: int
+    events_written: int
+    events_by_type: dict[str, int]
+    positive_label_rate: float | None
+    labelled_snapshots: int
+    oracle_rows_written: int
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events_written / self.seconds if self.seconds > 0 else float("nan")
+
+
+def user_ids(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
+    """User ids `u0000042` for user indices, as fixed-width bytes (vectorised: no string formatting per row)."""
+    if indices.size and int(indices.max()) >= 10**USER_ID_DIGITS:
+        raise ValueError(f"a synthetic world holds at most {10**USER_ID_DIGITS - 1:,} users")
+    digits = (indices[:, None] // 10 ** np.arange(USER_ID_DIGITS - 1, -1, -1)) % 10
+    chars = np.empty((indices.shape[0], USER_ID_DIGITS + 1), dtype=np.uint8)
+    chars[:, 0] = ord("u")
+    chars[:, 1:] = digits + ord("0")
+    return chars.view(f"S{USER_ID_DIGITS + 1}").ravel()
+
+
+def _world_namespace(seed: int) -> bytes:
+    """First 8 bytes of a synthetic event's key: the world's namespace (the last 8 are its sequence number)."""
+    return hashlib.md5(f"churn-platform synthetic world {seed}".encode()).digest()[:8]
+
+
+def _event_keys(namespace: bytes, seq: npt.NDArray[np.int64]) -> npt.NDArray[np.void]:
+    keys = np.empty((seq.shape[0], 16), dtype=np.uint8)
+    keys[:, :8] = np.frombuffer(namespace, dtype=np.uint8)
+    keys[:, 8:] = seq.astype(">u8").view(np.uint8).reshape(-1, 8)
+    return keys.view("V16").ravel()
+
+
+def encode_events(events: DayEvents, namespace: bytes, load_id: int) -> bytes:
+    """Binary COPY rows for raw.events, one fixed-width batch per event type."""
+    chunks = []
+    for code, name in enumerate(synthetic.EVENT_TYPES):
+        mask = events.event_code == code
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        type_bytes = name.encode()
+        columns = [
+            Field("event_key", "V16", _event_keys(namespace, events.seq[mask])),
+            Field("user_id", f"S{USER_ID_DIGITS + 1}", user_ids(events.user_index[mask])),
+            Field("event_type", f"S{len(type_bytes)}", np.full(n, type_bytes)),
+            Field("event_timestamp", ">i8", binary_copy.timestamptz(events.timestamp_us[mask])),
+            Field("value", ">f8", events.value[mask]) if name in synthetic.VALUED_EVENT_TYPES else Field("value", None),
+            Field("event_id", None),
+            Field("load_id", ">i8", np.full(n, load_id)),
+        ]
+        chunks.append(binary_copy.encode_rows(columns, n))
+    return b"".join(chunks)
+
+
+def encode_oracle(rows: list[DayOracle], config: WorldConfig) -> bytes:
+    """Binary COPY rows for synthetic.oracle_churn."""
+    if not rows:
+        return b""
+    users = np.concatenate([r.user_index for r in rows])
+    days = np.concatenate([np.full(r.user_index.shape[0], r.day, dtype=np.int64) for r in rows])
+    start = (np.datetime64(config.start_date, "D") - np.datetime64("1970-01-01", "D")).astype(np.int64)
+    p = np.concatenate([r.p_churn for r in rows])
+    columns = [
+        Field("user_id", f"S{USER_ID_DIGITS + 1}", user_ids(users)),
+        Field("day", ">i4", binary_copy.date_values(start + days)),
+        Field("horizon_days", ">i4", np.full(users.shape[0], config.horizon_days)),
+        Field("p_churn", ">f4", np.clip(p, 0.0, 1.0)),
+    ]
+    return binary_copy.encode_rows(columns, users.shape[0])
+
+
+def _write_users(cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64],
+                 load_id: int) -> None:  # fmt: skip
+    epoch = np.datetime64(config.start_date, "s")
+    signup = epoch + (state.signup_day[users] * synthetic.SECONDS_PER_DAY + state.signup_second[users]).astype(
+        "timedelta64[s]"
+    )
+    ids = user_ids(users)
+    with cur.copy(COPY_USERS_SQL) as copy:
+        for i, u in enumerate(users):
+            plan = int(state.initial_plan[u])  # the plan at signup; later changes are plan_* events
+            copy.write_row(
+                (
+                    ids[i].decode(),
+                    f"{signup[i]}+00:00",
+                    synthetic.PLANS[plan],
+                    float(synthetic.PLAN_PRICES[plan]),
+                    synthetic.CHANNELS[int(state.channel[u])],
+                    synthetic.REGIONS[int(state.region[u])],
+                    load_id,
+                )
+            )
+
+
+class _Progress:
+    def __init__(self, callback: Callable[[int], None] | None) -> None:
+        self.callback = callback
+
+    def __call__(self, days: int) -> None:
+        if self.callback is not None:
+            self.callback(days)
+
+
+def _simulate_into(
+    cur: psycopg.Cursor[Any],
+    config: WorldConfig,
+    state: WorldState,
+    days: int,
+    load_id: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, list[DayOracle], npt.NDArray[np.int64]]:
+    """Simulate `days` days, streaming events into COPY; return events written, oracle rows and new users."""
+    namespace = _world_namespace(config.seed)
+    report = _Progress(progress)
+    written = 0
+    oracle: list[DayOracle] = []
+    new_users: list[npt.NDArray[np.int64]] = []
+    pending: list[DayEvents] = []
+    pending_rows = 0
+    # A queued writer pushes bytes to the server from a worker thread, so simulation continues meanwhile.
+    with cur.copy(COPY_EVENTS_SQL, writer=QueuedLibpqWriter(cur)) as copy:
+        copy.write(binary_copy.HEADER)
+        for _ in range(days):
+            simulated = synthetic.simulate(config, state, 1)
+            pending.append(simulated.events)
+            pending_rows += len(simulated.events)
+            oracle.extend(simulated.oracle)
+            new_users.append(simulated.new_users)
+            if pending_rows >= EVENT_BATCH_ROWS:
+                copy.write(encode_events(DayEvents.concat(pending), namespace, load_id))
+                written += pending_rows
+                pending, pending_rows = [], 0
+            report(1)
+        if pending:
+            copy.write(encode_events(DayEvents.concat(pending), namespace, load_id))
+            written += pending_rows
+        copy.write(binary_copy.TRAILER)
+    return written, oracle, np.concatenate(new_users) if new_users else np.empty(0, dtype=np.int64)
+
+
+def _save_state(cur: psycopg.Cursor[Any], config: WorldConfig, state: WorldState) -> None:
+    cur.execute(
+        SAVE_WORLD_SQL,
+        {
+            "seed": config.seed,
+            "config": Jsonb(config.to_json()),
+            "start_date": config.start_date,
+            "days": state.day,
+            "state": state.to_bytes(),
+            "runtime": Jsonb(state.scalars()),
+        },
+    )
+
+
+def ensure_can_generate(cur: psycopg.Cursor[Any], *, replace: bool) -> None:
+    """Raise WorldExistsError if the database holds a world or loaded data and `replace` is not set."""
+    if replace:
+        return
+    worlds, users, has_events = cur.execute(EXISTING_DATA_SQL).fetchone() or (0, 0, False)
+    if worlds or users or has_events:
+        what = "a synthetic world" if worlds else "loaded data"
+        raise WorldExistsError(
+            f"the database already holds {what} ({users:,} users{' and their events' if has_events else ''});"
+            " pass --replace to discard it"
+        )
+
+
+def check_can_generate(url: str, *, replace: bool) -> None:
+    """`ensure_can_generate` on its own connection: lets a caller refuse before it shows any progress."""
+    with db.connect(url) as conn, conn.cursor() as cur:
+        ensure_can_generate(cur, replace=replace)
+
+
+def generate_world(
+    url: str, config: WorldConfig, *, replace: bool = False, progress: Callable[[int], None] | None = None
+) -> WorldSummary:
+    """Simulate a new world of `config.days` days and load it, in one transaction.
+
+    Refuses (WorldExistsError) when the database already holds a world or loaded users/events, unless `replace`.
+    """
+    started = time.perf_counter()
+    with db.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(WORLD_LOCK_SQL)
+        ensure_can_generate(cur, replace=replace)
+        if replace:
+            cur.execute(TRUNCATE_WORLD_SQL)
+        state = synthetic.new_world(config)
+        load_id = _load_id(cur, f"synthetic world: seed={config.seed} users={config.users} days={config.days}")
+        # The events table is empty here: load it without indexes and build them once at the end.
+        with db.indexes_deferred(cur, "raw.events"):
+            written, oracle, _ = _simulate_into(cur, config, state, config.days, load_id, progress)
+        _write_all_users(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
+        cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
+        _save_state(cur, config, state)
+    return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
+
+
+def _write_all_users(cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64],
+                     load_id: int, oracle: list[DayOracle]) -> None:  # fmt: skip
+    if users.size:
+        _write_users(cur, state, config, users, load_id)
+    payload = encode_oracle(oracle, config)
+    if payload:
+        with cur.copy(COPY_ORACLE_SQL) as copy:
+            copy.write(binary_copy.HEADER + payload + binary_copy.TRAILER)
+
+
+def _load_id(cur: psycopg.Cursor[Any], source: str) -> int:
+    row = cur.execute(INSERT_LOAD_SQL, (source,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None = None) -> WorldSummary:
+    """Continue the stored world by `days` days: new events, new arrivals, realised churn, in one transaction."""
+    if days < 1:
+        raise ValueError(f"days must be at least 1, got {days}")
+    started = time.perf_counter()
+    with db.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(WORLD_LOCK_SQL)
+        row = cur.execute(LOAD_WORLD_SQL).fetchone()
+        if row is None:
+            raise NoWorldError("this database holds no synthetic world: run `churn generate` first")
+        config = WorldConfig.from_json(row[0])
+        state = WorldState.from_bytes(bytes(row[1]), row[2])
+        first_new_user = state.n_users
+        load_id = _load_id(cur, f"synthetic world advance: days {state.day}..{state.day + days - 1}")
+        written, oracle, _ = _simulate_into(cur, config, state, days, load_id, progress)
+        new_users = np.arange(first_new_user, state.n_users, dtype=np.int64)
+        _write_all_users(cur, state, config, new_users, load_id, oracle)
+        cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
+        _save_state(cur, config, state)
+    return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
+
+
+def load_world(url: str) -> tuple[WorldConfig, WorldState] | None:
+    """The stored world's configuration and state, or None."""
+    with db.connect(url) as conn:
+        row = conn.execute(LOAD_WORLD_SQL).fetchone()
+    if row is None:
+        return None
+    return WorldConfig.from_json(row[0]), WorldState.from_bytes(bytes(row[1]), row[2])
+
+
+def summarise(url: str, config: WorldConfig, events_written: int, oracle_rows: int, seconds: float) -> WorldSummary:
+    """Users, events by type and the positive-label rate of what the database now holds."""
+    stored = load_world(url)
+    assert stored is not None
+    _, state = stored
+    with db.connect(url) as conn:
+        by_type = {str(t): int(n) for t, n in conn.execute(EVENT_COUNTS_SQL)}
+        rate = labels.positive_label_rate(conn, labels.ChurnDefinition(("cancel",), None), config.horizon_days)
+    active = int(((state.signup_day < state.day) & (state.churn_day < 0)).sum())
+    return WorldSummary(
+        config=config,
+        first_day=config.start_date,
+        last_day=date.fromordinal(config.start_date.toordinal() + state.day - 1),
+        users=state.n_users,
+        active_users=active,
+        events_written=events_written,
+        events_by_type=by_type,
+        positive_label_rate=rate.rate,
+        labelled_snapshots=rate.snapshots,
+        oracle_rows_written=oracle_rows,
+        seconds=seconds,
+    )
+
+
+def summary_rows(summary: WorldSummary) -> list[tuple[str, str]]:
+    """The summary as (what, value) rows, for the CLI's table and the flows' Markdown artifact."""
+    cfg = summary.config
+    rate = "-" if summary.positive_label_rate is None else f"{summary.positive_label_rate:.1%}"
+    return [
+        ("seed", str(cfg.seed)),
+        ("period", f"{summary.first_day} .. {summary.last_day}"),
+        ("drift from day", "-" if cfg.drift_at is None else str(cfg.drift_at)),
+        ("users (active now)", f"{summary.users:,} ({summary.active_users:,})"),
+        ("events in database", f"{sum(summary.events_by_type.values()):,}"),
+        *((f"  {t}", f"{n:,}") for t, n in summary.events_by_type.items()),
+        (f"churn within {cfg.horizon_days} days of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots"),
+        ("events written", f"{summary.events_written:,}"),
+        ("time taken", f"{summary.seconds:.1f} s ({summary.events_per_second:,.0f} events/s)"),
+    ]
+
+
+def summary_markdown(summary: WorldSummary) -> str:
+    """The summary as a Markdown table (for Prefect artifacts and reports)."""
+    lines = ["| what | value |", "|---|---:|"]
+    lines += [f"| {what.strip()} | {value} |" for what, value in summary_rows(summary)]
+    return "\n".join(lines)

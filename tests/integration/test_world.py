@@ -1,0 +1,146 @@
+"""The synthetic world in a real PostgreSQL: determinism across databases, refusal, atomicity, continuation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from churn_platform import db
+from churn_platform.data import synthetic, world
+from churn_platform.data.synthetic import WorldConfig
+
+
+def _count(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        schema, name = table.split(".")
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_same_seed_into_two_fresh_databases_gives_identical_tables(make_database: Callable[[], str]) -> None:
+    # Given two fresh databases
+    first, second = make_database(), make_database()
+    config = WorldConfig(users=1_000, days=365, seed=7)
+
+    # When the default world is generated into each
+    summary = world.generate_world(first, config)
+    world.generate_world(second, config)
+
+    # Then every table has the same row count and checksum
+    sums_first, sums_second = db.checksums(first), db.checksums(second)
+    assert sums_first == sums_second
+    by_table = {c.table: c for c in sums_first}
+    assert by_table["raw.users"].rows == 1_000
+    assert 1_200_000 <= by_table["raw.events"].rows <= 1_600_000
+    assert by_table["synthetic.oracle_churn"].rows > 100_000
+    # And the summary reports a positive-label rate within the specified band
+    assert summary.positive_label_rate is not None
+    assert 0.05 <= summary.positive_label_rate <= 0.15
+    assert summary.events_written == by_table["raw.events"].rows
+
+
+def test_generating_over_an_existing_world_refuses_unless_replace(database_url: str) -> None:
+    small = WorldConfig(users=50, days=20, seed=1)
+    world.generate_world(database_url, small)
+    before = db.checksums(database_url)
+
+    with pytest.raises(world.WorldExistsError, match="--replace"):
+        world.generate_world(database_url, WorldConfig(users=60, days=20, seed=2))
+    assert db.checksums(database_url) == before
+
+    world.generate_world(database_url, WorldConfig(users=60, days=20, seed=2), replace=True)
+    assert _count(database_url, "raw.users") == 60
+    assert db.checksums(database_url) != before
+
+
+def test_a_crash_mid_generation_leaves_the_database_as_it_was(database_url: str) -> None:
+    # Given a database with a world in it
+    world.generate_world(database_url, WorldConfig(users=80, days=30, seed=4))
+    before = db.checksums(database_url)
+    days_seen = []
+
+    def crash_after_ten_days(days: int) -> None:
+        days_seen.append(days)
+        if len(days_seen) == 10:
+            raise KeyboardInterrupt
+
+    # When a replacing generation is interrupted part-way, after events have been streamed to the server
+    with pytest.raises(KeyboardInterrupt):
+        world.generate_world(
+            database_url, WorldConfig(users=500, days=60, seed=5), replace=True, progress=crash_after_ten_days
+        )
+
+    # Then nothing of it remains, and the old world is intact, indexes included
+    assert db.checksums(database_url) == before
+    with psycopg.connect(database_url) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
+    assert {"events_pkey", "events_user_time_idx", "events_time_brin"} <= indexes
+
+
+def test_advance_continues_the_stored_world(database_url: str) -> None:
+    config = WorldConfig(users=300, days=60, seed=6)
+    world.generate_world(database_url, config)
+    with psycopg.connect(database_url) as conn:
+        last_before = conn.execute("SELECT max(event_timestamp) FROM raw.events").fetchone()[0]  # type: ignore[index]
+
+    summary = world.advance_world(database_url, 10)
+
+    with psycopg.connect(database_url) as conn:
+        days_simulated = conn.execute("SELECT days_simulated FROM synthetic.worlds").fetchone()[0]  # type: ignore[index]
+        first_new = conn.execute(
+            "SELECT min(event_timestamp) FROM raw.events WHERE load_id = (SELECT max(load_id) FROM raw.loads)"
+        ).fetchone()[0]  # type: ignore[index]
+        after_cancel = conn.execute(
+            """SELECT count(*) FROM raw.events e JOIN (
+                   SELECT user_id, min(event_timestamp) AS at FROM raw.events WHERE event_type = 'cancel'
+                   GROUP BY user_id) c USING (user_id)
+               WHERE e.event_timestamp > c.at"""
+        ).fetchone()[0]  # type: ignore[index]
+    assert days_simulated == 70
+    assert summary.events_written > 0
+    assert first_new > last_before  # new days only, after what was there
+    assert first_new >= datetime(2025, 3, 2, tzinfo=UTC)
+    assert after_cancel == 0  # a churned user stays silent across the continuation
+    assert summary.users >= 300
+
+
+def test_advance_without_a_world_says_so(database_url: str) -> None:
+    with pytest.raises(world.NoWorldError, match="churn generate"):
+        world.advance_world(database_url, 5)
+
+
+def test_binary_copy_round_trips_every_field(database_url: str) -> None:
+    # Given a small simulated world loaded through binary COPY
+    config = WorldConfig(users=40, days=15, seed=8)
+    state = synthetic.new_world(config)
+    sim = synthetic.simulate(config, state, config.days)
+    world.generate_world(database_url, config)
+
+    # When the rows are read back
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT user_id, event_type, (extract(epoch FROM event_timestamp) * 1e6)::bigint, value"
+            " FROM raw.events ORDER BY event_key"
+        ).fetchall()
+        users = conn.execute("SELECT user_id, plan, plan_price, signup_at FROM raw.users ORDER BY user_id").fetchall()
+
+    # Then they equal the simulator's arrays, value for value (keys follow the event sequence)
+    events = sim.events
+    order = np.argsort(events.seq)
+    assert len(rows) == len(events)
+    for row, i in zip(rows, order, strict=True):
+        assert row[0] == f"u{events.user_index[i]:07d}"
+        assert row[1] == synthetic.EVENT_TYPES[events.event_code[i]]
+        assert row[2] == events.timestamp_us[i]
+        expected = events.value[i]
+        assert (row[3] is None) if np.isnan(expected) else row[3] == pytest.approx(expected)
+    assert len(users) == 40
+    assert users[0][0] == "u0000000"
+    assert users[0][1] in synthetic.PLANS
+    assert users[0][3].tzinfo is not None
