@@ -41,8 +41,8 @@ status: install  ## show the local stack
 	$(RUN) churn status
 
 bench: install  ## run the benchmarks under bench/
-	$(RUN) python bench/generate.py
-	$(RUN) python bench/ingest.py
+	$(RUN) python -m bench.generate
+	$(RUN) python -m bench.ingest
 
 clean:  ## stop the stack and delete its data
 	-$(RUN) churn down

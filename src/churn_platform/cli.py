@@ -47,7 +47,7 @@ def _fail(message: str) -> typer.Exit:
 def _status_table(statuses: list[local_stack.ComponentStatus]) -> Table:
     table = Table(title="churn-platform stack")
     for column in ("component", "mode", "url", "health", "detail"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for s in statuses:
         health = "[green]healthy[/]" if s.healthy else "[red]down[/]"
         table.add_row(s.name, "embedded" if s.embedded else "external", s.url or "-", health, s.detail)

