@@ -155,8 +155,9 @@ def encode_oracle(rows: list[DayOracle], config: WorldConfig) -> bytes:
     return binary_copy.encode_rows(columns, users.shape[0])
 
 
-def _write_users(cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64],
-                 load_id: int) -> None:  # fmt: skip
+def _write_users(
+    cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64], load_id: int
+) -> None:
     epoch = np.datetime64(config.start_date, "s")
     signup = epoch + (state.signup_day[users] * synthetic.SECONDS_PER_DAY + state.signup_second[users]).astype(
         "timedelta64[s]"
@@ -178,15 +179,6 @@ def _write_users(cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfi
             )
 
 
-class _Progress:
-    def __init__(self, callback: Callable[[int], None] | None) -> None:
-        self.callback = callback
-
-    def __call__(self, days: int) -> None:
-        if self.callback is not None:
-            self.callback(days)
-
-
 def _simulate_into(
     cur: psycopg.Cursor[Any],
     config: WorldConfig,
@@ -194,13 +186,11 @@ def _simulate_into(
     days: int,
     load_id: int,
     progress: Callable[[int], None] | None,
-) -> tuple[int, list[DayOracle], npt.NDArray[np.int64]]:
-    """Simulate `days` days, streaming events into COPY; return events written, oracle rows and new users."""
+) -> tuple[int, list[DayOracle]]:
+    """Simulate `days` days, streaming events into COPY; return the events written and the oracle rows."""
     namespace = _world_namespace(config.seed)
-    report = _Progress(progress)
     written = 0
     oracle: list[DayOracle] = []
-    new_users: list[npt.NDArray[np.int64]] = []
     pending: list[DayEvents] = []
     pending_rows = 0
     # A queued writer pushes bytes to the server from a worker thread, so simulation continues meanwhile.
@@ -211,17 +201,17 @@ def _simulate_into(
             pending.append(simulated.events)
             pending_rows += len(simulated.events)
             oracle.extend(simulated.oracle)
-            new_users.append(simulated.new_users)
             if pending_rows >= EVENT_BATCH_ROWS:
                 copy.write(encode_events(DayEvents.concat(pending), namespace, load_id))
                 written += pending_rows
                 pending, pending_rows = [], 0
-            report(1)
+            if progress is not None:
+                progress(1)
         if pending:
             copy.write(encode_events(DayEvents.concat(pending), namespace, load_id))
             written += pending_rows
         copy.write(binary_copy.TRAILER)
-    return written, oracle, np.concatenate(new_users) if new_users else np.empty(0, dtype=np.int64)
+    return written, oracle
 
 
 def _save_state(cur: psycopg.Cursor[Any], config: WorldConfig, state: WorldState) -> None:
@@ -274,15 +264,21 @@ def generate_world(
         load_id = _load_id(cur, f"synthetic world: seed={config.seed} users={config.users} days={config.days}")
         # The events table is empty here: load it without indexes and build them once at the end.
         with db.indexes_deferred(cur, "raw.events"):
-            written, oracle, _ = _simulate_into(cur, config, state, config.days, load_id, progress)
-        _write_all_users(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
+            written, oracle = _simulate_into(cur, config, state, config.days, load_id, progress)
+        _write_users_and_oracle(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
     return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
 
 
-def _write_all_users(cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64],
-                     load_id: int, oracle: list[DayOracle]) -> None:  # fmt: skip
+def _write_users_and_oracle(
+    cur: psycopg.Cursor[Any],
+    state: WorldState,
+    config: WorldConfig,
+    users: npt.NDArray[np.int64],
+    load_id: int,
+    oracle: list[DayOracle],
+) -> None:
     if users.size:
         _write_users(cur, state, config, users, load_id)
     payload = encode_oracle(oracle, config)
@@ -311,9 +307,9 @@ def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None
         state = WorldState.from_bytes(bytes(row[1]), row[2])
         first_new_user = state.n_users
         load_id = _load_id(cur, f"synthetic world advance: days {state.day}..{state.day + days - 1}")
-        written, oracle, _ = _simulate_into(cur, config, state, days, load_id, progress)
+        written, oracle = _simulate_into(cur, config, state, days, load_id, progress)
         new_users = np.arange(first_new_user, state.n_users, dtype=np.int64)
-        _write_all_users(cur, state, config, new_users, load_id, oracle)
+        _write_users_and_oracle(cur, state, config, new_users, load_id, oracle)
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
     return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
