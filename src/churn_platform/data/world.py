@@ -37,6 +37,8 @@ COPY_EVENTS_SQL = (
     "COPY raw.events (event_key, user_id, event_type, event_timestamp, value, event_id, load_id)"
     " FROM STDIN (FORMAT BINARY)"
 )
+# Rows of a table truncated in the same transaction can be written already frozen: no later vacuum pass.
+COPY_EVENTS_FROZEN_SQL = COPY_EVENTS_SQL.replace("(FORMAT BINARY)", "(FORMAT BINARY, FREEZE)")
 COPY_ORACLE_SQL = "COPY synthetic.oracle_churn (user_id, day, horizon_days, p_churn) FROM STDIN (FORMAT BINARY)"
 COPY_USERS_SQL = "COPY raw.users (user_id, signup_at, plan, plan_price, channel, region, load_id) FROM STDIN"
 EXISTING_DATA_SQL = """
@@ -116,32 +118,39 @@ def _event_keys(namespace: bytes, seq: npt.NDArray[np.int64]) -> npt.NDArray[np.
     return keys.view("V16").ravel()
 
 
-def encode_events(events: DayEvents, namespace: bytes, load_id: int) -> bytes:
+def encode_events(events: DayEvents, namespace: bytes, load_id: int) -> list[memoryview]:
     """Binary COPY rows for raw.events, one fixed-width batch per event type."""
+    # Format each user id once, then gather; group rows by type with one stable sort instead of a mask per type.
+    ids = user_ids(np.arange(int(events.user_index.max(initial=0)) + 1))[events.user_index]
+    order = np.argsort(events.event_code, kind="stable")
+    bounds = np.searchsorted(events.event_code[order], np.arange(len(synthetic.EVENT_TYPES) + 1))
     chunks = []
     for code, name in enumerate(synthetic.EVENT_TYPES):
-        mask = events.event_code == code
-        n = int(mask.sum())
+        rows = order[bounds[code] : bounds[code + 1]]
+        n = rows.shape[0]
         if n == 0:
             continue
         type_bytes = name.encode()
+        value = (
+            Field("value", ">f8", events.value[rows]) if name in synthetic.VALUED_EVENT_TYPES else Field("value", None)
+        )
         columns = [
-            Field("event_key", "V16", _event_keys(namespace, events.seq[mask])),
-            Field("user_id", f"S{USER_ID_DIGITS + 1}", user_ids(events.user_index[mask])),
-            Field("event_type", f"S{len(type_bytes)}", np.full(n, type_bytes)),
-            Field("event_timestamp", ">i8", binary_copy.timestamptz(events.timestamp_us[mask])),
-            Field("value", ">f8", events.value[mask]) if name in synthetic.VALUED_EVENT_TYPES else Field("value", None),
+            Field("event_key", "V16", _event_keys(namespace, events.seq[rows])),
+            Field("user_id", f"S{USER_ID_DIGITS + 1}", ids[rows]),
+            Field("event_type", f"S{len(type_bytes)}", type_bytes),
+            Field("event_timestamp", ">i8", binary_copy.timestamptz(events.timestamp_us[rows])),
+            value,
             Field("event_id", None),
-            Field("load_id", ">i8", np.full(n, load_id)),
+            Field("load_id", ">i8", load_id),
         ]
         chunks.append(binary_copy.encode_rows(columns, n))
-    return b"".join(chunks)
+    return chunks
 
 
-def encode_oracle(rows: list[DayOracle], config: WorldConfig) -> bytes:
+def encode_oracle(rows: list[DayOracle], config: WorldConfig) -> memoryview | None:
     """Binary COPY rows for synthetic.oracle_churn."""
     if not rows:
-        return b""
+        return None
     users = np.concatenate([r.user_index for r in rows])
     days = np.concatenate([np.full(r.user_index.shape[0], r.day, dtype=np.int64) for r in rows])
     start = (np.datetime64(config.start_date, "D") - np.datetime64("1970-01-01", "D")).astype(np.int64)
@@ -186,6 +195,8 @@ def _simulate_into(
     days: int,
     load_id: int,
     progress: Callable[[int], None] | None,
+    *,
+    freeze: bool = False,
 ) -> tuple[int, list[DayOracle]]:
     """Simulate `days` days, streaming events into COPY; return the events written and the oracle rows."""
     namespace = _world_namespace(config.seed)
@@ -194,7 +205,8 @@ def _simulate_into(
     pending: list[DayEvents] = []
     pending_rows = 0
     # A queued writer pushes bytes to the server from a worker thread, so simulation continues meanwhile.
-    with cur.copy(COPY_EVENTS_SQL, writer=QueuedLibpqWriter(cur)) as copy:
+    statement = COPY_EVENTS_FROZEN_SQL if freeze else COPY_EVENTS_SQL
+    with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
         copy.write(binary_copy.HEADER)
         for _ in range(days):
             simulated = synthetic.simulate(config, state, 1)
@@ -202,13 +214,15 @@ def _simulate_into(
             pending_rows += len(simulated.events)
             oracle.extend(simulated.oracle)
             if pending_rows >= EVENT_BATCH_ROWS:
-                copy.write(encode_events(DayEvents.concat(pending), namespace, load_id))
+                for chunk in encode_events(DayEvents.concat(pending), namespace, load_id):
+                    copy.write(chunk)
                 written += pending_rows
                 pending, pending_rows = [], 0
             if progress is not None:
                 progress(1)
         if pending:
-            copy.write(encode_events(DayEvents.concat(pending), namespace, load_id))
+            for chunk in encode_events(DayEvents.concat(pending), namespace, load_id):
+                copy.write(chunk)
             written += pending_rows
         copy.write(binary_copy.TRAILER)
     return written, oracle
@@ -258,13 +272,14 @@ def generate_world(
     with db.connect(url) as conn, conn.cursor() as cur:
         cur.execute(WORLD_LOCK_SQL)
         ensure_can_generate(cur, replace=replace)
-        if replace:
-            cur.execute(TRUNCATE_WORLD_SQL)
+        # Always truncate (the tables are empty unless `replace`): a table truncated in the loading transaction
+        # accepts COPY FREEZE, and with wal_level=minimal its load and index builds skip the WAL.
+        cur.execute(TRUNCATE_WORLD_SQL)
         state = synthetic.new_world(config)
         load_id = _load_id(cur, f"synthetic world: seed={config.seed} users={config.users} days={config.days}")
         # The events table is empty here: load it without indexes and build them once at the end.
         with db.indexes_deferred(cur, "raw.events"):
-            written, oracle = _simulate_into(cur, config, state, config.days, load_id, progress)
+            written, oracle = _simulate_into(cur, config, state, config.days, load_id, progress, freeze=True)
         _write_users_and_oracle(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
@@ -282,9 +297,11 @@ def _write_users_and_oracle(
     if users.size:
         _write_users(cur, state, config, users, load_id)
     payload = encode_oracle(oracle, config)
-    if payload:
+    if payload is not None:
         with cur.copy(COPY_ORACLE_SQL) as copy:
-            copy.write(binary_copy.HEADER + payload + binary_copy.TRAILER)
+            copy.write(binary_copy.HEADER)
+            copy.write(payload)
+            copy.write(binary_copy.TRAILER)
 
 
 def _load_id(cur: psycopg.Cursor[Any], source: str) -> int:
