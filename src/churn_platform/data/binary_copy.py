@@ -45,7 +45,7 @@ def encode_rows(fields: Sequence[Field], n_rows: int) -> memoryview:
             continue
         rows[f"{f.name}__len"] = np.dtype(f.dtype).itemsize
         rows[f.name] = f.values
-    return memoryview(rows).cast("B")
+    return rows.data.cast("B")
 
 
 def timestamptz(unix_micros: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
