@@ -7,18 +7,9 @@ from datetime import date
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from churn_platform import db
 from churn_platform.data import world
 from churn_platform.data.synthetic import WorldConfig
-from churn_platform.settings import get_settings
-
-
-@task
-def platform_database() -> str:
-    """The platform database URL (the embedded server is started when none is configured), schema applied."""
-    url = db.platform_url(get_settings())
-    db.init_schema(url)
-    return url
+from flows.common import platform_database
 
 
 @task

@@ -1,0 +1,139 @@
+"""Benchmark: ingest 1.4M realistic events from Parquet and from CSV, against a plain COPY of the same rows.
+
+Writes both files into a temporary folder, loads each into a fresh schema-initialised database (3 runs per
+format, each into a new database, dropped afterwards) and prints the median events/s, the ratio to the
+500,000 events/s target and to the peer: a plain `COPY ... (FORMAT csv)` of the same CSV into a table with no
+index, no key and no validation, measured in the same run.
+
+    uv run python -m bench.ingest       # on CHURN_DATABASE_URL's server, or the embedded stack when unset
+    uv run python -m bench.ingest -v    # also log the staging / insert split of every load
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from bench._databases import fresh_database
+from churn_platform.data.ingest import ingest_events
+
+TARGET_EVENTS_PER_S = 500_000
+EVENTS = 1_400_000
+USERS = 1_000
+RUNS = 3
+YEAR_START_S = 1_704_067_200  # 2024-01-01T00:00:00Z
+YEAR_S = 366 * 86_400
+EVENT_TYPES = np.array(["login", "page_view", "feature_use", "purchase", "support_ticket"])
+EVENT_TYPE_P = np.array([0.30, 0.42, 0.20, 0.05, 0.03])
+# Share of events by hour of day (UTC): quiet nights, busy evenings.
+HOURLY = np.array([1, 1, 1, 1, 1, 2, 3, 5, 6, 6, 6, 6, 7, 6, 6, 6, 6, 7, 8, 9, 8, 6, 4, 2], dtype=float)
+
+PEER_TABLE = """CREATE TABLE events_peer (
+    user_id text, event_type text, event_timestamp timestamptz, value double precision, event_id text)"""
+PEER_COPY = "COPY events_peer (user_id, event_type, event_timestamp, value) FROM STDIN (FORMAT csv, HEADER)"
+
+console = Console()
+
+
+def realistic_events(seed: int = 7) -> pa.Table:
+    """1.4M events of ~1,000 users over 2024: skewed activity, daily rhythm, purchases with prices, churners."""
+    rng = np.random.default_rng(seed)
+    activity = rng.lognormal(mean=0.0, sigma=1.0, size=USERS)
+    starts = rng.uniform(0, 0.5, USERS) * YEAR_S  # first day in the year
+    churners = rng.random(USERS) < 0.25
+    ends = np.where(churners, starts + rng.uniform(0.1, 1.0, USERS) * (YEAR_S - starts), YEAR_S)
+    weights = activity * (ends - starts)
+    per_user = rng.multinomial(EVENTS - int(churners.sum()), weights / weights.sum())
+    user = np.repeat(np.arange(USERS), per_user)
+    day_s = np.floor(rng.uniform(starts[user], ends[user]) / 86_400) * 86_400
+    seconds = day_s + rng.choice(24, size=len(user), p=HOURLY / HOURLY.sum()) * 3_600 + rng.uniform(0, 3_600, len(user))
+    kinds = EVENT_TYPES[rng.choice(len(EVENT_TYPES), size=len(user), p=EVENT_TYPE_P)]
+    prices = np.round(rng.lognormal(3.0, 0.8, len(user)), 2)
+    values = np.where(kinds == "purchase", prices, np.nan)
+    # One cancel per churner, at the end of its activity.
+    churned = np.flatnonzero(churners)
+    user = np.concatenate([user, churned])
+    seconds = np.concatenate([seconds, ends[churned]])
+    kinds = np.concatenate([kinds, np.full(len(churned), "cancel")])
+    values = np.concatenate([values, np.full(len(churned), np.nan)])
+    order = np.argsort(seconds, kind="stable")
+    micros = (YEAR_START_S + seconds[order]) * 1e6
+    return pa.table(
+        {
+            "user_id": pa.array(np.char.add("user_", np.char.zfill(user[order].astype(str), 5))),
+            "event_type": pa.array(kinds[order]),
+            "event_timestamp": pa.array(micros.astype(np.int64)).cast(pa.timestamp("us", tz="UTC")),
+            "value": pa.array(values[order], from_pandas=True),
+        }
+    )
+
+
+def time_ingest(path: Path) -> float:
+    """Seconds to ingest the file into a fresh database (the load's own end-to-end timing)."""
+    with fresh_database("churn_bench_ingest") as url:
+        summary = ingest_events(url, path)
+    if summary.rows_loaded != summary.rows_read:
+        raise RuntimeError(f"expected every row loaded, got {summary}")
+    return summary.seconds
+
+
+def time_peer_copy(csv_path: Path) -> float:
+    """Seconds for a plain CSV COPY of the same rows into a table with no index (what PostgreSQL can take)."""
+    with fresh_database("churn_bench_ingest") as url, psycopg.connect(url) as conn:
+        conn.execute(PEER_TABLE)
+        started = time.perf_counter()
+        with conn.cursor().copy(PEER_COPY) as copy, csv_path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                copy.write(block)
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def median_rate(measure: Callable[[], float], label: str) -> float:
+    seconds = []
+    for run in range(1, RUNS + 1):
+        seconds.append(measure())
+        console.print(f"  {label} run {run}: {seconds[-1]:.2f} s ({EVENTS / seconds[-1]:,.0f} events/s)")
+    return EVENTS / statistics.median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the split of every load")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    with tempfile.TemporaryDirectory(prefix="churn-bench-") as folder:
+        events = realistic_events()
+        parquet_path, csv_path = Path(folder) / "events.parquet", Path(folder) / "events.csv"
+        pq.write_table(events, parquet_path)
+        pacsv.write_csv(events, csv_path)
+        console.print(f"{events.num_rows:,} events of {USERS:,} users; {RUNS} runs per format, median reported")
+        rates = {
+            "parquet": median_rate(lambda: time_ingest(parquet_path), "parquet ingest"),
+            "csv": median_rate(lambda: time_ingest(csv_path), "csv ingest"),
+            "peer: plain COPY csv, no index": median_rate(lambda: time_peer_copy(csv_path), "peer"),
+        }
+    peer = rates["peer: plain COPY csv, no index"]
+    table = Table(title=f"ingest of {EVENTS:,} events (target {TARGET_EVENTS_PER_S:,} events/s)")
+    for column in ("path", "median events/s", "vs target", "vs peer"):
+        table.add_column(column, justify="right")
+    for name, rate in rates.items():
+        table.add_row(name, f"{rate:,.0f}", f"{rate / TARGET_EVENTS_PER_S:.2f}x", f"{rate / peer:.2f}x")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

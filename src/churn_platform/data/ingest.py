@@ -1,0 +1,284 @@
+"""Load a user's own events or users file (CSV or Parquet) into `raw.*`, in one transaction per file.
+
+A load streams the file in chunks (`staging`): each chunk is validated with Arrow kernels (`validation`), its
+good rows are COPYed in binary format into a TEMP staging table and its bad rows into a quarantine one. Then
+one INSERT ... SELECT moves the staged rows into `raw.events` (or upserts `raw.users`), the quarantined rows go
+to `raw.quarantine`, the `raw.loads` row is written, and the transaction commits once. Anything that goes wrong
+before the commit (a contract error, a crash, Ctrl-C, a killed process) leaves every table as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import zoneinfo
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from churn_platform import db
+from churn_platform.data import staging
+from churn_platform.data.contract import EVENTS, USERS, ContractError
+from churn_platform.data.sources import SourceFile, estimate_rows, file_sha256, open_source
+
+__all__ = [
+    "EVENT_KEY_SQL",
+    "ContractError",
+    "LoadSummary",
+    "estimate_rows",
+    "ingest_events",
+    "ingest_users",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+# The idempotency key of an event, as a SQL expression over the columns of `raw.events` (or the staging table):
+# the md5 of the source's event_id when there is one, else of the row's content: user_id, event_type, the UTC
+# timestamp at microsecond precision and the value (empty when NULL), joined by the unit separator U+001F.
+# Loading the same event twice, from the same file or another, gives the same key: ON CONFLICT keeps one row.
+# `value::text` depends on extra_float_digits; loads pin it to 1 (PostgreSQL's default, shortest exact text).
+EVENT_KEY_SQL = r"""(CASE
+    WHEN event_id IS NOT NULL THEN md5('id' || E'\x1f' || event_id)
+    ELSE md5(user_id || E'\x1f' || event_type || E'\x1f'
+             || to_char(event_timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
+             || E'\x1f' || coalesce(value::text, ''))
+END)::uuid"""
+
+PIN_FLOAT_TEXT = "SET LOCAL extra_float_digits = 1"
+
+INSERT_LOAD = """
+INSERT INTO raw.loads (kind, source, source_sha256) VALUES (%(kind)s, %(source)s, %(sha256)s) RETURNING load_id"""
+FINISH_LOAD = """
+UPDATE raw.loads
+SET finished_at = clock_timestamp(), rows_read = %(rows_read)s, rows_loaded = %(rows_loaded)s,
+    rows_duplicate = %(rows_duplicate)s, rows_quarantined = %(rows_quarantined)s
+WHERE load_id = %(load_id)s"""
+
+# Rows repeated within the file collapse too: ON CONFLICT DO NOTHING skips a key inserted earlier by the same
+# statement. Rows go in key order, so the primary key index fills leaf by leaf (measured 10-15% faster on 1.4M
+# events, and it keeps a large index's pages in cache); ctid, the staging order, makes the file's first
+# occurrence of a key the one kept.
+INSERT_EVENTS = f"""
+INSERT INTO raw.events (event_key, user_id, event_type, event_timestamp, value, event_id, load_id)
+SELECT {EVENT_KEY_SQL} AS event_key, user_id, event_type, event_timestamp, value, event_id, %(load_id)s
+FROM pg_temp.events_staging
+ORDER BY event_key, ctid
+ON CONFLICT (event_key) DO NOTHING"""
+
+INSERT_QUARANTINE = """
+INSERT INTO raw.quarantine (source_sha256, row_number, kind, source, column_name, reason, raw_record, load_id)
+SELECT %(sha256)s, row_number, %(kind)s, %(source)s, column_name, reason, raw_record::jsonb, %(load_id)s
+FROM pg_temp.quarantine_staging
+ON CONFLICT (source_sha256, row_number) DO NOTHING"""
+
+# Users: the last row of a user in the file wins; the file's optional columns overwrite the stored ones (an empty
+# value clears one), columns the file lacks are kept; a row equal to the stored one is left alone.
+UPSERT_USERS = """
+INSERT INTO raw.users AS u (user_id, {columns}, load_id)
+SELECT DISTINCT ON (user_id) user_id, {columns}, %(load_id)s
+FROM pg_temp.users_staging
+ORDER BY user_id, row_number DESC
+ON CONFLICT (user_id) DO UPDATE SET {assignments}, load_id = EXCLUDED.load_id
+WHERE ({current}) IS DISTINCT FROM ({incoming})"""
+INSERT_NEW_USERS = """
+INSERT INTO raw.users (user_id, load_id)
+SELECT DISTINCT user_id, %(load_id)s FROM pg_temp.users_staging
+ON CONFLICT (user_id) DO NOTHING"""
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """What one load did: every row read is loaded, a duplicate of a stored row, or quarantined."""
+
+    load_id: int
+    kind: str
+    source: str
+    rows_read: int
+    rows_loaded: int
+    rows_duplicate: int
+    rows_quarantined: int
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_markdown(self) -> str:
+        """A small markdown table of the load, for a Prefect artifact or a report."""
+        return "\n".join(
+            [
+                f"### {self.kind} load {self.load_id}",
+                f"`{self.source}`",
+                "",
+                "| rows read | loaded | duplicates | quarantined | seconds | rows/s |",
+                "|---:|---:|---:|---:|---:|---:|",
+                f"| {self.rows_read:,} | {self.rows_loaded:,} | {self.rows_duplicate:,} | {self.rows_quarantined:,}"
+                f" | {self.seconds:.2f} | {self.rows_per_second:,.0f} |",
+            ]
+        )
+
+
+def _check_timezone(timezone: str | None) -> None:
+    if timezone is None:
+        return
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {timezone!r}: give an IANA name such as Europe/Paris") from None
+
+
+@contextlib.contextmanager
+def _load_transaction(url: str) -> Iterator[psycopg.Connection]:
+    """One connection, one transaction: committed when the block ends, rolled back on any exception."""
+    with db.connect(url) as conn:
+        conn.execute(staging.STAGING_TEMP_BUFFERS)
+        conn.execute(PIN_FLOAT_TEXT)
+        yield conn
+
+
+def _insert_load(conn: psycopg.Connection, kind: str, source: SourceFile, sha256: str) -> int:
+    row = conn.execute(INSERT_LOAD, {"kind": kind, "source": source.name, "sha256": sha256}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _finish(
+    conn: psycopg.Connection,
+    load_id: int,
+    kind: str,
+    source: SourceFile,
+    sha256: str,
+    staged: staging.StagedFile,
+    rows_loaded: int,
+    started: float,
+) -> LoadSummary:
+    """Quarantine the bad rows and complete the `raw.loads` row; return the summary (the caller commits)."""
+    params = {"sha256": sha256, "kind": kind, "source": source.name, "load_id": load_id}
+    conn.execute(INSERT_QUARANTINE, params)
+    duplicates = staged.rows_read - staged.rows_quarantined - rows_loaded
+    conn.execute(
+        FINISH_LOAD,
+        {
+            "load_id": load_id,
+            "rows_read": staged.rows_read,
+            "rows_loaded": rows_loaded,
+            "rows_duplicate": duplicates,
+            "rows_quarantined": staged.rows_quarantined,
+        },
+    )
+    return LoadSummary(
+        load_id=load_id,
+        kind=kind,
+        source=source.name,
+        rows_read=staged.rows_read,
+        rows_loaded=rows_loaded,
+        rows_duplicate=duplicates,
+        rows_quarantined=staged.rows_quarantined,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def ingest_events(
+    url: str,
+    path: Path,
+    *,
+    timezone: str | None = None,
+    chunk_rows: int = 250_000,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> LoadSummary:
+    """Load an events file into `raw.events`, quarantining bad rows; all or nothing, and idempotent.
+
+    Args:
+        url: the platform database.
+        path: a .csv or .parquet file with the columns of `contract.EVENTS`.
+        timezone: IANA zone of timestamps without a UTC offset; None rejects the file if it has any.
+        chunk_rows: rows read, validated and copied at a time (memory is bounded by this, not the file).
+        now: events after this time are quarantined as "in the future"; default: the current time.
+        progress: called with the number of rows just processed, after each chunk.
+
+    Raises:
+        ContractError: the file's shape breaks the contract; nothing was written.
+    """
+    started = time.perf_counter()
+    _check_timezone(timezone)
+    now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    source = open_source(path, EVENTS, timezone=timezone)
+    with ThreadPoolExecutor(max_workers=1) as pool, _load_transaction(url) as conn:
+        sha256 = pool.submit(file_sha256, source.path)
+        staged = staging.stage_file(
+            conn, source, EVENTS, staging.EVENTS_STAGING,
+            chunk_rows=chunk_rows, timezone=timezone, now=now, progress=progress,
+        )  # fmt: skip
+        staged_at = time.perf_counter()
+        load_id = _insert_load(conn, EVENTS.kind, source, sha256.result())
+        rows_loaded = conn.execute(INSERT_EVENTS, {"load_id": load_id}).rowcount
+        log.info(
+            "staged %d rows in %.2f s; inserted %d events in %.2f s",
+            staged.rows_read, staged_at - started, rows_loaded, time.perf_counter() - staged_at,
+        )  # fmt: skip
+        summary = _finish(conn, load_id, EVENTS.kind, source, sha256.result(), staged, rows_loaded, started)
+    summary = _with_total_time(summary, started)
+    log.info("events load %d of %s: %s", summary.load_id, summary.source, summary)
+    return summary
+
+
+def _upsert_users(conn: psycopg.Connection, source: SourceFile, load_id: int) -> int:
+    """Insert new users and update changed ones from staging; return how many rows were inserted or changed."""
+    present = [name for name in USERS.names if name != "user_id" and name in source.columns]
+    if not present:
+        return conn.execute(INSERT_NEW_USERS, {"load_id": load_id}).rowcount
+    columns = [sql.Identifier(name) for name in present]
+    statement = sql.SQL(UPSERT_USERS).format(
+        columns=sql.SQL(", ").join(columns),
+        assignments=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=c) for c in columns),
+        current=sql.SQL(", ").join(sql.SQL("u.{c}").format(c=c) for c in columns),
+        incoming=sql.SQL(", ").join(sql.SQL("EXCLUDED.{c}").format(c=c) for c in columns),
+    )
+    return conn.execute(statement, {"load_id": load_id}).rowcount
+
+
+def ingest_users(
+    url: str,
+    path: Path,
+    *,
+    timezone: str | None = None,
+    chunk_rows: int = 250_000,
+    progress: Progress | None = None,
+) -> LoadSummary:
+    """Upsert a users file into `raw.users` on user_id, quarantining bad rows; all or nothing.
+
+    A re-load of the same file changes nothing (its rows count as duplicates); a newer file updates the
+    attributes it has. Arguments and errors are those of `ingest_events`.
+    """
+    started = time.perf_counter()
+    _check_timezone(timezone)
+    source = open_source(path, USERS, timezone=timezone)
+    with ThreadPoolExecutor(max_workers=1) as pool, _load_transaction(url) as conn:
+        sha256 = pool.submit(file_sha256, source.path)
+        staged = staging.stage_file(
+            conn, source, USERS, staging.USERS_STAGING,
+            chunk_rows=chunk_rows, timezone=timezone, now=None, progress=progress,
+        )  # fmt: skip
+        load_id = _insert_load(conn, USERS.kind, source, sha256.result())
+        rows_loaded = _upsert_users(conn, source, load_id)
+        summary = _finish(conn, load_id, USERS.kind, source, sha256.result(), staged, rows_loaded, started)
+    summary = _with_total_time(summary, started)
+    log.info("users load %d of %s: %s", summary.load_id, summary.source, summary)
+    return summary
+
+
+def _with_total_time(summary: LoadSummary, started: float) -> LoadSummary:
+    """The summary timed up to after the commit."""
+    return dataclasses.replace(summary, seconds=time.perf_counter() - started)

@@ -1,0 +1,75 @@
+"""Prefect flows on a temporary Prefect server (started once for the module: it takes ~13 s)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from flows.generate import advance_world_flow, generate_world_flow
+from flows.ingest import ingest_events_flow, ingest_users_flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.testing.utilities import prefect_test_harness
+
+from churn_platform.settings import get_settings
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def flow_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The flows' settings pointed at the test's database."""
+    monkeypatch.setenv("CHURN_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield database_url
+    get_settings.cache_clear()
+
+
+def test_the_ingest_flows_load_files_and_publish_a_summary_artifact(
+    prefect_server: None, flow_database: str, tmp_path: Path
+) -> None:
+    # Given a users file and an events file with one bad row
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,plan\nu1,basic\nu2,pro\n")
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,event_type,event_timestamp\nu1,login,2024-01-05 10:00\nu2,login,2024-01-05 11:00\n,x,\n")
+
+    # When both flows run
+    users_summary = ingest_users_flow(str(users))
+    events_summary = ingest_events_flow(str(events), timezone="Europe/Berlin")
+
+    # Then the rows are in the platform database
+    assert (users_summary.rows_loaded, events_summary.rows_loaded, events_summary.rows_quarantined) == (2, 2, 1)
+    with psycopg.connect(flow_database) as conn:
+        loaded = conn.execute("SELECT user_id, event_timestamp FROM raw.events ORDER BY 1").fetchall()
+    assert loaded == [("u1", datetime(2024, 1, 5, 9, tzinfo=UTC)), ("u2", datetime(2024, 1, 5, 10, tzinfo=UTC))]
+    # And each flow left a markdown artifact with its summary
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["events-load"])))
+    assert any(f"events load {events_summary.load_id}" in str(a.data) for a in artifacts)
+
+
+def test_the_world_flows_generate_and_advance_a_world(prefect_server: None, flow_database: str) -> None:
+    # When a small world is generated and then advanced through the flows
+    generated = generate_world_flow(users=120, days=40, seed=3)
+    advanced = advance_world_flow(days=5)
+
+    # Then the database holds the continued world, and the flows published its summary
+    with psycopg.connect(flow_database) as conn:
+        days = conn.execute("SELECT days_simulated FROM synthetic.worlds").fetchone()
+        events = conn.execute("SELECT count(*) FROM raw.events").fetchone()
+    assert days == (45,)
+    assert events == (generated.events_written + advanced.events_written,)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthetic-world"]))
+        )
+    assert len(artifacts) >= 2
+    assert any("2025-02-14" in str(a.data) for a in artifacts)  # the advanced world's last day
