@@ -8,6 +8,7 @@ t is positive when churn falls in (t, t + H]; it is labelled only once t + H has
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -79,6 +80,16 @@ WHERE c.churn_at IS NULL OR c.churn_at > s.t
 """
 
 
+def churn_times(conn: psycopg.Connection, definition: ChurnDefinition) -> dict[str, datetime]:
+    """Per churned user, when they churned under the definition."""
+    rows = conn.execute(CHURN_TIMES_SQL, _definition_params(definition)).fetchall()
+    return {str(user): at for user, at in rows if at is not None}
+
+
+def _definition_params(definition: ChurnDefinition) -> dict[str, object]:
+    return {"event_types": list(definition.event_types), "inactivity_days": definition.inactivity_days}
+
+
 @dataclass(frozen=True)
 class LabelRate:
     snapshots: int
@@ -87,14 +98,7 @@ class LabelRate:
 
 def positive_label_rate(conn: psycopg.Connection, definition: ChurnDefinition, horizon_days: int) -> LabelRate:
     """Share of labelled daily snapshots whose user churns within the horizon."""
-    row = conn.execute(
-        POSITIVE_LABEL_RATE_SQL,
-        {
-            "event_types": list(definition.event_types),
-            "inactivity_days": definition.inactivity_days,
-            "horizon": horizon_days,
-        },
-    ).fetchone()
+    row = conn.execute(POSITIVE_LABEL_RATE_SQL, {**_definition_params(definition), "horizon": horizon_days}).fetchone()
     if row is None or not row[0]:
         return LabelRate(0, None)
     return LabelRate(int(row[0]), float(row[1]))
