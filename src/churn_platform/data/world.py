@@ -280,7 +280,8 @@ def generate_world(
         # The events table is empty here: load it without indexes and build them once at the end.
         with db.indexes_deferred(cur, "raw.events"):
             written, oracle = _simulate_into(cur, config, state, config.days, load_id, progress, freeze=True)
-        _write_users_and_oracle(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
+        with db.indexes_deferred(cur, "synthetic.oracle_churn"):
+            _write_users_and_oracle(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
     return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
