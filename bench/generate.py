@@ -18,8 +18,8 @@ import pandas as pd
 import psycopg
 
 from bench._databases import fresh_database
-from churn_platform.data import synthetic, world
-from churn_platform.data.synthetic import WorldConfig
+from churn_platform.data import synthetic, world, world_model
+from churn_platform.data.world_model import WorldConfig
 
 TARGET_EVENTS_PER_S = 500_000
 
@@ -39,7 +39,7 @@ def measure_pandas_peer(config: WorldConfig) -> tuple[int, float]:
         frame = pd.DataFrame(
             {
                 "user_id": [f"u{i:07d}" for i in events.user_index],
-                "event_type": pd.Categorical.from_codes(events.event_code, pd.Index(synthetic.EVENT_TYPES)),
+                "event_type": pd.Categorical.from_codes(events.event_code, pd.Index(world_model.EVENT_TYPES)),
                 "event_timestamp": pd.to_datetime(events.timestamp_us, unit="us", utc=True),
                 "value": events.value,
             }

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from churn_platform import db, local_stack
 from churn_platform.data import ingest, world
-from churn_platform.data.synthetic import WorldConfig
+from churn_platform.data.world_model import WorldConfig
 from churn_platform.settings import get_settings
 
 app = typer.Typer(help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True)

@@ -11,8 +11,8 @@ import pytest
 from psycopg import sql
 
 from churn_platform import db
-from churn_platform.data import synthetic, world
-from churn_platform.data.synthetic import WorldConfig
+from churn_platform.data import synthetic, world, world_model
+from churn_platform.data.world_model import WorldConfig
 
 
 def _count(url: str, table: str) -> int:
@@ -136,11 +136,11 @@ def test_binary_copy_round_trips_every_field(database_url: str) -> None:
     assert len(rows) == len(events)
     for row, i in zip(rows, order, strict=True):
         assert row[0] == f"u{events.user_index[i]:07d}"
-        assert row[1] == synthetic.EVENT_TYPES[events.event_code[i]]
+        assert row[1] == world_model.EVENT_TYPES[events.event_code[i]]
         assert row[2] == events.timestamp_us[i]
         expected = events.value[i]
         assert (row[3] is None) if np.isnan(expected) else row[3] == pytest.approx(expected)
     assert len(users) == 40
     assert users[0][0] == "u0000000"
-    assert users[0][1] in synthetic.PLANS
+    assert users[0][1] in world_model.PLANS
     assert users[0][3].tzinfo is not None

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from churn_platform.data import synthetic
-from churn_platform.data.synthetic import EVENT_CODE, WorldConfig, WorldState
+from churn_platform.data import oracle, synthetic, world_model
+from churn_platform.data.world_model import EVENT_CODE, WorldConfig, WorldState
 
 
-def _run(config: WorldConfig, days: int | None = None) -> tuple[WorldState, synthetic.SimulatedDays]:
+def _run(config: WorldConfig, days: int | None = None) -> tuple[WorldState, world_model.SimulatedDays]:
     state = synthetic.new_world(config)
     return state, synthetic.simulate(config, state, config.days if days is None else days)
 
 
-def _labels(config: WorldConfig, state: WorldState, sim: synthetic.SimulatedDays) -> tuple[np.ndarray, np.ndarray]:
+def _labels(config: WorldConfig, state: WorldState, sim: world_model.SimulatedDays) -> tuple[np.ndarray, np.ndarray]:
     """Realised labels (churn in the next H days) and oracle probabilities, for snapshots whose horizon passed."""
     ys, ps = [], []
     for o in sim.oracle:
@@ -30,7 +30,7 @@ def _labels(config: WorldConfig, state: WorldState, sim: synthetic.SimulatedDays
 
 
 @pytest.fixture(scope="module")
-def default_world() -> tuple[WorldConfig, WorldState, synthetic.SimulatedDays]:
+def default_world() -> tuple[WorldConfig, WorldState, world_model.SimulatedDays]:
     config = WorldConfig()
     state, sim = _run(config)
     return config, state, sim
@@ -59,7 +59,7 @@ def test_a_saved_and_restored_world_continues_exactly_as_one_that_never_stopped(
     restored = WorldState.from_bytes(state.to_bytes(), state.scalars())
     second = synthetic.simulate(config, restored, 10)
     # Then the events are identical
-    joined = synthetic.DayEvents.concat([first.events, second.events])
+    joined = world_model.DayEvents.concat([first.events, second.events])
     np.testing.assert_array_equal(joined.timestamp_us, straight.events.timestamp_us)
     np.testing.assert_array_equal(joined.user_index, straight.events.user_index)
     assert restored.n_users > config.users  # new users kept arriving after the initial period
@@ -106,7 +106,7 @@ def test_drift_shifts_behaviour_that_a_drift_report_can_see() -> None:
     config = WorldConfig(users=1_000, days=240, seed=5, drift_at=120)
     _, sim = _run(config)
     events = sim.events
-    day = (events.timestamp_us // synthetic.MICROS_PER_DAY) - (
+    day = (events.timestamp_us // world_model.MICROS_PER_DAY) - (
         np.datetime64(config.start_date, "D") - np.datetime64("1970-01-01", "D")
     ).astype(np.int64)
     logins = events.event_code == EVENT_CODE["login"]
@@ -130,8 +130,8 @@ def test_after_drift_the_old_relationship_predicts_churn_worse_than_the_new_one(
     snapshots = []
     for _ in range(3):
         active = np.flatnonzero((state.signup_day < state.day) & (state.churn_day < 0))
-        new_rules = synthetic.oracle_churn_probability(config, state, state.day, active)
-        old_rules = synthetic.oracle_churn_probability(undrifted, state, state.day, active)
+        new_rules = oracle.oracle_churn_probability(config, state, state.day, active)
+        old_rules = oracle.oracle_churn_probability(undrifted, state, state.day, active)
         snapshots.append((state.day, active, new_rules, old_rules))
         synthetic.simulate(config, state, 15, with_oracle=False)
     synthetic.simulate(config, state, config.horizon_days, with_oracle=False)

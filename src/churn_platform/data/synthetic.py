@@ -1,218 +1,44 @@
 """A seeded, vectorised simulator of a subscription product: users, their daily behaviour, and their churn.
 
-Each user has a latent log-engagement: a personal baseline, a slow decline for some users, and a persistent
-AR(1) deviation. Engagement drives event counts; a daily churn hazard comes from the engagement level and its
-trend, recent support tickets and payment failures, plan and tenure. A churned user emits `cancel` and nothing
-after it. Everything the simulator knows lives in `WorldState`, so a world can be saved and continued day by day.
-
-Because the simulator knows each user's latent state, it can say how likely a churn is over the next H days:
-`oracle_churn_probability` forecasts the hazard path from that state (expected future engagement, decayed ticket
-and payment-failure pressure, tenure) and turns it into a probability. That is the ceiling a model reading only
-events can approach (the oracle AUC).
+One day at a time, for all users at once: who churns (from yesterday's state), which events each active user
+emits, and how the latent state moves on. A churned user emits `cancel` and nothing after it. The model it runs
+(event types, regimes, state) is in `world_model`; its churn forecast in `oracle`.
 """
 
 from __future__ import annotations
 
-import io
-from dataclasses import asdict, dataclass, field, fields
-from datetime import date
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-
-SECONDS_PER_DAY = 86_400
-MICROS_PER_DAY = SECONDS_PER_DAY * 1_000_000
-
-EVENT_TYPES: tuple[str, ...] = (
-    "login",
-    "session",
-    "feature_use",
-    "support_ticket",
-    "payment",
-    "payment_failed",
-    "plan_upgrade",
-    "plan_downgrade",
-    "cancel",
+from churn_platform.data.oracle import oracle_churn_probability
+from churn_platform.data.world_model import (
+    BILLING_PERIOD_DAYS,
+    CHANNELS,
+    ENGAGEMENT_NOISE,
+    ENGAGEMENT_PERSISTENCE,
+    EVENT_CODE,
+    EVENT_TYPES,
+    MICROS_PER_DAY,
+    PAYMENT_FAILURE_DECAY,
+    PLAN_PRICES,
+    PLANS,
+    POPULATION_ENGAGEMENT,
+    REGIONS,
+    SECONDS_PER_DAY,
+    TICKET_DECAY,
+    TREND_SMOOTHING,
+    DayEvents,
+    DayOracle,
+    IntArray,
+    Regime,
+    SimulatedDays,
+    WorldConfig,
+    WorldState,
+    hazard_log_odds,
+    log_engagement,
+    sigmoid,
 )
-EVENT_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
-# Event types that carry a value (session minutes, or a price for payments and plan changes).
-VALUED_EVENT_TYPES = frozenset({"session", "payment", "payment_failed", "plan_upgrade", "plan_downgrade"})
-
-PLANS: tuple[str, ...] = ("basic", "standard", "premium")
-PLAN_PRICES = np.array([9.99, 19.99, 39.99])
-CHANNELS: tuple[str, ...] = ("organic", "paid_search", "social", "referral", "partner")
-REGIONS: tuple[str, ...] = ("north_america", "europe", "asia_pacific", "latin_america")
-BILLING_PERIOD_DAYS = 30
-
-
-@dataclass(frozen=True)
-class Regime:
-    """How behaviour turns into events, and events into churn. The drift scenario switches to a second regime."""
-
-    # Events per active day at engagement exp(0): Poisson rates.
-    login_rate: float = 1.45
-    session_rate: float = 1.25
-    feature_rate: float = 1.35
-    session_minutes: float = 14.0
-    ticket_rate: float = 0.012
-    # Daily churn hazard, as log-odds: intercept plus effects.
-    hazard_intercept: float = -6.9
-    hazard_level: float = -1.6  # per unit of log-engagement above the population mean
-    hazard_trend: float = -1.8  # engagement now vs its own 30-day average: falling engagement raises risk
-    hazard_ticket: float = 0.55  # per recent support ticket (decayed count)
-    hazard_payment_failure: float = 1.1  # per recent payment failure (decayed count)
-    hazard_plan: tuple[float, float, float] = (0.25, 0.0, -0.2)
-    hazard_new_user: float = 0.9  # extra risk in the first weeks, fading with tenure
-    plan_price_factor: float = 1.0
-    payment_failure_scale: float = 1.0
-    # Acquisition mix of new signups.
-    channel_mix: tuple[float, ...] = (0.35, 0.25, 0.15, 0.15, 0.10)
-
-
-# The drift scenario: a mobile-app launch and a price rise. Logins jump and sessions shorten (a covariate shift
-# Evidently sees), social signups grow, and churn now follows price, tickets and payment failures more than
-# engagement trend (a concept shift, so a model trained before the drift degrades after it).
-DRIFTED_REGIME = Regime(
-    login_rate=2.9,
-    session_rate=1.6,
-    feature_rate=1.9,
-    session_minutes=8.0,
-    ticket_rate=0.02,
-    hazard_intercept=-6.9,
-    hazard_level=-0.6,
-    hazard_trend=-3.0,
-    hazard_ticket=1.0,
-    hazard_payment_failure=1.6,
-    hazard_plan=(-0.2, 0.2, 0.8),
-    plan_price_factor=1.2,
-    payment_failure_scale=1.6,
-    channel_mix=(0.2, 0.15, 0.45, 0.1, 0.1),
-)
-
-# Latent engagement dynamics (shared by both regimes).
-ENGAGEMENT_PERSISTENCE = 0.96  # AR(1) coefficient of the daily deviation
-ENGAGEMENT_NOISE = 0.15  # daily innovation of the deviation
-TREND_SMOOTHING = 1.0 / 30.0  # the 30-day exponential average engagement is compared against
-TICKET_DECAY = 0.5 ** (1 / 10)  # support-ticket pressure halves in 10 days
-PAYMENT_FAILURE_DECAY = 0.5 ** (1 / 7)  # payment-failure pressure halves in 7 days
-NEW_USER_TENURE_DAYS = 45.0
-POPULATION_ENGAGEMENT = 0.35  # mean log-engagement the level effect is centred on
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """The parameters of a world; with the seed they determine every event."""
-
-    users: int = 1_000
-    days: int = 365
-    seed: int = 7
-    start_date: date = date(2025, 1, 1)
-    horizon_days: int = 30
-    drift_at: int | None = None  # day index from which the drifted regime applies
-    launch_cohort: float = 0.35  # share of the initial users who sign up in the first week
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["start_date"] = self.start_date.isoformat()
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WorldConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["start_date"] = date.fromisoformat(values["start_date"])
-        return cls(**values)
-
-    def regime(self, day: int) -> Regime:
-        return DRIFTED_REGIME if self.drift_at is not None and day >= self.drift_at else Regime()
-
-
-@dataclass
-class WorldState:
-    """Everything the simulator knows, per user, at the start of `day` (the next day to simulate)."""
-
-    day: int
-    next_event_seq: int
-    rng_state: dict[str, Any]
-    signup_day: IntArray
-    signup_second: IntArray
-    plan: IntArray
-    initial_plan: IntArray
-    channel: IntArray
-    region: IntArray
-    baseline: FloatArray  # personal mean log-engagement
-    decline_start: IntArray  # day a slow decline begins (a large number for users who never decline)
-    decline_rate: FloatArray  # log-engagement lost per day once declining
-    deviation: FloatArray  # AR(1) deviation of log-engagement
-    engagement_avg: FloatArray  # 30-day exponential average of log-engagement
-    ticket_pressure: FloatArray
-    payment_failure_pressure: FloatArray
-    payment_failure_prob: FloatArray
-    churn_day: IntArray  # -1 while active
-    arrival_rate: float = 0.0  # expected new signups per day once the initial users have arrived
-
-    @property
-    def n_users(self) -> int:
-        return int(self.signup_day.shape[0])
-
-    def to_bytes(self) -> bytes:
-        arrays = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        return buffer.getvalue()
-
-    def scalars(self) -> dict[str, Any]:
-        return {"day": self.day, "next_event_seq": self.next_event_seq, "rng_state": self.rng_state,
-                "arrival_rate": self.arrival_rate}  # fmt: skip
-
-    @classmethod
-    def from_bytes(cls, blob: bytes, scalars: dict[str, Any]) -> WorldState:
-        with np.load(io.BytesIO(blob)) as loaded:
-            arrays = {name: loaded[name] for name in loaded.files}
-        return cls(**arrays, **scalars)
-
-
-@dataclass
-class DayEvents:
-    """The events of one or more simulated days, as parallel arrays (one row per event)."""
-
-    user_index: IntArray
-    event_code: npt.NDArray[np.int8]
-    timestamp_us: IntArray  # microseconds since the Unix epoch, UTC
-    value: FloatArray  # NaN where the event type carries no value
-    seq: IntArray  # per-world event sequence number (the synthetic event id)
-
-    def __len__(self) -> int:
-        return int(self.user_index.shape[0])
-
-    @classmethod
-    def empty(cls) -> DayEvents:
-        none = np.empty(0, dtype=np.int64)
-        return cls(none, np.empty(0, dtype=np.int8), none, np.empty(0, dtype=np.float64), none)
-
-    @classmethod
-    def concat(cls, parts: list[DayEvents]) -> DayEvents:
-        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
-
-
-@dataclass
-class DayOracle:
-    """The simulator's churn probability over the next H days for each active user, as of the start of a day."""
-
-    day: int
-    user_index: IntArray
-    p_churn: FloatArray
-
-
-@dataclass
-class SimulatedDays:
-    events: DayEvents
-    oracle: list[DayOracle] = field(default_factory=list)
-    new_users: IntArray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 def _draw_users(rng: np.random.Generator, n: int, signup_days: IntArray, regime: Regime) -> dict[str, Any]:
@@ -264,94 +90,6 @@ def new_world(config: WorldConfig) -> WorldState:
     )
 
 
-def _log_engagement(state: WorldState, day: int, users: IntArray) -> FloatArray:
-    decline = np.clip(day - state.decline_start[users], 0, None) * state.decline_rate[users]
-    return state.baseline[users] - np.minimum(decline, 2.5) + state.deviation[users]
-
-
-def _hazard_log_odds(
-    regime: Regime,
-    engagement: FloatArray,
-    engagement_avg: FloatArray,
-    tickets: FloatArray,
-    payment_failures: FloatArray,
-    plan: IntArray,
-    tenure_days: FloatArray,
-) -> FloatArray:
-    log_odds: FloatArray = (
-        regime.hazard_intercept
-        + regime.hazard_level * (engagement - POPULATION_ENGAGEMENT)
-        + regime.hazard_trend * (engagement - engagement_avg)
-        + regime.hazard_ticket * tickets
-        + regime.hazard_payment_failure * payment_failures
-        + np.asarray(regime.hazard_plan)[plan]
-        + regime.hazard_new_user * np.exp(-tenure_days / NEW_USER_TENURE_DAYS)
-    )
-    return log_odds
-
-
-def _sigmoid(x: FloatArray) -> FloatArray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _decayed_sums(initial: FloatArray, inputs: FloatArray, decay: float) -> FloatArray:
-    """x_k = decay * x_{k-1} + inputs_{k-1}, x_0 = initial, for k = 0..H-1, for all users at once (n x H)."""
-    horizon = inputs.shape[1]
-    k = np.arange(horizon)
-    # weights[j, k] = decay^(k-1-j) for j < k: a lower-triangular convolution as one matrix product.
-    exponent = k[None, :] - 1 - k[:, None]
-    weights = np.where(exponent >= 0, decay ** np.clip(exponent, 0, None), 0.0)
-    return initial[:, None] * decay ** k[None, :] + inputs @ weights
-
-
-def oracle_churn_probability(config: WorldConfig, state: WorldState, day: int, users: IntArray) -> FloatArray:
-    """P(churn within days day .. day + H - 1 | the simulator's state at the start of `day`).
-
-    The future is forecast, not sampled: the AR(1) deviation decays towards zero (with a lognormal correction
-    for its growing variance), declines continue, ticket and payment-failure pressure decay while their expected
-    new arrivals are added, and each day's hazard is evaluated under the regime in force that day. Survival
-    multiplies across the horizon. Computed for all users and all horizon days at once (n x H arrays).
-    """
-    horizon = config.horizon_days
-    k = np.arange(horizon)
-    days = day + k
-    regimes = [config.regime(int(d)) for d in days]
-    per_day = {
-        name: np.array([getattr(r, name) for r in regimes])[None, :]
-        for name in ("hazard_intercept", "hazard_level", "hazard_trend", "hazard_ticket", "hazard_payment_failure",
-                     "hazard_new_user", "ticket_rate", "payment_failure_scale")
-    }  # fmt: skip
-    plan_effect = np.array([r.hazard_plan for r in regimes]).T[state.plan[users]]  # n x H
-
-    decline = np.clip(days[None, :] - state.decline_start[users][:, None], 0, None) * state.decline_rate[users][:, None]
-    deviation = state.deviation[users][:, None] * ENGAGEMENT_PERSISTENCE ** k[None, :]
-    engagement = state.baseline[users][:, None] - np.minimum(decline, 2.5) + deviation
-    # The 30-day average follows the expected engagement path.
-    engagement_avg = _decayed_sums(state.engagement_avg[users], TREND_SMOOTHING * engagement, 1.0 - TREND_SMOOTHING)
-    gap = engagement - engagement_avg
-    tickets = _decayed_sums(state.ticket_pressure[users], per_day["ticket_rate"] * np.exp(-0.8 * gap), TICKET_DECAY)
-    tenure = (days[None, :] - state.signup_day[users][:, None]).astype(np.float64)
-    billing = ((tenure % BILLING_PERIOD_DAYS) == 0) & (tenure > 0)
-    failures = billing * np.minimum(state.payment_failure_prob[users][:, None] * per_day["payment_failure_scale"], 1)
-    payment_failures = _decayed_sums(state.payment_failure_pressure[users], failures, PAYMENT_FAILURE_DECAY)
-
-    deviation_var = ENGAGEMENT_NOISE**2 * (1 - ENGAGEMENT_PERSISTENCE ** (2 * k)) / (1 - ENGAGEMENT_PERSISTENCE**2)
-    log_odds = (
-        per_day["hazard_intercept"]
-        + per_day["hazard_level"] * (engagement - POPULATION_ENGAGEMENT)
-        + per_day["hazard_trend"] * gap
-        + per_day["hazard_ticket"] * tickets
-        + per_day["hazard_payment_failure"] * payment_failures
-        + plan_effect
-        + per_day["hazard_new_user"] * np.exp(-tenure / NEW_USER_TENURE_DAYS)
-        # E[exp(b x)] for Gaussian x: hazards are small, so a lognormal correction keeps the forecast unbiased
-        # (a quarter of the full term: the 30-day average absorbs part of every deviation).
-        + 0.25 * (per_day["hazard_level"] + per_day["hazard_trend"]) ** 2 * deviation_var[None, :]
-    )
-    survival: FloatArray = np.prod(1.0 - _sigmoid(log_odds), axis=1)
-    return 1.0 - survival
-
-
 def _day_bounds(state: WorldState, day: int, users: IntArray, cancel_second: IntArray) -> tuple[IntArray, IntArray]:
     """Per user, the window of seconds within the day in which events can happen (after signup, before cancel)."""
     low = np.where(state.signup_day[users] == day, state.signup_second[users], 0)
@@ -372,10 +110,10 @@ def simulate_day(
         existing = active[state.signup_day[active] < day]
         oracle = DayOracle(day, existing, oracle_churn_probability(config, state, day, existing))
 
-    engagement = _log_engagement(state, day, active)
+    engagement = log_engagement(state, day, active)
     tenure = (day - state.signup_day[active]).astype(np.float64)
-    hazard = _sigmoid(
-        _hazard_log_odds(
+    hazard = sigmoid(
+        hazard_log_odds(
             regime,
             engagement,
             state.engagement_avg[active],

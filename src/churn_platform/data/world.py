@@ -22,9 +22,9 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
 from churn_platform import db
-from churn_platform.data import binary_copy, labels, synthetic
+from churn_platform.data import binary_copy, labels, synthetic, world_model
 from churn_platform.data.binary_copy import Field
-from churn_platform.data.synthetic import DayEvents, DayOracle, WorldConfig, WorldState
+from churn_platform.data.world_model import DayEvents, DayOracle, WorldConfig, WorldState
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,18 @@ def encode_events(events: DayEvents, namespace: bytes, load_id: int) -> list[mem
     # Format each user id once, then gather; group rows by type with one stable sort instead of a mask per type.
     ids = user_ids(np.arange(int(events.user_index.max(initial=0)) + 1))[events.user_index]
     order = np.argsort(events.event_code, kind="stable")
-    bounds = np.searchsorted(events.event_code[order], np.arange(len(synthetic.EVENT_TYPES) + 1))
+    bounds = np.searchsorted(events.event_code[order], np.arange(len(world_model.EVENT_TYPES) + 1))
     chunks = []
-    for code, name in enumerate(synthetic.EVENT_TYPES):
+    for code, name in enumerate(world_model.EVENT_TYPES):
         rows = order[bounds[code] : bounds[code + 1]]
         n = rows.shape[0]
         if n == 0:
             continue
         type_bytes = name.encode()
         value = (
-            Field("value", ">f8", events.value[rows]) if name in synthetic.VALUED_EVENT_TYPES else Field("value", None)
+            Field("value", ">f8", events.value[rows])
+            if name in world_model.VALUED_EVENT_TYPES
+            else Field("value", None)
         )
         columns = [
             Field("event_key", "V16", _event_keys(namespace, events.seq[rows])),
@@ -168,7 +170,7 @@ def _write_users(
     cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64], load_id: int
 ) -> None:
     epoch = np.datetime64(config.start_date, "s")
-    signup = epoch + (state.signup_day[users] * synthetic.SECONDS_PER_DAY + state.signup_second[users]).astype(
+    signup = epoch + (state.signup_day[users] * world_model.SECONDS_PER_DAY + state.signup_second[users]).astype(
         "timedelta64[s]"
     )
     ids = user_ids(users)
@@ -179,10 +181,10 @@ def _write_users(
                 (
                     ids[i].decode(),
                     f"{signup[i]}+00:00",
-                    synthetic.PLANS[plan],
-                    float(synthetic.PLAN_PRICES[plan]),
-                    synthetic.CHANNELS[int(state.channel[u])],
-                    synthetic.REGIONS[int(state.region[u])],
+                    world_model.PLANS[plan],
+                    float(world_model.PLAN_PRICES[plan]),
+                    world_model.CHANNELS[int(state.channel[u])],
+                    world_model.REGIONS[int(state.region[u])],
                     load_id,
                 )
             )
