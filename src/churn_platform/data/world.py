@@ -380,9 +380,14 @@ def summary_rows(summary: WorldSummary) -> list[tuple[str, str]]:
         ("events in database", f"{sum(summary.events_by_type.values()):,}"),
         *((f"  {t}", f"{n:,}") for t, n in summary.events_by_type.items()),
         (f"churn within {cfg.horizon_days} days of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots"),
-        ("events written", f"{summary.events_written:,}"),
-        ("time taken", f"{summary.seconds:.1f} s ({summary.events_per_second:,.0f} events/s)"),
-    ]
+    ] + (
+        [
+            ("events written", f"{summary.events_written:,}"),
+            ("time taken", f"{summary.seconds:.1f} s ({summary.events_per_second:,.0f} events/s)"),
+        ]
+        if summary.seconds > 0  # a summary of a write, not of what is stored
+        else []
+    )
 
 
 def summary_markdown(summary: WorldSummary) -> str:
