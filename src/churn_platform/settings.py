@@ -7,7 +7,32 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+# Variables of the tools the platform drives, read from the environment and `.env` under their own names.
+TOOL_VARIABLES = frozenset({"mlflow_tracking_uri", "prefect_api_url"})
+
+
+class PlatformDotEnv(DotEnvSettingsSource):
+    """`.env` limited to this platform's variables (CHURN_* and the tools' own).
+
+    One `.env` also feeds docker compose (POSTGRES_PASSWORD, REDIS_PASSWORD): those are not ours to read, and
+    must not be rejected as unknown settings. A misspelt CHURN_* variable still is.
+    """
+
+    def _load_env_vars(self) -> dict[str, str | None]:  # type: ignore[override]
+        prefix = self.env_prefix.lower()
+        return {
+            name: value
+            for name, value in super()._load_env_vars().items()
+            if name.lower().startswith(prefix) or name.lower() in TOOL_VARIABLES
+        }
 
 
 class Settings(BaseSettings):
@@ -72,6 +97,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        dotenv = PlatformDotEnv(
+            settings_cls, env_file=dotenv_settings.env_file, env_file_encoding=dotenv_settings.env_file_encoding
+        )  # keeps a per-call `_env_file`
+        return init_settings, env_settings, dotenv, file_secret_settings
 
     @model_validator(mode="after")
     def _need_a_churn_definition(self) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import psycopg
@@ -32,8 +33,10 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         assert client.get("k") == b"v"
         client.close()
         # A second `up` reuses the running servers instead of starting more
-        assert local_stack.database_url(settings) == statuses["postgres"].url
-        assert local_stack.redis_url(settings) == statuses["redis"].url
+        record = local_stack.StackRecord(data_dir).read()
+        local_stack.up(settings)
+        assert local_stack.StackRecord(data_dir).read() == record
+        assert local_stack.redis_process_id(local_stack.redis_url(settings)) == record["redis"]["pid"]
     finally:
         stopped = local_stack.down(settings)
 
@@ -81,3 +84,41 @@ def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
     assert not statuses["redis"].healthy
     with pytest.raises(local_stack.StackError, match=r"127\.0\.0\.1:1"):
         local_stack.up(settings)
+
+
+@pytest.mark.embedded
+def test_embedded_postgres_restarts_in_the_same_process_and_keeps_its_data(data_dir: Path) -> None:
+    settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
+    component = local_stack.EmbeddedPostgres(settings)
+    url = component.start()
+    try:
+        with psycopg.connect(url) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+            first_pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert component.stop()
+        assert not component.status().healthy
+        url = component.start()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
+            assert conn.execute("SELECT pg_backend_pid()").fetchone() != first_pid
+    finally:
+        component.stop()
+
+
+@pytest.mark.embedded
+def test_a_recorded_redis_pid_that_is_not_our_server_is_never_trusted(data_dir: Path) -> None:
+    # Given a record pointing at a live process that is not the Redis we started (a reused PID)
+    settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
+    data_dir.mkdir(parents=True)
+    local_stack.StackRecord(data_dir).put("redis", {"pid": os.getpid(), "url": "redis://127.0.0.1:1/0", "data": "x"})
+    component = local_stack.EmbeddedRedis(settings)
+
+    # Then it is not reported as running, `stop` kills nothing, and `start` starts a real server
+    assert not component.status().healthy
+    assert component.stop() is False
+    url = component.start()
+    try:
+        assert local_stack.redis_process_id(url) == local_stack.StackRecord(data_dir).read()["redis"]["pid"]
+    finally:
+        component.stop()

@@ -1,0 +1,40 @@
+"""Settings: environment and `.env`, the churn definition, and what `.env` may hold besides our variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from churn_platform.settings import Settings
+
+
+def test_a_shared_env_file_with_compose_variables_is_accepted(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(
+        "POSTGRES_PASSWORD=secret\nREDIS_PASSWORD=x\nCHURN_DATA_DIR=/data\nMLFLOW_TRACKING_URI=http://m:5000\n"
+    )
+    settings = Settings(_env_file=env)  # type: ignore[call-arg]
+    assert settings.data_dir == Path("/data")
+    assert settings.mlflow_tracking_uri == "http://m:5000"
+
+
+def test_a_misspelt_platform_variable_in_env_is_rejected(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("CHURN_DATA_DIRR=/data\n")
+    with pytest.raises(ValidationError, match="data_dirr"):
+        Settings(_env_file=env)  # type: ignore[call-arg]
+
+
+def test_churn_event_types_come_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURN_CHURN_EVENT_TYPES", "cancel, account_closed")
+    assert Settings(_env_file=None).churn_event_types == ("cancel", "account_closed")  # type: ignore[call-arg]
+
+
+def test_churn_must_be_defined_somehow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURN_CHURN_EVENT_TYPES", "")
+    with pytest.raises(ValidationError, match="CHURN_INACTIVITY_DAYS"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("CHURN_INACTIVITY_DAYS", "45")
+    assert Settings(_env_file=None).inactivity_days == 45  # type: ignore[call-arg]
