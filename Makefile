@@ -46,4 +46,4 @@ bench: install  ## run the benchmarks under bench/
 
 clean:  ## stop the stack and delete its data
 	-$(RUN) churn down
-	rm -rf .churn
+	rm -rf "$${CHURN_DATA_DIR:-.churn}"

@@ -26,8 +26,9 @@ TARGET_EVENTS_PER_S = 500_000
 
 def measure_generate(config: WorldConfig) -> tuple[int, float]:
     with fresh_database() as url:
-        summary = world.generate_world(url, config)
-    return summary.events_written, summary.seconds
+        written = world.generate_world(url, config).written
+    assert written is not None
+    return written.events, written.seconds
 
 
 def measure_pandas_peer(config: WorldConfig) -> tuple[int, float]:

@@ -24,11 +24,7 @@ def advance(url: str, days: int) -> world.WorldSummary:
 
 @task
 def publish(summary: world.WorldSummary, key: str) -> None:
-    get_run_logger().info(
-        "%s events written in %.1f s; %s users; churn within %s days: %s",
-        f"{summary.events_written:,}", summary.seconds, f"{summary.users:,}", summary.config.horizon_days,
-        "-" if summary.positive_label_rate is None else f"{summary.positive_label_rate:.1%}",
-    )  # fmt: skip
+    get_run_logger().info("; ".join(f"{what.strip()}: {value}" for what, value in world.summary_rows(summary)))
     create_markdown_artifact(key=key, markdown=world.summary_markdown(summary), description="synthetic world")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -116,16 +117,13 @@ def db_checksum() -> None:
 # --- the synthetic world -------------------------------------------------------------------------------------------
 
 
-def _days_progress(total: int, description: str) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("days"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
+@contextlib.contextmanager
+def _days_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar over simulated days; yields the callback that advances it."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("days"))
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda days: progress.advance(task, days)
 
 
 def _world_table(summary: world.WorldSummary) -> Table:
@@ -143,30 +141,36 @@ def generate(
     days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 365,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = 7,
     start: Annotated[str, typer.Option(help="First day of the world (YYYY-MM-DD).")] = "2025-01-01",
-    horizon: Annotated[int, typer.Option(min=1, help="Days ahead the oracle's churn probability covers.")] = 30,
+    horizon: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Days ahead the oracle's churn probability covers [default: CHURN_LABEL_HORIZON_DAYS]"
+        ),
+    ] = None,
     drift_at: Annotated[
         int | None, typer.Option("--drift-at", min=1, help="Day index from which the world drifts.")
     ] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Discard the world or data already loaded.")] = False,
 ) -> None:
     """Simulate a subscription product and load its users and events into PostgreSQL."""
+    settings = get_settings()
     try:
-        config = WorldConfig(
-            users=users, days=days, seed=seed, start_date=date.fromisoformat(start), horizon_days=horizon,
-            drift_at=drift_at,
-        )  # fmt: skip
+        start_date = date.fromisoformat(start)
     except ValueError as exc:
         raise _fail(f"--start: {exc}") from exc
-    url = db.platform_url(get_settings())
+    config = WorldConfig(
+        users=users, days=days, seed=seed, start_date=start_date,
+        horizon_days=horizon or settings.label_horizon_days, drift_at=drift_at,
+    )  # fmt: skip
+    url = db.platform_url(settings)
     db.init_schema(url)
     try:
         world.check_can_generate(url, replace=replace)
     except world.WorldExistsError as exc:
         raise _fail(str(exc)) from exc
-    with _days_progress(days, "simulating") as progress:
-        task = progress.add_task("simulating", total=days)
+    with _days_bar(days, "simulating") as advance:
         try:
-            summary = world.generate_world(url, config, replace=replace, progress=lambda n: progress.advance(task, n))
+            summary = world.generate_world(url, config, replace=replace, progress=advance)
         except world.WorldExistsError as exc:
             raise _fail(str(exc)) from exc
     console.print(_world_table(summary))
@@ -176,10 +180,9 @@ def generate(
 def world_advance(days: Annotated[int, typer.Option(min=1, help="Days to add to the world.")] = 7) -> None:
     """Continue the stored world by N days: new events, new users, realised churn."""
     url = db.platform_url(get_settings())
-    with _days_progress(days, "advancing") as progress:
-        task = progress.add_task("advancing", total=days)
+    with _days_bar(days, "advancing") as advance:
         try:
-            summary = world.advance_world(url, days, progress=lambda n: progress.advance(task, n))
+            summary = world.advance_world(url, days, progress=advance)
         except world.NoWorldError as exc:
             raise _fail(str(exc)) from exc
     console.print(_world_table(summary))
@@ -192,8 +195,7 @@ def world_show() -> None:
     stored = world.load_world(url)
     if stored is None:
         raise _fail("this database holds no synthetic world: run `churn generate` first")
-    config, _ = stored
-    console.print(_world_table(world.summarise(url, config, 0, 0, 0.0)))
+    console.print(_world_table(world.summarise(url, *stored)))
 
 
 # --- your own data -------------------------------------------------------------------------------------------------

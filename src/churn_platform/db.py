@@ -28,6 +28,7 @@ CHECKSUM_TABLES: dict[str, tuple[str, ...]] = {
     "raw.quarantine": ("source_sha256", "row_number"),
     "synthetic.oracle_churn": ("user_id", "day"),
 }
+CHECKSUM_SESSION_SQL = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO'; SET LOCAL extra_float_digits = 1"
 # Load bookkeeping (timestamps of when a load ran) is not content: left out of checksums.
 CHECKSUM_EXCLUDED_COLUMNS = frozenset({"load_id"})
 
@@ -99,6 +100,9 @@ def table_checksum(conn: psycopg.Connection, table: str, key: tuple[str, ...]) -
 def checksums(url: str) -> list[TableChecksum]:
     """Checksums of every content table: equal checksums mean equal data."""
     with connect(url) as conn:
+        # Rows are hashed as text: pin every setting that changes how a value prints, so the same data gives
+        # the same checksum whatever the server's or client's time zone and formats.
+        conn.execute(CHECKSUM_SESSION_SQL)
         return [table_checksum(conn, table, key) for table, key in CHECKSUM_TABLES.items()]
 
 
@@ -107,6 +111,7 @@ SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname, p
 FROM pg_index i
 LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
 WHERE i.indrelid = %s::regclass
+ORDER BY i.indisunique DESC, i.indexrelid
 """
 
 
@@ -117,6 +122,7 @@ def indexes_deferred(cur: psycopg.Cursor[Any], table: str) -> Iterator[None]:
     Building an index once over loaded rows is several times faster than maintaining it row by row. Run this
     inside the load's transaction: other sessions never see the table without its indexes, and a failed load
     rolls the drop back too. The definitions are read from the catalog, so infra/postgres stays their one source.
+    Unique indexes are built first: rows with a duplicate key fail the load before the other builds start.
     """
     definitions = cur.execute(INDEX_DEFINITIONS_SQL, (table,)).fetchall()
     for index, _, constraint, _ in definitions:

@@ -66,7 +66,9 @@ def test_the_world_flows_generate_and_advance_a_world(prefect_server: None, flow
         days = conn.execute("SELECT days_simulated FROM synthetic.worlds").fetchone()
         events = conn.execute("SELECT count(*) FROM raw.events").fetchone()
     assert days == (45,)
-    assert events == (generated.events_written + advanced.events_written,)
+    assert generated.written is not None
+    assert advanced.written is not None
+    assert events == (generated.written.events + advanced.written.events,)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthetic-world"]))

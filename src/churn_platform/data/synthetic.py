@@ -108,7 +108,9 @@ def simulate_day(
     oracle = None
     if with_oracle:
         existing = active[state.signup_day[active] < day]
-        oracle = DayOracle(day, existing, oracle_churn_probability(config, state, day, existing))
+        # Kept for every simulated day until the load ends: stored compactly (as in the table: int, real).
+        p_churn = oracle_churn_probability(config, state, day, existing).astype(np.float32)
+        oracle = DayOracle(day, existing.astype(np.int32), p_churn)
 
     engagement = log_engagement(state, day, active)
     tenure = (day - state.signup_day[active]).astype(np.float64)

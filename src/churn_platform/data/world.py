@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -43,7 +43,7 @@ COPY_ORACLE_SQL = "COPY synthetic.oracle_churn (user_id, day, horizon_days, p_ch
 COPY_USERS_SQL = "COPY raw.users (user_id, signup_at, plan, plan_price, channel, region, load_id) FROM STDIN"
 EXISTING_DATA_SQL = """
 SELECT (SELECT count(*) FROM synthetic.worlds), (SELECT count(*) FROM raw.users),
-       EXISTS (SELECT 1 FROM raw.events)
+       EXISTS (SELECT 1 FROM raw.events) OR EXISTS (SELECT 1 FROM raw.loads)
 """
 # Replacing a world empties every table it fills, and the load history; identities restart so a replaced world
 # is indistinguishable from a fresh one.
@@ -61,7 +61,8 @@ VALUES (1, %(seed)s, %(config)s, %(start_date)s, %(days)s, %(state)s, %(runtime)
 ON CONFLICT (world_id) DO UPDATE SET days_simulated = EXCLUDED.days_simulated, state = EXCLUDED.state,
     runtime = EXCLUDED.runtime, updated_at = EXCLUDED.updated_at
 """
-LOAD_WORLD_SQL = "SELECT config, state, runtime FROM synthetic.worlds WHERE world_id = 1 FOR UPDATE"
+LOAD_WORLD_SQL = "SELECT config, state, runtime FROM synthetic.worlds WHERE world_id = 1"
+LOCK_WORLD_SQL = LOAD_WORLD_SQL + " FOR UPDATE"
 EVENT_COUNTS_SQL = "SELECT event_type, count(*) FROM raw.events GROUP BY event_type ORDER BY count(*) DESC"
 
 
@@ -74,25 +75,35 @@ class NoWorldError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Written:
+    """What one generate or advance wrote, and how long it took."""
+
+    events: int
+    oracle_rows: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass(frozen=True)
 class WorldSummary:
-    """What `churn generate` and `churn world advance` print."""
+    """What `churn generate`, `churn world advance` and `churn world show` print."""
 
     config: WorldConfig
     first_day: date
     last_day: date
     users: int
     active_users: int
-    events_written: int
     events_by_type: dict[str, int]
     positive_label_rate: float | None
     labelled_snapshots: int
-    oracle_rows_written: int
-    seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
+    written: Written | None = None  # None: a summary of what is stored, not of a write
 
-    @property
-    def events_per_second(self) -> float:
-        return self.events_written / self.seconds if self.seconds > 0 else float("nan")
+
+# A synthetic world's churn is its cancel events: the simulator emits one for every churn.
+WORLD_CHURN_DEFINITION = labels.ChurnDefinition(("cancel",), None)
 
 
 def user_ids(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
@@ -248,12 +259,11 @@ def ensure_can_generate(cur: psycopg.Cursor[Any], *, replace: bool) -> None:
     """Raise WorldExistsError if the database holds a world or loaded data and `replace` is not set."""
     if replace:
         return
-    worlds, users, has_events = cur.execute(EXISTING_DATA_SQL).fetchone() or (0, 0, False)
-    if worlds or users or has_events:
+    worlds, users, has_loads = cur.execute(EXISTING_DATA_SQL).fetchone() or (0, 0, False)
+    if worlds or users or has_loads:
         what = "a synthetic world" if worlds else "loaded data"
         raise WorldExistsError(
-            f"the database already holds {what} ({users:,} users{' and their events' if has_events else ''});"
-            " pass --replace to discard it"
+            f"the database already holds {what} ({users:,} users, and loads in raw.loads); pass --replace to discard it"
         )
 
 
@@ -286,7 +296,8 @@ def generate_world(
             _write_users_and_oracle(cur, state, config, np.arange(state.n_users, dtype=np.int64), load_id, oracle)
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
-    return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return summarise(url, config, state, Written(written, sum(o.user_index.shape[0] for o in oracle), seconds))
 
 
 def _write_users_and_oracle(
@@ -320,7 +331,7 @@ def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None
     started = time.perf_counter()
     with db.connect(url) as conn, conn.cursor() as cur:
         cur.execute(WORLD_LOCK_SQL)
-        row = cur.execute(LOAD_WORLD_SQL).fetchone()
+        row = cur.execute(LOCK_WORLD_SQL).fetchone()
         if row is None:
             raise NoWorldError("this database holds no synthetic world: run `churn generate` first")
         config = WorldConfig.from_json(row[0])
@@ -332,7 +343,8 @@ def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None
         _write_users_and_oracle(cur, state, config, new_users, load_id, oracle)
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
-    return summarise(url, config, written, sum(o.user_index.shape[0] for o in oracle), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return summarise(url, config, state, Written(written, sum(o.user_index.shape[0] for o in oracle), seconds))
 
 
 def load_world(url: str) -> tuple[WorldConfig, WorldState] | None:
@@ -344,14 +356,14 @@ def load_world(url: str) -> tuple[WorldConfig, WorldState] | None:
     return WorldConfig.from_json(row[0]), WorldState.from_bytes(bytes(row[1]), row[2])
 
 
-def summarise(url: str, config: WorldConfig, events_written: int, oracle_rows: int, seconds: float) -> WorldSummary:
-    """Users, events by type and the positive-label rate of what the database now holds."""
-    stored = load_world(url)
-    assert stored is not None
-    _, state = stored
+def summarise(url: str, config: WorldConfig, state: WorldState, written: Written | None = None) -> WorldSummary:
+    """Users, events by type and the positive-label rate of what the database now holds, and what was written.
+
+    The rate uses the world's own churn definition: its `cancel` events, over its oracle's horizon.
+    """
     with db.connect(url) as conn:
         by_type = {str(t): int(n) for t, n in conn.execute(EVENT_COUNTS_SQL)}
-        rate = labels.positive_label_rate(conn, labels.ChurnDefinition(("cancel",), None), config.horizon_days)
+        rate = labels.positive_label_rate(conn, WORLD_CHURN_DEFINITION, config.horizon_days)
     active = int(((state.signup_day < state.day) & (state.churn_day < 0)).sum())
     return WorldSummary(
         config=config,
@@ -359,12 +371,10 @@ def summarise(url: str, config: WorldConfig, events_written: int, oracle_rows: i
         last_day=date.fromordinal(config.start_date.toordinal() + state.day - 1),
         users=state.n_users,
         active_users=active,
-        events_written=events_written,
         events_by_type=by_type,
         positive_label_rate=rate.rate,
         labelled_snapshots=rate.snapshots,
-        oracle_rows_written=oracle_rows,
-        seconds=seconds,
+        written=written,
     )
 
 
@@ -381,12 +391,12 @@ def summary_rows(summary: WorldSummary) -> list[tuple[str, str]]:
         *((f"  {t}", f"{n:,}") for t, n in summary.events_by_type.items()),
         (f"churn within {cfg.horizon_days} days of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots"),
     ] + (
-        [
-            ("events written", f"{summary.events_written:,}"),
-            ("time taken", f"{summary.seconds:.1f} s ({summary.events_per_second:,.0f} events/s)"),
+        []
+        if summary.written is None
+        else [
+            ("events written", f"{summary.written.events:,}"),
+            ("time taken", f"{summary.written.seconds:.1f} s ({summary.written.events_per_second:,.0f} events/s)"),
         ]
-        if summary.seconds > 0  # a summary of a write, not of what is stored
-        else []
     )
 
 

@@ -200,8 +200,8 @@ class DayOracle:
     """The simulator's churn probability over the next H days for each active user, as of the start of a day."""
 
     day: int
-    user_index: IntArray
-    p_churn: FloatArray
+    user_index: npt.NDArray[np.int32]
+    p_churn: npt.NDArray[np.float32]
 
 
 @dataclass
