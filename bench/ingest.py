@@ -3,10 +3,11 @@
 Writes both files into a temporary folder, loads each into a fresh schema-initialised database (3 runs per
 format, each into a new database, dropped afterwards) and prints the median events/s, the ratio to the
 500,000 events/s target and to the peer: a plain `COPY ... (FORMAT csv)` of the same CSV into a table with no
-index, no key and no validation, measured in the same run.
+index, no key and no validation, measured in the same run. Each Parquet run then loads a second file of 100,000
+new events into the 1.4M-event table: the incremental path (no target). Every run prints the path it took.
 
     uv run python -m bench.ingest       # on CHURN_DATABASE_URL's server, or the embedded stack when unset
-    uv run python -m bench.ingest -v    # also log the staging / insert split of every load
+    uv run python -m bench.ingest -v    # also log the split of every load (copy / indexes, or staging / insert)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._databases import fresh_database
-from churn_platform.data.ingest import ingest_events
+from churn_platform.data.ingest import LoadSummary, ingest_events
 
 TARGET_EVENTS_PER_S = 500_000
 EVENTS = 1_400_000
+NEW_EVENTS = 100_000  # the incremental load's file: events of the year after
 USERS = 1_000
 RUNS = 3
 YEAR_START_S = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -48,15 +50,15 @@ PEER_COPY = "COPY events_peer (user_id, event_type, event_timestamp, value) FROM
 console = Console()
 
 
-def realistic_events(seed: int = 7) -> pa.Table:
-    """1.4M events of ~1,000 users over 2024: skewed activity, daily rhythm, purchases with prices, churners."""
+def realistic_events(seed: int = 7, events: int = EVENTS, year_start_s: int = YEAR_START_S) -> pa.Table:
+    """Events (1.4M) of ~1,000 users over a year (2024): skewed activity, daily rhythm, priced purchases, churners."""
     rng = np.random.default_rng(seed)
     activity = rng.lognormal(mean=0.0, sigma=1.0, size=USERS)
     starts = rng.uniform(0, 0.5, USERS) * YEAR_S  # first day in the year
     churners = rng.random(USERS) < 0.25
     ends = np.where(churners, starts + rng.uniform(0.1, 1.0, USERS) * (YEAR_S - starts), YEAR_S)
     weights = activity * (ends - starts)
-    per_user = rng.multinomial(EVENTS - int(churners.sum()), weights / weights.sum())
+    per_user = rng.multinomial(events - int(churners.sum()), weights / weights.sum())
     user = np.repeat(np.arange(USERS), per_user)
     day_s = np.floor(rng.uniform(starts[user], ends[user]) / 86_400) * 86_400
     seconds = day_s + rng.choice(24, size=len(user), p=HOURLY / HOURLY.sum()) * 3_600 + rng.uniform(0, 3_600, len(user))
@@ -70,7 +72,7 @@ def realistic_events(seed: int = 7) -> pa.Table:
     kinds = np.concatenate([kinds, np.full(len(churned), "cancel")])
     values = np.concatenate([values, np.full(len(churned), np.nan)])
     order = np.argsort(seconds, kind="stable")
-    micros = (YEAR_START_S + seconds[order]) * 1e6
+    micros = (year_start_s + seconds[order]) * 1e6
     return pa.table(
         {
             "user_id": pa.array(np.char.add("user_", np.char.zfill(user[order].astype(str), 5))),
@@ -81,13 +83,14 @@ def realistic_events(seed: int = 7) -> pa.Table:
     )
 
 
-def time_ingest(path: Path) -> float:
-    """Seconds to ingest the file into a fresh database (the load's own end-to-end timing)."""
+def ingest_in_fresh_database(paths: Sequence[Path]) -> list[LoadSummary]:
+    """Ingest the files in order into a fresh database (each load's own end-to-end timing); all rows must load."""
     with fresh_database("churn_bench_ingest") as url:
-        summary = ingest_events(url, path)
-    if summary.rows_loaded != summary.rows_read:
-        raise RuntimeError(f"expected every row loaded, got {summary}")
-    return summary.seconds
+        summaries = [ingest_events(url, path) for path in paths]
+    for summary in summaries:
+        if summary.rows_loaded != summary.rows_read:
+            raise RuntimeError(f"expected every row loaded, got {summary}")
+    return summaries
 
 
 def time_peer_copy(csv_path: Path) -> float:
@@ -102,11 +105,24 @@ def time_peer_copy(csv_path: Path) -> float:
         return time.perf_counter() - started
 
 
-def median_rate(measure: Callable[[], float], label: str) -> float:
+def median_ingest_rates(label: str, paths: Sequence[Path]) -> list[float]:
+    """Median events/s of each file's load, over RUNS fresh databases that load the files in order."""
+    runs = []
+    for run in range(1, RUNS + 1):
+        runs.append(ingest_in_fresh_database(paths))
+        for i, summary in enumerate(runs[-1]):
+            what = f"{label} run {run}" if i == 0 else f"  then {summary.rows_read:,} new events"
+            console.print(
+                f"  {what}: {summary.seconds:.2f} s ({summary.rows_per_second:,.0f} events/s, {summary.method})"
+            )
+    return [statistics.median(run[i].rows_per_second for run in runs) for i in range(len(paths))]
+
+
+def median_peer_rate(csv_path: Path) -> float:
     seconds = []
     for run in range(1, RUNS + 1):
-        seconds.append(measure())
-        console.print(f"  {label} run {run}: {seconds[-1]:.2f} s ({EVENTS / seconds[-1]:,.0f} events/s)")
+        seconds.append(time_peer_copy(csv_path))
+        console.print(f"  peer run {run}: {seconds[-1]:.2f} s ({EVENTS / seconds[-1]:,.0f} events/s)")
     return EVENTS / statistics.median(seconds)
 
 
@@ -118,20 +134,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as folder:
         events = realistic_events()
         parquet_path, csv_path = Path(folder) / "events.parquet", Path(folder) / "events.csv"
+        new_path = Path(folder) / "new_events.parquet"
         pq.write_table(events, parquet_path)
         pacsv.write_csv(events, csv_path)
+        pq.write_table(realistic_events(seed=8, events=NEW_EVENTS, year_start_s=YEAR_START_S + YEAR_S), new_path)
         console.print(f"{events.num_rows:,} events of {USERS:,} users; {RUNS} runs per format, median reported")
-        rates = {
-            "parquet": median_rate(lambda: time_ingest(parquet_path), "parquet ingest"),
-            "csv": median_rate(lambda: time_ingest(csv_path), "csv ingest"),
-            "peer: plain COPY csv, no index": median_rate(lambda: time_peer_copy(csv_path), "peer"),
-        }
-    peer = rates["peer: plain COPY csv, no index"]
+        parquet, incremental = median_ingest_rates("parquet ingest", [parquet_path, new_path])
+        (csv,) = median_ingest_rates("csv ingest", [csv_path])
+        peer = median_peer_rate(csv_path)
     table = Table(title=f"ingest of {EVENTS:,} events (target {TARGET_EVENTS_PER_S:,} events/s)")
     for column in ("path", "median events/s", "vs target", "vs peer"):
         table.add_column(column, justify="right")
-    for name, rate in rates.items():
-        table.add_row(name, f"{rate:,.0f}", f"{rate / TARGET_EVENTS_PER_S:.2f}x", f"{rate / peer:.2f}x")
+    rows = [
+        ("parquet", parquet, True),
+        ("csv", csv, True),
+        (f"incremental: +{NEW_EVENTS // 1_000}k into {EVENTS / 1e6:g}M", incremental, False),
+        ("peer: plain COPY csv, no index", peer, True),
+    ]
+    for name, rate, has_target in rows:
+        versus_target = f"{rate / TARGET_EVENTS_PER_S:.2f}x" if has_target else "-"
+        table.add_row(name, f"{rate:,.0f}", versus_target, f"{rate / peer:.2f}x")
     console.print(table)
 
 

@@ -22,8 +22,8 @@ CREATE TABLE IF NOT EXISTS raw.users (
     load_id    bigint NOT NULL REFERENCES raw.loads (load_id)
 );
 
--- event_key is the idempotency key: md5 of the source's event_id when it has one, else of the row's content
--- (see churn_platform.data.ingest.EVENT_KEY_SQL). Loading the same event twice can never make two rows.
+-- event_key is the idempotency key: a 128-bit hash of the source's event_id when it has one, else of the row's
+-- content (see churn_platform.data.event_key). Loading the same event twice can never make two rows.
 CREATE TABLE IF NOT EXISTS raw.events (
     event_key       uuid PRIMARY KEY,
     user_id         text COLLATE "C" NOT NULL CHECK (user_id <> ''),

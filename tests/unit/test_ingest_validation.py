@@ -294,3 +294,18 @@ def test_row_estimates_are_exact_for_parquet_and_small_csv(tmp_path: Path) -> No
     pq.write_table(pa.table({"user_id": ["u"] * 12}), parquet_path)
     assert estimate_rows(csv_path) == 7
     assert estimate_rows(parquet_path) == 12
+
+
+def test_fixed_width_fields_packed_side_by_side_follow_the_wire_format() -> None:
+    payload = encode_rows(
+        [
+            pa.array([1, 2], pa.int64()),
+            pa.array([0.5, -1.0], pa.float64()),
+            pa.array(["é", ""], pa.string()),
+            pa.array([b"k" * 16, b"\x00" * 16], pa.binary(16)),
+        ]
+    )
+    assert payload.to_pybytes() == (
+        struct.pack(">hiqid", 4, 8, 1, 8, 0.5) + struct.pack(">i", 2) + "é".encode() + struct.pack(">i", 16) + b"k" * 16
+        + struct.pack(">hiqid", 4, 8, 2, 8, -1.0) + struct.pack(">i", 0) + struct.pack(">i", 16) + b"\x00" * 16
+    )  # fmt: skip

@@ -1,15 +1,16 @@
-"""Stream a user's file into TEMP staging tables: validated rows in one, quarantined rows in another.
+"""Stream a user's file into PostgreSQL: validated rows into a COPY target, quarantined rows into a TEMP table.
 
-The good rows of every chunk go into one binary COPY that stays open across chunks and is written by psycopg's
-queued writer thread, so PostgreSQL parses a chunk while Python reads and validates the next one. Quarantined
-rows (usually few) are encoded as they are found into a spool file (in memory up to a size, then on disk) and
-COPYed after. TEMP tables need no WAL, have no index, and are dropped at commit or rollback.
+The target is a TEMP staging table, or `raw.events` itself for a bulk load (`event_loads`). The good rows of
+every chunk go into one binary COPY that stays open across chunks and is written by psycopg's queued writer
+thread, so PostgreSQL parses a chunk while Python reads and validates the next one. Quarantined rows (usually
+few) are encoded as they are found into a spool file (in memory up to a size, then on disk) and COPYed after.
+TEMP tables need no WAL, have no index, and are dropped at commit or rollback.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,9 +20,10 @@ import pyarrow as pa
 from psycopg.copy import QueuedLibpqWriter
 
 from churn_platform.data.arrow_copy import HEADER, TRAILER, encode_rows
-from churn_platform.data.contract import Contract
+from churn_platform.data.contract import EVENTS, USERS, Contract
+from churn_platform.data.event_key import event_keys
 from churn_platform.data.sources import SourceFile, iter_chunks
-from churn_platform.data.validation import ChunkContext, quarantine_records, validate_chunk
+from churn_platform.data.validation import ChunkContext, ValidatedChunk, quarantine_records, validate_chunk
 
 # Temp tables live in session-local buffers: sized so a whole file's staged rows stay in memory (it is only used
 # as rows arrive). Must be set before the session's first temp table.
@@ -29,7 +31,7 @@ STAGING_TEMP_BUFFERS = "SET temp_buffers = '512MB'"
 
 CREATE_EVENTS_STAGING = """
 CREATE TEMP TABLE events_staging (
-    user_id text, event_type text, event_timestamp timestamptz, value double precision, event_id text
+    event_key uuid, user_id text, event_type text, event_timestamp timestamptz, value double precision, event_id text
 ) ON COMMIT DROP"""
 CREATE_USERS_STAGING = """
 CREATE TEMP TABLE users_staging (
@@ -48,17 +50,47 @@ QUARANTINE_SPOOL_BYTES = 64 << 20
 SPOOL_READ_BYTES = 1 << 20
 
 
+# The COPY columns of a chunk's good rows, given the chunk and the file row number of its first row.
+ChunkColumns = Callable[[ValidatedChunk, int], Sequence[pa.Array]]
+
+
 @dataclass(frozen=True)
-class StagingTable:
-    """A staging table for one contract; with row numbers, rows keep their place in the file."""
+class CopyTarget:
+    """Where the good rows of a file go: a COPY statement, its columns, and the TEMP table to create first."""
 
-    create: str
     copy: str
-    with_row_numbers: bool
+    columns: ChunkColumns
+    create: str | None = None
 
 
-EVENTS_STAGING = StagingTable(CREATE_EVENTS_STAGING, COPY_EVENTS_STAGING, with_row_numbers=False)
-USERS_STAGING = StagingTable(CREATE_USERS_STAGING, COPY_USERS_STAGING, with_row_numbers=True)
+def keyed_events(chunk: ValidatedChunk, first_row: int) -> list[pa.Array]:
+    """event_key, then the events contract's columns: the columns of the events staging table."""
+    good = chunk.good_values()
+    key = event_keys(good["user_id"], good["event_type"], good["event_timestamp"], good["value"], good["event_id"])
+    return [key, *(good[name] for name in EVENTS.names)]
+
+
+def numbered_users(chunk: ValidatedChunk, first_row: int) -> list[pa.Array]:
+    """The row's number in the file (the last row of a user wins), then the users contract's columns."""
+    good = chunk.good_values()
+    numbers = pa.array(np.flatnonzero(chunk.good) + first_row, pa.int64())
+    return [numbers, *(good[name] for name in USERS.names)]
+
+
+EVENTS_STAGING = CopyTarget(COPY_EVENTS_STAGING, keyed_events, CREATE_EVENTS_STAGING)
+USERS_STAGING = CopyTarget(COPY_USERS_STAGING, numbered_users, CREATE_USERS_STAGING)
+
+
+@dataclass(frozen=True)
+class FileReading:
+    """How a file is read: its source and contract, the chunk size, the time rules, and the progress callback."""
+
+    source: SourceFile
+    contract: Contract
+    chunk_rows: int
+    timezone: str | None
+    now: datetime | None  # rows after it are quarantined; None disables the check
+    progress: Callable[[int], None] | None = None  # called with the rows of each chunk, once it is COPYed
 
 
 @dataclass(frozen=True)
@@ -78,38 +110,30 @@ def _copy_spool(cursor: psycopg.Cursor[tuple[object, ...]], spool: tempfile.Spoo
         copy.write(TRAILER)
 
 
-def stage_file(
-    conn: psycopg.Connection,
-    source: SourceFile,
-    contract: Contract,
-    table: StagingTable,
-    *,
-    chunk_rows: int,
-    timezone: str | None,
-    now: datetime | None,
-    progress: Callable[[int], None] | None,
-) -> StagedFile:
-    """Create the staging tables and fill them from the file, in the connection's open transaction."""
-    conn.execute(table.create)
+def stage_file(conn: psycopg.Connection, reading: FileReading, target: CopyTarget) -> StagedFile:
+    """COPY the file's good rows into `target` and its bad rows into quarantine staging, in the open transaction.
+
+    Creates the TEMP tables (the target's, if it has one, and quarantine staging) first.
+    """
+    if target.create is not None:
+        conn.execute(target.create)
     conn.execute(CREATE_QUARANTINE_STAGING)
+    source, contract = reading.source, reading.contract
     rows_read = rows_quarantined = 0
     with conn.cursor() as cursor, tempfile.SpooledTemporaryFile(max_size=QUARANTINE_SPOOL_BYTES) as spool:
-        with cursor.copy(table.copy, writer=QueuedLibpqWriter(cursor)) as copy:
+        with cursor.copy(target.copy, writer=QueuedLibpqWriter(cursor)) as copy:
             copy.write(HEADER)
-            for batch in iter_chunks(source, chunk_rows):
-                chunk = validate_chunk(contract, batch, ChunkContext(source.name, rows_read + 1, timezone, now))
-                good = chunk.good_values()
-                columns = [good[name] for name in contract.names]
-                if table.with_row_numbers:
-                    columns.insert(0, pa.array(np.flatnonzero(chunk.good) + rows_read + 1, pa.int64()))
-                copy.write(memoryview(encode_rows(columns)))
+            for batch in iter_chunks(source, reading.chunk_rows):
+                context = ChunkContext(source.name, rows_read + 1, reading.timezone, reading.now)
+                chunk = validate_chunk(contract, batch, context)
+                copy.write(memoryview(encode_rows(target.columns(chunk, rows_read + 1))))
                 if len(chunk.bad_rows):
                     records = quarantine_records(batch, chunk, rows_read + 1)
                     spool.write(memoryview(encode_rows([column.combine_chunks() for column in records.columns])))
                     rows_quarantined += len(chunk.bad_rows)
                 rows_read += batch.num_rows
-                if progress is not None:
-                    progress(batch.num_rows)
+                if reading.progress is not None:
+                    reading.progress(batch.num_rows)
             copy.write(TRAILER)
         if rows_quarantined:
             _copy_spool(cursor, spool)
