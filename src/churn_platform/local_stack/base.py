@@ -1,0 +1,122 @@
+"""What every component of the local stack shares: its status, the record of what was started, and waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+
+class StackError(RuntimeError):
+    """A component could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """What `churn status` shows for one component."""
+
+    name: str
+    url: str | None
+    healthy: bool
+    embedded: bool
+    detail: str
+
+
+class Component(Protocol):
+    """One server of the stack."""
+
+    name: str
+    embedded: bool
+
+    def start(self) -> str:
+        """Make sure the server runs; return its URL."""
+        ...
+
+    def stop(self) -> bool:
+        """Stop the server if this platform started it; True if something was stopped."""
+        ...
+
+    def status(self) -> ComponentStatus: ...
+
+
+def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str) -> str:
+    deadline = time.monotonic() + timeout_s
+    healthy, detail = check()
+    while not healthy:
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} did not become healthy within {timeout_s:.0f} s: {detail}")
+        time.sleep(0.1)
+        healthy, detail = check()
+    return detail
+
+
+def pid_alive(pid: int) -> bool:
+    # A server this process started and that has exited stays a zombie until reaped; reap it first.
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class StackRecord:
+    """`stack.json` under the data folder: what the platform started, with PIDs and URLs."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "stack.json"
+
+    def read(self) -> dict[str, dict[str, object]]:
+        if not self.path.exists():
+            return {}
+        loaded: dict[str, dict[str, object]] = json.loads(self.path.read_text())
+        return loaded
+
+    def put(self, name: str, entry: dict[str, object] | None) -> None:
+        record = self.read()
+        if entry is None:
+            record.pop(name, None)
+        else:
+            record[name] = entry
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        tmp.replace(self.path)
+
+
+@contextlib.contextmanager
+def stack_lock(data_dir: Path) -> Iterator[None]:
+    """Serialise start/stop across processes (two CLI calls or test workers starting the same stack)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "stack.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for display."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
