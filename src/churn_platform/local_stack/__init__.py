@@ -95,19 +95,19 @@ def _component(settings: Settings, name: str) -> Component:
     return next(c for c in components(settings) if c.name == name)
 
 
+def _url(settings: Settings, name: str, configured: str | None) -> str:
+    """A component's configured URL as it is, or its embedded server's, started if needed."""
+    if configured:
+        return configured
+    with stack_lock(settings.data_dir):
+        return _component(settings, name).start()
+
+
 def database_url(settings: Settings) -> str:
     """The platform database's URL: the configured one, or the embedded server's (started if needed)."""
-    component = _component(settings, "postgres")
-    if not component.embedded:
-        return settings.database_url or ""
-    with stack_lock(settings.data_dir):
-        return component.start()
+    return _url(settings, "postgres", settings.database_url)
 
 
 def redis_url(settings: Settings) -> str:
     """The Redis URL: the configured one, or the embedded server's (started if needed)."""
-    component = _component(settings, "redis")
-    if not component.embedded:
-        return settings.redis_url or ""
-    with stack_lock(settings.data_dir):
-        return component.start()
+    return _url(settings, "redis", settings.redis_url)
