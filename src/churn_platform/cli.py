@@ -17,7 +17,10 @@ from rich.table import Table
 
 from churn_platform import db, local_stack
 from churn_platform.data import ingest, world
+from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
+from churn_platform.features import snapshots
+from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
 app = typer.Typer(help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True)
@@ -27,6 +30,8 @@ ingest_app = typer.Typer(help="Load your own users and events (CSV or Parquet)."
 app.add_typer(db_app, name="db")
 app.add_typer(world_app, name="world")
 app.add_typer(ingest_app, name="ingest")
+features_app = typer.Typer(help="Point-in-time-correct feature snapshots.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -248,3 +253,38 @@ def ingest_events(file: DataFile, timezone: TimezoneOption = None) -> None:
 def ingest_users(file: DataFile, timezone: TimezoneOption = None) -> None:
     """Upsert a users file (user_id[, signup_at, plan, plan_price, channel, region]) on user_id."""
     _ingest(ingest.ingest_users, file, timezone)
+
+
+# --- features ------------------------------------------------------------------------------------------------------
+
+
+@features_app.command("compute")
+def features_compute(
+    until: Annotated[str, typer.Option(help="Last snapshot day (YYYY-MM-DD), inclusive.")],
+) -> None:
+    """Compute daily snapshots after the last stored one, up to --until (incremental and idempotent)."""
+    settings = get_settings()
+    try:
+        last_day = date.fromisoformat(until)
+    except ValueError as exc:
+        raise _fail(f"--until: {exc}") from exc
+    url = db.platform_url(settings)
+    with console.status("computing snapshots in PostgreSQL..."):
+        run = snapshots.compute_snapshots(
+            url, catalog_from_settings(settings), ChurnDefinition.from_settings(settings), last_day
+        )
+    if run.first_day is None:
+        console.print(f"{run.table}: already up to date until {run.last_day}")
+    else:
+        console.print(
+            f"{run.table}: {run.rows_written:,} snapshots for {run.first_day} .. {run.last_day} in {run.seconds:.1f} s"
+        )
+
+
+@features_app.command("docs")
+def features_docs(
+    out: Annotated[Path, typer.Option(help="Where to write the catalog's documentation.")] = Path("docs/features.md"),
+) -> None:
+    """Write the feature catalog's documentation (docs/features.md)."""
+    out.write_text(catalog_markdown(catalog_from_settings(get_settings())))
+    console.print(f"wrote {out}")

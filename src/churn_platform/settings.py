@@ -84,6 +84,19 @@ class Settings(BaseSettings):
         default=30, ge=1, description="H: a snapshot is labelled churned if churn happens within (t, t + H]."
     )
 
+    feature_event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("login", "session", "feature_use", "support_ticket", "payment_failed", "plan_downgrade"),
+        description="Event types the feature catalog counts, per window (comma-separated in the environment).",
+    )
+    feature_valued_event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("session",),
+        description="Event types whose `value` the catalog sums (comma-separated in the environment).",
+    )
+    feature_windows_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(7, 30), description="Windows, in days, of the catalog's counts (comma-separated)."
+    )
+    feature_catalog: str = Field(default="churn_v1", description="Name (version) of the feature catalog.")
+
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."
     )
@@ -91,9 +104,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How long `churn up` waits for a component to become healthy."
     )
 
-    @field_validator("churn_event_types", mode="before")
+    @field_validator(
+        "churn_event_types", "feature_event_types", "feature_valued_event_types", "feature_windows_days", mode="before"
+    )
     @classmethod
-    def _split_event_types(cls, value: object) -> object:
+    def _split_comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value

@@ -1,0 +1,235 @@
+"""The feature catalog: every feature is data, from which the snapshot SQL, the Feast schema and the docs follow.
+
+A snapshot of user u at time t (midnight UTC) uses only events with `event_timestamp < t`: daily buckets end at
+t, so a window of w days covers exactly the buckets of days t - w .. t - 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from churn_platform.settings import Settings
+
+Dtype = Literal["int", "float", "text"]
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class EventCount:
+    """Events of one type in the last `window_days` days."""
+
+    event_type: str
+    window_days: int
+    dtype: Dtype = "int"
+
+    @property
+    def name(self) -> str:
+        return f"{_slug(self.event_type)}_count_{self.window_days}d"
+
+    @property
+    def meaning(self) -> str:
+        return f"number of `{self.event_type}` events in the {self.window_days} days before the snapshot"
+
+
+@dataclass(frozen=True)
+class EventValueSum:
+    """Sum of the `value` of one event type in the last `window_days` days."""
+
+    event_type: str
+    window_days: int
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return f"{_slug(self.event_type)}_value_sum_{self.window_days}d"
+
+    @property
+    def meaning(self) -> str:
+        return f"sum of the `value` of `{self.event_type}` events in the {self.window_days} days before the snapshot"
+
+
+@dataclass(frozen=True)
+class ActiveDays:
+    """Distinct days with at least one event in the last `window_days` days."""
+
+    window_days: int
+    dtype: Dtype = "int"
+
+    @property
+    def name(self) -> str:
+        return f"active_days_{self.window_days}d"
+
+    @property
+    def meaning(self) -> str:
+        return f"distinct days with any event in the {self.window_days} days before the snapshot"
+
+
+@dataclass(frozen=True)
+class ActivityTrend:
+    """Daily event rate over the short window divided by the daily rate over the long one (1 = steady)."""
+
+    short_days: int
+    long_days: int
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return f"activity_trend_{self.short_days}d_{self.long_days}d"
+
+    @property
+    def meaning(self) -> str:
+        return (
+            f"events per day in the last {self.short_days} days over events per day in the last {self.long_days}"
+            " days (1 = steady, below 1 = slowing down; empty when there were no events in the long window)"
+        )
+
+
+@dataclass(frozen=True)
+class DaysSinceLastEvent:
+    """Days from the last event before the snapshot to the snapshot."""
+
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return "days_since_last_event"
+
+    @property
+    def meaning(self) -> str:
+        return "days between the last event before the snapshot and the snapshot (fractional)"
+
+
+@dataclass(frozen=True)
+class TenureDays:
+    """Days since the user signed up (or, without a signup time, was first seen)."""
+
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return "tenure_days"
+
+    @property
+    def meaning(self) -> str:
+        return "days between signup (or the first event, without a signup time) and the snapshot"
+
+
+@dataclass(frozen=True)
+class UserAttribute:
+    """A column of `raw.users`, as it is."""
+
+    column: Literal["plan", "channel", "region"]
+    dtype: Dtype = "text"
+
+    @property
+    def name(self) -> str:
+        return self.column
+
+    @property
+    def meaning(self) -> str:
+        return f"the user's `{self.column}` from raw.users"
+
+
+Feature = EventCount | EventValueSum | ActiveDays | ActivityTrend | DaysSinceLastEvent | TenureDays | UserAttribute
+WindowedFeature = EventCount | EventValueSum | ActiveDays
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An ordered, named set of features (a feature service version names one)."""
+
+    name: str
+    features: tuple[Feature, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        bad = [n for n in names if not NAME.match(n)]
+        if bad:
+            raise ValueError(f"catalog {self.name}: feature names must be lower-case identifiers, got {bad}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"catalog {self.name}: feature names repeat: {repeated}")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def event_types(self) -> list[str]:
+        """The event types the catalog counts or sums, in first-use order."""
+        seen: dict[str, None] = {}
+        for f in self.features:
+            if isinstance(f, EventCount | EventValueSum):
+                seen.setdefault(f.event_type)
+        return list(seen)
+
+    @property
+    def longest_window_days(self) -> int:
+        windows = [1]
+        for f in self.features:
+            if isinstance(f, EventCount | EventValueSum | ActiveDays):
+                windows.append(f.window_days)
+            elif isinstance(f, ActivityTrend):
+                windows.append(f.long_days)
+        return max(windows)
+
+
+def default_catalog(
+    event_types: Sequence[str],
+    valued_event_types: Iterable[str] = (),
+    *,
+    count_windows: Sequence[int] = (7, 30),
+    value_window: int = 30,
+    name: str = "churn_v1",
+) -> Catalog:
+    """A sensible catalog for any set of event types: counts per window, value sums, activity and tenure.
+
+    A business whose only event is `purchase` with a value gets purchase counts and purchase value sums, plus the
+    generic features, without code changes.
+    """
+    features: list[Feature] = []
+    for event_type in event_types:
+        features.extend(EventCount(event_type, w) for w in count_windows)
+    features.extend(EventValueSum(t, value_window) for t in valued_event_types)
+    short, long = min(count_windows), max(count_windows)
+    features += [ActiveDays(long), ActivityTrend(short, long), DaysSinceLastEvent(), TenureDays()]
+    features += [UserAttribute("plan"), UserAttribute("channel")]
+    return Catalog(name, tuple(features))
+
+
+def _slug(event_type: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", event_type.lower()).strip("_")
+    return slug if slug and slug[0].isalpha() else f"e_{slug}"
+
+
+def catalog_from_settings(settings: Settings) -> Catalog:
+    """The catalog the platform is configured for: event types and windows come from settings, not code."""
+    return default_catalog(
+        settings.feature_event_types,
+        settings.feature_valued_event_types,
+        count_windows=settings.feature_windows_days,
+        value_window=max(settings.feature_windows_days),
+        name=settings.feature_catalog,
+    )
+
+
+def catalog_markdown(catalog: Catalog) -> str:
+    """docs/features.md: every feature of the catalog with its meaning (generated; do not edit by hand)."""
+    lines = [
+        f"# Features: catalog `{catalog.name}`",
+        "",
+        "Generated from the feature catalog by `churn features docs`; do not edit by hand. The catalog comes from",
+        "configuration (`CHURN_FEATURE_EVENT_TYPES`, `CHURN_FEATURE_VALUED_EVENT_TYPES`,",
+        "`CHURN_FEATURE_WINDOWS_DAYS`), so your own event types give their own features without code changes.",
+        "",
+        "Every feature of a snapshot at time t (midnight UTC) uses only events with `event_timestamp < t`;",
+        "a window of w days covers the days t - w .. t - 1.",
+        "",
+        "| feature | type | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{f.name}` | {f.dtype} | {f.meaning} |" for f in catalog.features]
+    return "\n".join(lines) + "\n"
