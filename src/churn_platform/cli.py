@@ -262,23 +262,25 @@ def ingest_users(file: DataFile, timezone: TimezoneOption = None) -> None:
 def features_compute(
     until: Annotated[str, typer.Option(help="Last snapshot day (YYYY-MM-DD), inclusive.")],
 ) -> None:
-    """Compute daily snapshots after the last stored one, up to --until (incremental and idempotent)."""
+    """Compute daily snapshots after the last stored one up to --until, then label those whose horizon passed."""
     settings = get_settings()
     try:
         last_day = date.fromisoformat(until)
     except ValueError as exc:
         raise _fail(f"--until: {exc}") from exc
     url = db.platform_url(settings)
+    catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
     with console.status("computing snapshots in PostgreSQL..."):
-        run = snapshots.compute_snapshots(
-            url, catalog_from_settings(settings), ChurnDefinition.from_settings(settings), last_day
-        )
+        run = snapshots.compute_snapshots(url, catalog, definition, last_day)
     if run.first_day is None:
         console.print(f"{run.table}: already up to date until {run.last_day}")
     else:
         console.print(
             f"{run.table}: {run.rows_written:,} snapshots for {run.first_day} .. {run.last_day} in {run.seconds:.1f} s"
         )
+    with console.status("labelling snapshots whose horizon has passed..."):
+        labelled = snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
+    console.print(f"features.churn_labels: {labelled:,} new labels (horizon {settings.label_horizon_days} days)")
 
 
 @features_app.command("docs")

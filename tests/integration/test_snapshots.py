@@ -22,7 +22,7 @@ from churn_platform.features.catalog import (
     UserAttribute,
     default_catalog,
 )
-from churn_platform.features.snapshots import compute_snapshots
+from churn_platform.features.snapshots import compute_labels, compute_snapshots
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 DAYS = 20
@@ -174,3 +174,34 @@ def test_a_second_run_writes_nothing_and_a_later_until_only_adds_new_days(databa
 
 def _rounded(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     return [tuple(round(v, 9) if isinstance(v, float) else v for v in row) for row in rows]
+
+
+def test_labels_cover_only_passed_horizons_and_follow_the_churn_definition(database_url: str) -> None:
+    # Given a user who cancels on day 12 and one who stays, with data up to day 20
+    day = timedelta(days=1)
+    events = [("a", "login", d * 86_400 + 3_600, None, UTC) for d in range(12)]
+    events += [("a", "cancel", 12 * 86_400 + 7_200, None, UTC)]
+    events += [("b", "login", d * 86_400 + 60, None, UTC) for d in range(21)]
+    _load(database_url, events)
+    definition = ChurnDefinition(("cancel",), None)
+    compute_snapshots(database_url, CATALOG, definition, (START + 20 * day).date())
+
+    # When labels are computed with a 5-day horizon
+    added = compute_labels(database_url, CATALOG, definition, horizon_days=5)
+
+    # Then a snapshot is labelled only if t + 5 days has passed (the last event is on day 20), and churned
+    # exactly when the cancel falls in (t, t + 5 days]
+    with psycopg.connect(database_url) as conn:
+        labels = dict(
+            conn.execute(
+                "SELECT user_id || '@' || to_char(event_timestamp AT TIME ZONE 'UTC', 'DD'), churned"
+                " FROM features.churn_labels"
+            ).fetchall()
+        )
+    assert added == len(labels)
+    assert max(int(k.split("@")[1]) for k in labels) == 16  # snapshots at days 1..15 after March 1 (t+5 <= day 20)
+    # (the cancel is on March 13 at 02:00: snapshots of March 9 .. 13 see it within 5 days)
+    assert {k for k, churned in labels.items() if churned} == {f"a@{d:02d}" for d in range(9, 14)}
+    assert not any(labels[f"b@{d:02d}"] for d in range(2, 17))
+    # And a second run adds nothing
+    assert compute_labels(database_url, CATALOG, definition, horizon_days=5) == 0

@@ -230,3 +230,41 @@ def _next_snapshot_day(conn: psycopg.Connection, catalog: Catalog) -> date | Non
 
 def _utc_day(at: datetime) -> date:
     return at.astimezone(UTC).date()
+
+
+CREATE_LABELS_SQL = """
+CREATE TABLE IF NOT EXISTS features.churn_labels (
+    user_id         text COLLATE "C" NOT NULL,
+    event_timestamp timestamptz      NOT NULL,
+    horizon_days    integer          NOT NULL,
+    churned         boolean          NOT NULL,
+    PRIMARY KEY (user_id, event_timestamp, horizon_days)
+)"""
+
+# A snapshot at t is labelled once t + H has passed in the data (the last event is at or after it): churned if
+# the user met the churn definition within (t, t + H]. Rows labelled before keep their label.
+LABELS_SQL = f"""
+WITH churn AS ({CHURN_TIMES_SQL}),
+data_end AS (SELECT max(event_timestamp) AS at FROM raw.events)
+INSERT INTO features.churn_labels (user_id, event_timestamp, horizon_days, churned)
+SELECT s.user_id, s.event_timestamp, %(horizon)s,
+       coalesce(c.churn_at <= s.event_timestamp + %(horizon)s * interval '1 day', false)
+FROM {{table}} s
+CROSS JOIN data_end
+LEFT JOIN churn c ON c.user_id = s.user_id
+WHERE s.event_timestamp + %(horizon)s * interval '1 day' <= data_end.at
+ON CONFLICT (user_id, event_timestamp, horizon_days) DO NOTHING
+"""
+
+
+def compute_labels(url: str, catalog: Catalog, definition: ChurnDefinition, horizon_days: int) -> int:
+    """Label every stored snapshot whose horizon has passed and is not labelled yet; return the rows added."""
+    with db.connect(url) as conn:
+        conn.execute(CREATE_LABELS_SQL)
+        statement = sql.SQL(LABELS_SQL).format(table=table_name(catalog))
+        params = {
+            "event_types": list(definition.event_types),
+            "inactivity_days": definition.inactivity_days,
+            "horizon": horizon_days,
+        }
+        return conn.execute(statement, params).rowcount
