@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -19,7 +20,7 @@ from churn_platform import db, local_stack
 from churn_platform.data import ingest, world
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import snapshots
+from churn_platform.features import feast_repo, snapshots
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
@@ -290,3 +291,19 @@ def features_docs(
     """Write the feature catalog's documentation (docs/features.md)."""
     out.write_text(catalog_markdown(catalog_from_settings(get_settings())))
     console.print(f"wrote {out}")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register the feature repo's definitions in Feast's SQL registry (the equivalent of `feast apply`)."""
+    with console.status("applying the Feast repository..."):
+        applied = feast_repo.apply(get_settings())
+    for name in applied:
+        console.print(f"applied {name}")
+
+
+@features_app.command("env")
+def features_env() -> None:
+    """Print the CHURN_FEAST_* variables, to run the `feast` CLI in feature_repo/ by hand."""
+    for name, value in feast_repo.configure(get_settings()).items():
+        print(f"export {name}={shlex.quote(value)}")

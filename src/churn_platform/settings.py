@@ -96,6 +96,7 @@ class Settings(BaseSettings):
         default=(7, 30), description="Windows, in days, of the catalog's counts (comma-separated)."
     )
     feature_catalog: str = Field(default="churn_v1", description="Name (version) of the feature catalog.")
+    feature_repo: Path = Field(default=Path("feature_repo"), description="The Feast repository folder.")
 
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."
