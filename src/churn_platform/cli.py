@@ -20,7 +20,7 @@ from churn_platform import db, local_stack
 from churn_platform.data import ingest, world
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, snapshots
+from churn_platform.features import feast_repo, snapshots, training
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
@@ -307,3 +307,27 @@ def features_env() -> None:
     """Print the CHURN_FEAST_* variables, to run the `feast` CLI in feature_repo/ by hand."""
     for name, value in feast_repo.configure(get_settings()).items():
         print(f"export {name}={shlex.quote(value)}")
+
+
+@features_app.command("training-set")
+def features_training_set(
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    start: Annotated[str | None, typer.Option(help="First snapshot day (YYYY-MM-DD); default: all.")] = None,
+    end: Annotated[str | None, typer.Option(help="Snapshot days before this one (YYYY-MM-DD); default: all.")] = None,
+) -> None:
+    """Labelled snapshots joined point-in-time with the catalog's features through Feast, to a Parquet file."""
+    try:
+        first = date.fromisoformat(start) if start else None
+        stop = date.fromisoformat(end) if end else None
+    except ValueError as exc:
+        raise _fail(f"--start/--end: {exc}") from exc
+    with console.status("reading the training set through Feast..."):
+        result = training.training_set(get_settings(), start=first, end=stop)
+    if result.frame.empty:
+        raise _fail("no labelled snapshots in that range: run `churn features compute` first")
+    result.write_parquet(out)
+    rate = float(result.frame["churned"].mean())
+    console.print(
+        f"{out}: {len(result.frame):,} rows x {result.frame.shape[1] - 3} features, {rate:.1%} churned;"
+        f" feature service {result.feature_service}, definitions {result.definitions_hash[:12]}"
+    )

@@ -8,6 +8,7 @@ store are the servers the rest of the platform uses, embedded or configured.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -74,11 +75,20 @@ def configure(settings: Settings) -> dict[str, str]:
 
 
 def open_store(settings: Settings) -> Any:
-    """The Feast FeatureStore of `feature_repo/`, connected to the platform's servers."""
+    """The Feast FeatureStore of `feature_repo/`, connected to the platform's servers.
+
+    One store per repository and connection set in a process: each FeatureStore opens its own registry engine
+    and connection pools, so a fresh one per call would exhaust the server's connections.
+    """
+    environment = configure(settings)
+    return _store(str(settings.feature_repo.resolve()), tuple(sorted(environment.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _store(repo_path: str, environment: tuple[tuple[str, str], ...]) -> Any:
     from feast import FeatureStore
 
-    configure(settings)
-    return FeatureStore(repo_path=str(settings.feature_repo.resolve()))
+    return FeatureStore(repo_path=repo_path)
 
 
 @contextlib.contextmanager
