@@ -15,9 +15,12 @@ uv-bootstrap:
 install: uv-bootstrap  ## create .venv from uv.lock
 	$(UV) sync --frozen
 
-demo: install  ## start the embedded stack, generate the default world, print its summary
+demo: install  ## start the embedded stack, generate the default world, compute and serve its features
 	$(RUN) churn up
 	$(RUN) churn generate --replace
+	$(RUN) churn features compute
+	$(RUN) churn features apply
+	$(RUN) churn features materialize
 	$(RUN) churn status
 
 test: install  ## run the tests against real PostgreSQL and Redis

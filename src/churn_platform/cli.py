@@ -20,7 +20,7 @@ from churn_platform import db, local_stack
 from churn_platform.data import ingest, world
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, snapshots, training
+from churn_platform.features import feast_repo, online, snapshots, training
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
@@ -261,15 +261,20 @@ def ingest_users(file: DataFile, timezone: TimezoneOption = None) -> None:
 
 @features_app.command("compute")
 def features_compute(
-    until: Annotated[str, typer.Option(help="Last snapshot day (YYYY-MM-DD), inclusive.")],
+    until: Annotated[
+        str | None,
+        typer.Option(help="Last snapshot day (YYYY-MM-DD), inclusive [default: the day after the last event]."),
+    ] = None,
 ) -> None:
     """Compute daily snapshots after the last stored one up to --until, then label those whose horizon passed."""
     settings = get_settings()
+    url = db.platform_url(settings)
     try:
-        last_day = date.fromisoformat(until)
+        last_day = date.fromisoformat(until) if until else snapshots.day_after_last_event(url)
     except ValueError as exc:
         raise _fail(f"--until: {exc}") from exc
-    url = db.platform_url(settings)
+    if last_day is None:
+        raise _fail("there are no events yet: run `churn generate` or `churn ingest events` first")
     catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
     with console.status("computing snapshots in PostgreSQL..."):
         run = snapshots.compute_snapshots(url, catalog, definition, last_day)
@@ -331,3 +336,14 @@ def features_training_set(
         f"{out}: {len(result.frame):,} rows x {result.frame.shape[1] - 3} features, {rate:.1%} churned;"
         f" feature service {result.feature_service}, definitions {result.definitions_hash[:12]}"
     )
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load snapshots newer than the last materialization into the Redis online store (incremental)."""
+    with console.status("materializing into Redis through Feast..."):
+        run = online.materialize(get_settings())
+    if run.end is None:
+        console.print("online store already up to date: nothing to materialize")
+    else:
+        console.print(f"materialized snapshots up to {run.end:%Y-%m-%d %H:%M} UTC in {run.seconds:.1f} s")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+import redis
+from flows.features import features_flow
 from flows.generate import advance_world_flow, generate_world_flow
 from flows.ingest import ingest_events_flow, ingest_users_flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
-from churn_platform.settings import get_settings
+from churn_platform import local_stack
+from churn_platform.settings import Settings, get_settings
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +78,31 @@ def test_the_world_flows_generate_and_advance_a_world(prefect_server: None, flow
         )
     assert len(artifacts) >= 2
     assert any("2025-02-14" in str(a.data) for a in artifacts)  # the advanced world's last day
+
+
+def test_the_features_flow_computes_snapshots_and_materializes(
+    prefect_server: None, flow_database: str, monkeypatch: pytest.MonkeyPatch, stack_settings: Settings
+) -> None:
+    # Given a small world, a Redis database of its own for the online store, and the repository's definitions
+    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + "/11"
+    redis.Redis.from_url(redis_url).flushdb()
+    monkeypatch.setenv("CHURN_REDIS_URL", redis_url)
+    monkeypatch.setenv("CHURN_FEATURE_REPO", str(Path(__file__).resolve().parents[2] / "feature_repo"))
+    get_settings.cache_clear()
+    generate_world_flow(users=80, days=40, seed=5)
+
+    # When the features flow runs up to the world's last day
+    run = features_flow(until=date(2025, 2, 9))
+
+    # Then snapshots and labels are in PostgreSQL and the latest snapshot is in Redis
+    with psycopg.connect(flow_database) as conn:
+        snapshots = conn.execute("SELECT count(*), max(event_timestamp) FROM features.churn_v1").fetchone()
+        labels = conn.execute("SELECT count(*) FROM features.churn_labels").fetchone()
+    assert snapshots is not None
+    assert snapshots[0] > 0
+    assert labels is not None
+    assert labels[0] > 0
+    assert run.end is not None
+    assert run.end > snapshots[1]
+    assert redis.Redis.from_url(redis_url).dbsize() > 0
+    redis.Redis.from_url(redis_url).flushdb()

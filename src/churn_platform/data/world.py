@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
@@ -51,6 +52,9 @@ TRUNCATE_WORLD_SQL = """
 TRUNCATE raw.events, raw.users, raw.quarantine, raw.loads, synthetic.oracle_churn, synthetic.worlds
 RESTART IDENTITY
 """
+DERIVED_TABLES_SQL = (
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'features' AND table_type = 'BASE TABLE'"
+)
 INSERT_LOAD_SQL = "INSERT INTO raw.loads (kind, source) VALUES ('synthetic', %s) RETURNING load_id"
 FINISH_LOAD_SQL = """
 UPDATE raw.loads SET finished_at = now(), rows_read = %(rows)s, rows_loaded = %(rows)s WHERE load_id = %(load_id)s
@@ -267,6 +271,14 @@ def ensure_can_generate(cur: psycopg.Cursor[Any], *, replace: bool) -> None:
         )
 
 
+def _truncate_derived(cur: psycopg.Cursor[Any]) -> None:
+    """Empty what was computed from the data a new world replaces: every table of the `features` schema."""
+    tables = cur.execute(DERIVED_TABLES_SQL).fetchall()
+    if tables:
+        names = sql.SQL(", ").join(sql.Identifier("features", name) for (name,) in tables)
+        cur.execute(sql.SQL("TRUNCATE {}").format(names))
+
+
 def check_can_generate(url: str, *, replace: bool) -> None:
     """`ensure_can_generate` on its own connection: lets a caller refuse before it shows any progress."""
     with db.connect(url) as conn, conn.cursor() as cur:
@@ -287,6 +299,7 @@ def generate_world(
         # Always truncate (the tables are empty unless `replace`): a table truncated in the loading transaction
         # accepts COPY FREEZE, and with wal_level=minimal its load and index builds skip the WAL.
         cur.execute(TRUNCATE_WORLD_SQL)
+        _truncate_derived(cur)
         state = synthetic.new_world(config)
         load_id = _load_id(cur, f"synthetic world: seed={config.seed} users={config.users} days={config.days}")
         # The events table is empty here: load it without indexes and build them once at the end.

@@ -228,6 +228,13 @@ def _next_snapshot_day(conn: psycopg.Connection, catalog: Catalog) -> date | Non
     return _utc_day(first[0]) + timedelta(days=1)
 
 
+def day_after_last_event(url: str) -> date | None:
+    """The first snapshot day that sees every stored event (None without events)."""
+    with db.connect(url) as conn:
+        row = conn.execute("SELECT max(event_timestamp) FROM raw.events").fetchone()
+    return None if row is None or row[0] is None else _utc_day(row[0]) + timedelta(days=1)
+
+
 def _utc_day(at: datetime) -> date:
     return at.astimezone(UTC).date()
 

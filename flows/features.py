@@ -1,0 +1,46 @@
+"""Prefect flow: compute feature snapshots and labels in PostgreSQL, then materialize them into Redis."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger, task
+
+from churn_platform.data.labels import ChurnDefinition
+from churn_platform.features import feast_repo, online, snapshots
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.settings import get_settings
+from flows.common import platform_database
+
+# Transient failures (a server restarting, a dropped connection) are retried; the steps are idempotent.
+RETRIES = 3
+RETRY_DELAYS_S = [2.0, 10.0, 30.0]
+
+
+@task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S)
+def compute(url: str, until: date) -> snapshots.SnapshotRun:
+    settings = get_settings()
+    catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
+    run = snapshots.compute_snapshots(url, catalog, definition, until)
+    labelled = snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
+    get_run_logger().info("%s: %s snapshots, %s new labels", run.table, f"{run.rows_written:,}", f"{labelled:,}")
+    return run
+
+
+@task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S)
+def apply_repo() -> list[str]:
+    return feast_repo.apply(get_settings())
+
+
+@task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S)
+def materialize() -> online.MaterializeRun:
+    return online.materialize(get_settings())
+
+
+@flow(name="features")
+def features_flow(until: date) -> online.MaterializeRun:
+    """Snapshots and labels up to `until`, the Feast repository applied, the online store refreshed."""
+    url = platform_database()
+    compute(url, until)
+    apply_repo()
+    return materialize()

@@ -1,0 +1,102 @@
+"""Materialization into Redis through Feast, and online reads against the latest offline snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from churn_platform import local_stack
+from churn_platform.data import world
+from churn_platform.data.labels import ChurnDefinition
+from churn_platform.data.world_model import WorldConfig
+from churn_platform.features import feast_repo, online, snapshots
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parents[2]
+ONLINE_DB = 12  # a Redis database of its own: flushed by these tests
+
+
+@pytest.fixture(scope="module")
+def world_settings(make_database: Callable[[], str], stack_settings: Settings) -> Iterator[Settings]:
+    """A small world with snapshots, the Feast repo applied, and an empty Redis database for the online store."""
+    url = make_database()
+    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{ONLINE_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHURN_DATABASE_URL", url)
+        patch.setenv("CHURN_REDIS_URL", redis_url)
+        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
+        get_settings.cache_clear()
+        current = get_settings()
+        world.generate_world(url, WorldConfig(users=150, days=60, seed=4))
+        catalog = catalog_from_settings(current)
+        snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), date(2025, 3, 1))
+        feast_repo.apply(current)
+        yield current
+    get_settings.cache_clear()
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def _dump(url: str) -> dict[bytes, bytes]:
+    client = redis.Redis.from_url(url)
+    return {key: client.dump(key) or b"" for key in client.scan_iter(count=1000)}
+
+
+def test_materializing_twice_gives_an_identical_redis_state(world_settings: Settings) -> None:
+    url = world_settings.redis_url or ""
+    first = online.materialize(world_settings)
+    state = _dump(url)
+    assert state, "materialization wrote keys"
+
+    # A second incremental run has nothing new to write
+    assert online.materialize(world_settings).end is None
+    assert _dump(url) == state
+
+    # And writing the same interval again from scratch gives the same bytes
+    redis.Redis.from_url(url).flushdb()
+    store = feast_repo.open_store(world_settings)
+    assert first.end is not None
+    store.materialize(
+        start_date=first.end - timedelta(days=2),
+        end_date=first.end,
+        feature_views=[online.feature_view_name(catalog_from_settings(world_settings))],
+    )
+    assert _dump(url) == state
+
+
+def test_online_reads_equal_the_latest_offline_snapshot(world_settings: Settings) -> None:
+    online.materialize(world_settings)
+    catalog = catalog_from_settings(world_settings)
+    with psycopg.connect(world_settings.database_url or "") as conn:
+        cur = conn.execute(
+            f"SELECT DISTINCT ON (user_id) * FROM features.{catalog.name} ORDER BY user_id, event_timestamp DESC"
+        )
+        names = [c.name for c in cur.description or []]
+        latest = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+    latest_time = max(row["event_timestamp"] for row in latest.values())
+    current = {u: row for u, row in latest.items() if row["event_timestamp"] == latest_time}
+    sample = sorted(current)[:25]
+
+    vectors = online.read_features(world_settings, [*sample, "nobody"], now=latest_time + timedelta(hours=1))
+
+    for vector in vectors[:-1]:
+        expected = current[vector.user_id]
+        assert vector.snapshot_at == latest_time.astimezone(UTC)
+        assert set(vector.status.values()) == {"present"}
+        for name in catalog.names:
+            if isinstance(expected[name], float):
+                assert vector.values[name] == pytest.approx(expected[name], rel=1e-12), name
+            else:
+                assert vector.values[name] == expected[name], name
+    unknown = vectors[-1]
+    assert set(unknown.status.values()) == {"missing"}
+    # The same values read a week later are stale by our own age check
+    later = online.read_features(world_settings, sample[:1], now=latest_time + timedelta(days=7))
+    assert set(later[0].status.values()) == {"stale"}
+    assert isinstance(later[0].snapshot_at, datetime)
