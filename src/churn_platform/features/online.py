@@ -76,39 +76,50 @@ class FeatureVector:
     snapshot_at: datetime | None
 
 
+class OnlineFeatures:
+    """Reads feature vectors from the online store; resolve once, read many times (the serving path).
+
+    The store, its feature service and the proto helpers are looked up once here, not per request.
+    """
+
+    def __init__(self, settings: Settings, *, max_age: timedelta = timedelta(days=2)) -> None:
+        from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+        from feast.type_map import feast_value_type_to_python_type
+
+        catalog = catalog_from_settings(settings)
+        self.store = feast_repo.open_store(settings)
+        self.service = self.store.get_feature_service(catalog.name)
+        self.max_age = max_age
+        self._not_found = FieldStatus.NOT_FOUND
+        self._to_python = feast_value_type_to_python_type
+
+    def read(self, user_ids: Sequence[str], *, now: datetime | None = None) -> list[FeatureVector]:
+        """The feature vectors of `user_ids`, in order; older than `max_age` at `now` (default: now) is stale."""
+        response = self.store.get_online_features(features=self.service, entity_rows=[{"user_id": u} for u in user_ids])
+        now = now or datetime.now(UTC)
+        names = list(response.proto.metadata.feature_names.val)
+        vectors = []
+        for i, user_id in enumerate(user_ids):
+            values: dict[str, Any] = {}
+            status: dict[str, Status] = {}
+            snapshot_at: datetime | None = None
+            for name, result in zip(names, response.proto.results, strict=True):
+                if name == "user_id":
+                    continue
+                values[name] = self._to_python(result.values[i])
+                # A user never materialized comes back NOT_FOUND, or (Redis store) as a null with no timestamp.
+                if result.statuses[i] == self._not_found or result.event_timestamps[i].seconds == 0:
+                    status[name] = "missing"
+                    continue
+                at = datetime.fromtimestamp(result.event_timestamps[i].seconds, tz=UTC)
+                snapshot_at = at if snapshot_at is None else max(snapshot_at, at)
+                status[name] = "stale" if now - at > self.max_age else "present"
+            vectors.append(FeatureVector(user_id, values, status, snapshot_at))
+        return vectors
+
+
 def read_features(
     settings: Settings, user_ids: Sequence[str], *, now: datetime | None = None, max_age: timedelta | None = None
 ) -> list[FeatureVector]:
-    """The feature vectors of `user_ids` from the online store, in order, through Feast's store and key format.
-
-    A value older than `max_age` (default: two daily snapshots) at `now` (default: the current time) is stale.
-    """
-    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
-    from feast.type_map import feast_value_type_to_python_type
-
-    catalog = catalog_from_settings(settings)
-    store = feast_repo.open_store(settings)
-    response = store.get_online_features(
-        features=store.get_feature_service(catalog.name), entity_rows=[{"user_id": u} for u in user_ids]
-    )
-    now = now or datetime.now(UTC)
-    max_age = max_age or timedelta(days=2)
-    names = list(response.proto.metadata.feature_names.val)
-    vectors = []
-    for i, user_id in enumerate(user_ids):
-        values: dict[str, Any] = {}
-        status: dict[str, Status] = {}
-        snapshot_at: datetime | None = None
-        for name, result in zip(names, response.proto.results, strict=True):
-            if name == "user_id":
-                continue
-            values[name] = feast_value_type_to_python_type(result.values[i])
-            # A user never materialized comes back NOT_FOUND, or (Redis store) as a null with no timestamp.
-            if result.statuses[i] == FieldStatus.NOT_FOUND or result.event_timestamps[i].seconds == 0:
-                status[name] = "missing"
-                continue
-            at = datetime.fromtimestamp(result.event_timestamps[i].seconds, tz=UTC)
-            snapshot_at = at if snapshot_at is None else max(snapshot_at, at)
-            status[name] = "stale" if now - at > max_age else "present"
-        vectors.append(FeatureVector(user_id, values, status, snapshot_at))
-    return vectors
+    """One-off read (resolves the store each call; a long-lived caller keeps an OnlineFeatures)."""
+    return OnlineFeatures(settings, max_age=max_age or timedelta(days=2)).read(user_ids, now=now)
