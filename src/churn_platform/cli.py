@@ -339,11 +339,22 @@ def features_training_set(
 
 
 @features_app.command("materialize")
-def features_materialize() -> None:
+def features_materialize(
+    full: Annotated[
+        bool, typer.Option("--full", help="Rewrite the latest snapshots even if recorded as done.")
+    ] = False,
+) -> None:
     """Load snapshots newer than the last materialization into the Redis online store (incremental)."""
     with console.status("materializing into Redis through Feast..."):
-        run = online.materialize(get_settings())
+        run = online.materialize(get_settings(), full=full)
     if run.end is None:
         console.print("online store already up to date: nothing to materialize")
     else:
         console.print(f"materialized snapshots up to {run.end:%Y-%m-%d %H:%M} UTC in {run.seconds:.1f} s")
+
+
+@features_app.command("clear-online")
+def features_clear_online() -> None:
+    """Delete every user's features from the online store; `materialize --full` loads them again."""
+    online.clear_online(get_settings())
+    console.print("online store cleared: run `churn features materialize --full` to load it again")

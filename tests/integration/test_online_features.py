@@ -100,3 +100,16 @@ def test_online_reads_equal_the_latest_offline_snapshot(world_settings: Settings
     later = online.read_features(world_settings, sample[:1], now=latest_time + timedelta(days=7))
     assert set(later[0].status.values()) == {"stale"}
     assert isinstance(later[0].snapshot_at, datetime)
+
+
+def test_clear_online_then_a_full_materialization_restores_the_same_state(world_settings: Settings) -> None:
+    url = world_settings.redis_url or ""
+    online.materialize(world_settings, full=True)
+    state = _dump(url)
+    assert state
+
+    online.clear_online(world_settings)
+    assert _dump(url) == {}
+    assert online.materialize(world_settings).end is None  # recorded as done: incremental writes nothing
+    assert online.materialize(world_settings, full=True).end is not None
+    assert _dump(url) == state

@@ -39,7 +39,7 @@ def latest_snapshot_time(url: str, catalog: Catalog) -> datetime | None:
     return None if row is None else row[0]
 
 
-def materialize(settings: Settings) -> MaterializeRun:
+def materialize(settings: Settings, *, full: bool = False) -> MaterializeRun:
     """Load snapshots newer than the last materialization into Redis, up to the latest one (incremental).
 
     The end is the data's own latest snapshot, not the wall clock: a synthetic world has its own calendar. A first
@@ -55,11 +55,20 @@ def materialize(settings: Settings) -> MaterializeRun:
     end = latest + timedelta(microseconds=1)  # Feast's interval excludes its end
     # Not materialize_incremental: for a view never materialized it starts at the wall clock minus the TTL,
     # which misses every snapshot of a world with its own calendar. The registry's intervals still record runs.
-    start = view.most_recent_end_time or end - view.ttl
+    # `full` rewrites the view's TTL before the latest snapshot whatever was recorded (after clear_online).
+    start = end - view.ttl if full else (view.most_recent_end_time or end - view.ttl)
     if start >= end:
         return MaterializeRun(None, time.perf_counter() - started)
     store.materialize(start_date=start, end_date=end, feature_views=[view.name])
     return MaterializeRun(end, time.perf_counter() - started)
+
+
+def clear_online(settings: Settings) -> None:
+    """Delete every user's features of this Feast project from the online store (Redis)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    store = feast_repo.open_store(settings)
+    RedisOnlineStore().delete_entity_values(store.config, ["user_id"])
 
 
 def feature_view_name(catalog: Catalog) -> str:
