@@ -6,9 +6,7 @@ from datetime import date
 
 from prefect import flow, get_run_logger, task
 
-from churn_platform.data.labels import ChurnDefinition
 from churn_platform.features import feast_repo, online, snapshots
-from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import get_settings
 from flows.common import platform_database
 
@@ -19,10 +17,7 @@ RETRY_DELAYS_S = [2.0, 10.0, 30.0]
 
 @task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S)
 def compute(url: str, until: date) -> snapshots.SnapshotRun:
-    settings = get_settings()
-    catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
-    run = snapshots.compute_snapshots(url, catalog, definition, until)
-    labelled = snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
+    run, labelled = snapshots.refresh(url, get_settings(), until)
     get_run_logger().info("%s: %s snapshots, %s new labels", run.table, f"{run.rows_written:,}", f"{labelled:,}")
     return run
 

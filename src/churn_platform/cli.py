@@ -18,7 +18,6 @@ from rich.table import Table
 
 from churn_platform import db, local_stack
 from churn_platform.data import ingest, world
-from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots, training
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
@@ -275,17 +274,14 @@ def features_compute(
         raise _fail(f"--until: {exc}") from exc
     if last_day is None:
         raise _fail("there are no events yet: run `churn generate` or `churn ingest events` first")
-    catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
-    with console.status("computing snapshots in PostgreSQL..."):
-        run = snapshots.compute_snapshots(url, catalog, definition, last_day)
+    with console.status("computing snapshots and labels in PostgreSQL..."):
+        run, labelled = snapshots.refresh(url, settings, last_day)
     if run.first_day is None:
         console.print(f"{run.table}: already up to date until {run.last_day}")
     else:
         console.print(
             f"{run.table}: {run.rows_written:,} snapshots for {run.first_day} .. {run.last_day} in {run.seconds:.1f} s"
         )
-    with console.status("labelling snapshots whose horizon has passed..."):
-        labelled = snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
     console.print(f"features.churn_labels: {labelled:,} new labels (horizon {settings.label_horizon_days} days)")
 
 

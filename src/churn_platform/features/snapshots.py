@@ -30,7 +30,9 @@ from churn_platform.features.catalog import (
     Feature,
     TenureDays,
     UserAttribute,
+    catalog_from_settings,
 )
+from churn_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +277,10 @@ def compute_labels(url: str, catalog: Catalog, definition: ChurnDefinition, hori
             "horizon": horizon_days,
         }
         return conn.execute(statement, params).rowcount
+
+
+def refresh(url: str, settings: Settings, until: date) -> tuple[SnapshotRun, int]:
+    """The configured catalog's snapshots up to `until`, then labels under the configured churn definition."""
+    catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
+    run = compute_snapshots(url, catalog, definition, until)
+    return run, compute_labels(url, catalog, definition, settings.label_horizon_days)

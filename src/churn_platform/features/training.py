@@ -58,24 +58,22 @@ def definitions_hash(catalog: Catalog) -> str:
     return hashlib.sha256(json.dumps([catalog.name, described], sort_keys=True).encode()).hexdigest()
 
 
-def label_rows_sql(url: str, horizon_days: int, start: date | None, end: date | None) -> str:
-    """The entity rows for Feast as one SQL statement, values quoted by psycopg (Feast takes a string)."""
-    statement = sql.SQL(LABEL_ROWS_SQL).format(
+def label_rows(horizon_days: int, start: date | None, end: date | None) -> sql.Composed:
+    """The entity rows for Feast: labelled snapshots of one horizon in [start, end), values quoted by psycopg."""
+    return sql.SQL(LABEL_ROWS_SQL).format(
         horizon=sql.Literal(horizon_days),
         start=sql.Literal(start or date.min),
         end=sql.Literal(end or date.max),
     )
-    with psycopg.connect(url) as conn:
-        return statement.as_string(conn)
 
 
 def training_set(settings: Settings, *, start: date | None = None, end: date | None = None) -> TrainingSet:
     """Labelled snapshots in [start, end) joined point-in-time with the catalog's features through Feast."""
     catalog = catalog_from_settings(settings)
-    url = db.platform_url(settings)
-    entity_sql = label_rows_sql(url, settings.label_horizon_days, start, end)
-    with psycopg.connect(url) as conn:
-        labelled = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS rows").format(sql.SQL(entity_sql))).fetchone()
+    rows = label_rows(settings.label_horizon_days, start, end)
+    with psycopg.connect(db.platform_url(settings)) as conn:
+        labelled = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS rows").format(rows)).fetchone()
+        entity_sql = rows.as_string(conn)  # Feast takes the entity rows as a string
     if not labelled or labelled[0] == 0:
         # Feast cannot take an empty entity set; an empty training set has the same columns.
         frame = pd.DataFrame(columns=["user_id", "event_timestamp", "churned", *catalog.names])
