@@ -21,6 +21,7 @@ demo: install  ## start the embedded stack, generate the default world, compute 
 	$(RUN) churn features compute
 	$(RUN) churn features apply
 	$(RUN) churn features materialize
+	$(RUN) churn features show
 	$(RUN) churn status
 
 test: install  ## run the tests against real PostgreSQL and Redis

@@ -49,7 +49,7 @@ def main(
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, whatever the width
     return typer.Exit(code=1)
 
 
@@ -354,3 +354,34 @@ def features_clear_online() -> None:
     """Delete every user's features from the online store; `materialize --full` loads them again."""
     online.clear_online(get_settings())
     console.print("online store cleared: run `churn features materialize --full` to load it again")
+
+
+@features_app.command("show")
+def features_show(
+    user_ids: Annotated[list[str] | None, typer.Argument(help="Users to show; default: a sample.")] = None,
+    sample: Annotated[int, typer.Option(min=1, max=20, help="How many users of the latest snapshot.")] = 4,
+) -> None:
+    """Print users' online feature vectors, as the prediction service reads them from Redis."""
+    settings = get_settings()
+    catalog = catalog_from_settings(settings)
+    users = user_ids or online.sample_of_latest_users(db.platform_url(settings), catalog, sample)
+    if not users:
+        raise _fail("no snapshots yet: run `churn features compute` and `churn features materialize` first")
+    latest = online.latest_snapshot_time(db.platform_url(settings), catalog)
+    # A synthetic world keeps its own calendar: judge staleness at its latest snapshot, not at the wall clock.
+    vectors = online.OnlineFeatures(settings).read(users, now=latest)
+    table = Table(title=f"online features ({catalog.name}, from Redis)")
+    table.add_column("feature", no_wrap=True)
+    for vector in vectors:
+        when = f"{vector.snapshot_at:%Y-%m-%d}" if vector.snapshot_at else "not materialized"
+        table.add_column(f"{escape(vector.user_id)}\n{when}", justify="right")
+    for name in catalog.names:
+        table.add_row(name, *(_feature_cell(v.values[name], v.status[name]) for v in vectors))
+    console.print(table)
+
+
+def _feature_cell(value: object, status: online.Status) -> str:
+    if status == "missing":
+        return "[dim]missing[/]"
+    shown = f"{value:,.2f}" if isinstance(value, float) else escape(str(value))
+    return shown if status == "present" else f"[yellow]{shown} (stale)[/]"

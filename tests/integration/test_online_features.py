@@ -20,6 +20,7 @@ from churn_platform.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 ONLINE_DB = 12  # a Redis database of its own: flushed by these tests
+REPLACED_DB = 14  # another, for the replaced-world test
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,63 @@ def test_clear_online_then_a_full_materialization_restores_the_same_state(world_
     assert online.materialize(world_settings).end is None  # recorded as done: incremental writes nothing
     assert online.materialize(world_settings, full=True).end is not None
     assert _dump(url) == state
+
+
+def test_our_reader_returns_what_get_online_features_returns(world_settings: Settings) -> None:
+    online.materialize(world_settings)
+    store = feast_repo.open_store(world_settings)
+    catalog = catalog_from_settings(world_settings)
+    users = [f"u{i:07d}" for i in range(150)] + ["nobody"]
+
+    latest = online.latest_snapshot_time(world_settings.database_url or "", catalog)
+    reader = online.OnlineFeatures(world_settings)
+    # The second read comes from the decode caches; the world's own calendar decides what is stale.
+    first, again = reader.read(users, now=latest), reader.read(users, now=latest)
+    expected = store.get_online_features(
+        features=store.get_feature_service(catalog.name), entity_rows=[{"user_id": u} for u in users]
+    ).to_dict()
+
+    assert reader.feature_names == catalog.names
+    for i, (vector, repeated) in enumerate(zip(first, again, strict=True)):
+        assert vector == repeated
+        assert vector.values == {name: expected[name][i] for name in catalog.names}, vector.user_id
+    assert any(set(v.status.values()) == {"present"} for v in first)
+    assert set(first[-1].status.values()) == {"missing"} and first[-1].snapshot_at is None
+
+
+def test_a_replaced_world_replaces_the_online_values(
+    make_database: Callable[[], str], stack_settings: Settings
+) -> None:
+    """A new world on the same calendar: the first materialization of its snapshots must not keep the old values."""
+    url = make_database()
+    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{REPLACED_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHURN_DATABASE_URL", url)
+        patch.setenv("CHURN_REDIS_URL", redis_url)
+        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
+        get_settings.cache_clear()
+        current = get_settings()
+        catalog = catalog_from_settings(current)
+        definition = ChurnDefinition(("cancel",), None)
+        feast_repo.apply(current)
+        readings = []
+        for seed in (5, 6):
+            world.generate_world(url, WorldConfig(users=80, days=40, seed=seed), replace=True)
+            snapshots.compute_snapshots(url, catalog, definition, date(2025, 2, 10))
+            assert online.materialize(current).end is not None
+            latest = online.latest_snapshot_time(url, catalog)
+            users = online.sample_of_latest_users(url, catalog, 10)
+            with psycopg.connect(url) as conn:
+                offline = dict(
+                    conn.execute(
+                        f"SELECT user_id, tenure_days FROM features.{catalog.name} WHERE event_timestamp = %s",
+                        (latest,),
+                    ).fetchall()
+                )
+            vectors = online.OnlineFeatures(current).read(users, now=latest)
+            assert [v.values["tenure_days"] for v in vectors] == pytest.approx([offline[u] for u in users])
+            readings.append([v.values["tenure_days"] for v in vectors])
+        assert readings[0] != readings[1], "the two worlds differ"
+    get_settings.cache_clear()
+    redis.Redis.from_url(redis_url).flushdb()

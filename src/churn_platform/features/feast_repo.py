@@ -84,6 +84,30 @@ def open_store(settings: Settings) -> Any:
     return _store(str(settings.feature_repo.resolve()), tuple(sorted(environment.items())))
 
 
+def open_stock_store(settings: Settings) -> Any:
+    """The same repository with Feast's stock PostgreSQL offline store and local materialization engine.
+
+    Same registry, servers and definitions as `open_store`; the reference our faster offline store and
+    materialization engine are compared with, value for value in the tests and for speed in `bench/features.py`.
+    """
+    environment = configure(settings)
+    return _stock_store(str(settings.feature_repo.resolve()), tuple(sorted(environment.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _stock_store(repo_path: str, environment: tuple[tuple[str, str], ...]) -> Any:
+    import yaml
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    raw = yaml.safe_load(os.path.expandvars((Path(repo_path) / "feature_store.yaml").read_text()))
+    raw["offline_store"]["type"] = "postgres"
+    raw["batch_engine"] = "local"
+    config = RepoConfig(**raw)
+    config.repo_path = Path(repo_path)
+    return FeatureStore(config=config)
+
+
 @functools.lru_cache(maxsize=8)
 def _store(repo_path: str, environment: tuple[tuple[str, str], ...]) -> Any:
     from feast import FeatureStore

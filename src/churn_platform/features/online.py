@@ -7,6 +7,7 @@ check is ours.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +19,31 @@ from psycopg import sql
 from churn_platform import db
 from churn_platform.features import feast_repo
 from churn_platform.features.catalog import Catalog, catalog_from_settings
+from churn_platform.features.feast_redis import string_key_layout
 from churn_platform.features.snapshots import table_name
+from churn_platform.features.value_codec import CACHE_LIMIT, ValueDecoder
 from churn_platform.settings import Settings
 
 Status = Literal["present", "missing", "stale"]
 LATEST_SNAPSHOT_SQL = "SELECT max(event_timestamp) FROM {table}"
+SAMPLE_LATEST_USERS_SQL = """
+SELECT user_id FROM {table} WHERE event_timestamp = (SELECT max(event_timestamp) FROM {table})
+ORDER BY md5(user_id), user_id LIMIT %(count)s
+"""
+# Which snapshots went to the online store. A features table, so replacing the data empties it with the snapshots.
+CREATE_LEDGER_SQL = """
+CREATE TABLE IF NOT EXISTS features.online_materializations (
+    feature_view    text        NOT NULL,
+    start_at        timestamptz NOT NULL,
+    end_at          timestamptz NOT NULL,
+    materialized_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (feature_view, end_at)
+)"""
+LAST_MATERIALIZED_SQL = "SELECT max(end_at) FROM features.online_materializations WHERE feature_view = %(view)s"
+RECORD_MATERIALIZATION_SQL = """
+INSERT INTO features.online_materializations (feature_view, start_at, end_at) VALUES (%(view)s, %(start)s, %(end)s)
+ON CONFLICT (feature_view, end_at) DO UPDATE SET start_at = excluded.start_at, materialized_at = now()
+"""
 
 
 @dataclass(frozen=True)
@@ -39,28 +60,62 @@ def latest_snapshot_time(url: str, catalog: Catalog) -> datetime | None:
     return None if row is None else row[0]
 
 
+def sample_of_latest_users(url: str, catalog: Catalog, count: int) -> list[str]:
+    """`count` users of the latest snapshot, the same ones every time (ordered by a hash of the id)."""
+    with db.connect(url) as conn:
+        rows = conn.execute(
+            sql.SQL(SAMPLE_LATEST_USERS_SQL).format(table=table_name(catalog)), {"count": count}
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
 def materialize(settings: Settings, *, full: bool = False) -> MaterializeRun:
     """Load snapshots newer than the last materialization into Redis, up to the latest one (incremental).
 
     The end is the data's own latest snapshot, not the wall clock: a synthetic world has its own calendar. A first
     run covers the view's TTL before it; a second run with nothing new writes nothing (and returns end None).
+    `full` rewrites the TTL window before the latest snapshot whatever was recorded (after `clear_online`).
     """
     started = time.perf_counter()
     catalog = catalog_from_settings(settings)
-    latest = latest_snapshot_time(db.platform_url(settings), catalog)
+    url = db.platform_url(settings)
+    latest = latest_snapshot_time(url, catalog)
     if latest is None:
         return MaterializeRun(None, time.perf_counter() - started)
     store = feast_repo.open_store(settings)
     view = store.get_feature_view(feature_view_name(catalog))
     end = latest + timedelta(microseconds=1)  # Feast's interval excludes its end
-    # Not materialize_incremental: for a view never materialized it starts at the wall clock minus the TTL,
-    # which misses every snapshot of a world with its own calendar. The registry's intervals still record runs.
-    # `full` rewrites the view's TTL before the latest snapshot whatever was recorded (after clear_online).
-    start = end - view.ttl if full else (view.most_recent_end_time or end - view.ttl)
+    last_end = last_materialized(url, view.name)
+    if last_end is None and not full:
+        # The first run over these snapshots: values in Redis come from data they replaced (a regenerated world
+        # on the same calendar), and Feast's writer never overwrites a value with one of the same timestamp.
+        clear_view(settings, view.name)
+    # Not materialize_incremental, nor the registry's intervals: for a view never materialized Feast starts at the
+    # wall clock minus the TTL, which misses a world with its own calendar, and its intervals outlive the
+    # snapshots they covered. Our ledger lives next to the snapshots and is emptied with them.
+    start = end - view.ttl if full or last_end is None else last_end
     if start >= end:
         return MaterializeRun(None, time.perf_counter() - started)
     store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+    with db.connect(url) as conn:
+        conn.execute(RECORD_MATERIALIZATION_SQL, {"view": view.name, "start": start, "end": end})
     return MaterializeRun(end, time.perf_counter() - started)
+
+
+def last_materialized(url: str, view_name: str) -> datetime | None:
+    """The end of the latest materialization of `view_name` over the current snapshots, if any."""
+    with db.connect(url) as conn:
+        conn.execute(CREATE_LEDGER_SQL)
+        row = conn.execute(LAST_MATERIALIZED_SQL, {"view": view_name}).fetchone()
+    return None if row is None else row[0]
+
+
+def clear_view(settings: Settings, view_name: str) -> None:
+    """Delete one feature view's values of every user from the online store."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    store = feast_repo.open_store(settings)
+    RedisOnlineStore().delete_table(store.config, store.get_feature_view(view_name))
 
 
 def clear_online(settings: Settings) -> None:
@@ -85,46 +140,101 @@ class FeatureVector:
     snapshot_at: datetime | None
 
 
-class OnlineFeatures:
-    """Reads feature vectors from the online store; resolve once, read many times (the serving path).
+@dataclass(frozen=True)
+class _ViewFields:
+    """Where one feature view's values live in a user's Redis hash (Feast's layout)."""
 
-    The store, its feature service and the proto helpers are looked up once here, not per request.
+    timestamp_field: bytes
+    features: tuple[tuple[str, bytes, bool], ...]  # (feature name, hash field, stored as a double)
+
+
+class OnlineFeatures:
+    """Reads feature vectors from Feast's Redis online store; resolve once, read many times (the serving path).
+
+    `FeatureStore.get_online_features` spends most of a read building and converting protobuf responses. This
+    reader keeps Feast's store and format (the online store's own Redis client, Feast's entity-key serialization,
+    its murmur3 field names and its value protos) but does the per-request work once: hash keys and field names
+    are computed when first needed, one pipelined HGETALL reads every user, and each distinct stored value is
+    decoded in bulk (`value_codec`). The feature service's views, features and order are resolved here, not per call.
     """
 
     def __init__(self, settings: Settings, *, max_age: timedelta = timedelta(days=2)) -> None:
-        from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
-        from feast.type_map import feast_value_type_to_python_type
+        from feast.infra.online_stores.helpers import _mmh3
+        from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
+        from feast.types import Float64
 
         catalog = catalog_from_settings(settings)
         self.store = feast_repo.open_store(settings)
         self.service = self.store.get_feature_service(catalog.name)
         self.max_age = max_age
-        self._not_found = FieldStatus.NOT_FOUND
-        self._to_python = feast_value_type_to_python_type
+        config = self.store.config
+        online_store = self.store._get_provider().online_store
+        if not isinstance(online_store, RedisOnlineStore):
+            raise TypeError(f"the online store must be Feast's Redis store, not {type(online_store).__name__}")
+        self._client = online_store._get_client(config.online_store)
+        views = []
+        for projection in self.service.feature_view_projections:
+            stored_name = _versioned_fv_name(self.store.get_feature_view(projection.name), config)
+            fields = tuple((f.name, _mmh3(f"{stored_name}:{f.name}"), f.dtype == Float64) for f in projection.features)
+            views.append(_ViewFields(f"_ts:{stored_name}".encode(), fields))
+        self._views = tuple(views)
+        self.feature_names = [name for view in self._views for name, _, _ in view.features]
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"feature service {self.service.name} has two features of the same name")
+        self._key_prefix, self._key_suffix = string_key_layout(
+            config.project, "user_id", config.entity_key_serialization_version
+        )
+        self._decoder = ValueDecoder()
+        self._timestamps: dict[bytes, datetime] = {}
 
     def read(self, user_ids: Sequence[str], *, now: datetime | None = None) -> list[FeatureVector]:
         """The feature vectors of `user_ids`, in order; older than `max_age` at `now` (default: now) is stale."""
-        response = self.store.get_online_features(features=self.service, entity_rows=[{"user_id": u} for u in user_ids])
+        if len(user_ids) == 1:
+            hashes = [self._client.hgetall(self.redis_key(user_ids[0]))]
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.hgetall(self.redis_key(user_id))
+            hashes = pipe.execute()
         now = now or datetime.now(UTC)
-        names = list(response.proto.metadata.feature_names.val)
-        vectors = []
-        for i, user_id in enumerate(user_ids):
-            values: dict[str, Any] = {}
-            status: dict[str, Status] = {}
-            snapshot_at: datetime | None = None
-            for name, result in zip(names, response.proto.results, strict=True):
-                if name == "user_id":
+        values: list[dict[str, Any]] = [{} for _ in user_ids]
+        status: list[dict[str, Status]] = [{} for _ in user_ids]
+        snapshot_at: list[datetime | None] = [None] * len(user_ids)
+        for view in self._views:
+            # One state per user and view (Feast writes a view's features together), decoded a column at a time.
+            states: list[Status] = []
+            for i, stored in enumerate(hashes):
+                raw_timestamp = stored.get(view.timestamp_field)
+                if raw_timestamp is None:  # this view was never materialized for the user
+                    states.append("missing")
                     continue
-                values[name] = self._to_python(result.values[i])
-                # A user never materialized comes back NOT_FOUND, or (Redis store) as a null with no timestamp.
-                if result.statuses[i] == self._not_found or result.event_timestamps[i].seconds == 0:
-                    status[name] = "missing"
-                    continue
-                at = datetime.fromtimestamp(result.event_timestamps[i].seconds, tz=UTC)
-                snapshot_at = at if snapshot_at is None else max(snapshot_at, at)
-                status[name] = "stale" if now - at > self.max_age else "present"
-            vectors.append(FeatureVector(user_id, values, status, snapshot_at))
-        return vectors
+                at = self._timestamp(raw_timestamp)
+                seen = snapshot_at[i]
+                snapshot_at[i] = at if seen is None else max(seen, at)
+                states.append("stale" if now - at > self.max_age else "present")
+            for name, field, doubles in view.features:
+                raws = [stored.get(field) for stored in hashes]
+                decoded = self._decoder.column(raws, doubles=doubles)
+                for i, (raw, value, state) in enumerate(zip(raws, decoded, states, strict=True)):
+                    values[i][name] = value
+                    status[i][name] = "missing" if raw is None else state
+        return [FeatureVector(user_id, values[i], status[i], snapshot_at[i]) for i, user_id in enumerate(user_ids)]
+
+    def redis_key(self, user_id: str) -> bytes:
+        """The Redis key of a user's hash: Feast's serialized entity key and project (layout checked at start)."""
+        encoded = user_id.encode()
+        return self._key_prefix + struct.pack("<I", len(encoded)) + encoded + self._key_suffix
+
+    def _timestamp(self, raw: bytes) -> datetime:
+        try:
+            return self._timestamps[raw]
+        except KeyError:
+            from google.protobuf.timestamp_pb2 import Timestamp
+
+            at: datetime = Timestamp.FromString(raw).ToDatetime(tzinfo=UTC)
+            if len(self._timestamps) < CACHE_LIMIT:
+                self._timestamps[raw] = at
+            return at
 
 
 def read_features(
