@@ -188,7 +188,7 @@ def world_advance(days: Annotated[int, typer.Option(min=1, help="Days to add to 
     with _days_bar(days, "advancing") as advance:
         try:
             summary = world.advance_world(url, days, progress=advance)
-        except world.NoWorldError as exc:
+        except (world.NoWorldError, ValueError) as exc:  # no world, or one stored by an older simulator
             raise _fail(str(exc)) from exc
     console.print(_world_table(summary))
 

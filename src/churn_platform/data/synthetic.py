@@ -24,6 +24,7 @@ from churn_platform.data.world_model import (
     PLAN_PRICES,
     PLANS,
     POPULATION_ENGAGEMENT,
+    RECENT_SMOOTHING,
     REGIONS,
     SECONDS_PER_DAY,
     TICKET_DECAY,
@@ -63,6 +64,7 @@ def _draw_users(rng: np.random.Generator, n: int, signup_days: IntArray, regime:
         "decline_start": decline_start.astype(np.int64),
         "decline_rate": np.where(declining, rng.uniform(0.004, 0.02, n), 0.0),
         "deviation": deviation,
+        "engagement_recent": baseline + deviation,
         "engagement_avg": baseline + deviation,
         "ticket_pressure": np.zeros(n),
         "payment_failure_pressure": np.zeros(n),
@@ -117,7 +119,7 @@ def simulate_day(
     hazard = sigmoid(
         hazard_log_odds(
             regime,
-            engagement,
+            state.engagement_recent[active],
             state.engagement_avg[active],
             state.ticket_pressure[active],
             state.payment_failure_pressure[active],
@@ -199,6 +201,7 @@ def simulate_day(
     stay = active[~churns]
     state.churn_day[active[churns]] = day
     state.plan[active] = np.clip(plan + upgrades - downgrades, 0, len(PLANS) - 1)
+    state.engagement_recent[active] += RECENT_SMOOTHING * (engagement - state.engagement_recent[active])
     state.engagement_avg[active] += TREND_SMOOTHING * (engagement - state.engagement_avg[active])
     state.ticket_pressure[active] = state.ticket_pressure[active] * TICKET_DECAY + counts["support_ticket"]
     state.payment_failure_pressure[active] = state.payment_failure_pressure[active] * PAYMENT_FAILURE_DECAY + failed

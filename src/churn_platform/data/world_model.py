@@ -1,10 +1,10 @@
 """The synthetic world's model: event types, plans, the two regimes, and the state a simulation carries.
 
 Each user has a latent log-engagement: a personal baseline, a slow decline for some users, and a persistent
-AR(1) deviation. Engagement drives event counts; a daily churn hazard comes from the engagement level and its
-trend, recent support tickets and payment failures, plan and tenure. Everything the simulator knows lives in
-`WorldState`, so a world can be saved and continued day by day. `synthetic` runs the model; `oracle` forecasts
-churn from its state.
+AR(1) deviation. Engagement drives event counts; a daily churn hazard comes from the engagement of the last two
+weeks and its trend against the last 30 days (what the user's recent events show), recent support tickets and
+payment failures, plan and tenure. Everything the simulator knows lives in `WorldState`, so a world can be saved
+and continued day by day. `synthetic` runs the model; `oracle` forecasts churn from its state.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ class Regime:
     session_minutes: float = 14.0
     ticket_rate: float = 0.012
     # Daily churn hazard, as log-odds: intercept plus effects.
-    hazard_intercept: float = -6.9
-    hazard_level: float = -1.6  # per unit of log-engagement above the population mean
-    hazard_trend: float = -1.8  # engagement now vs its own 30-day average: falling engagement raises risk
+    hazard_intercept: float = -6.2
+    hazard_level: float = -1.6  # per unit of recent (two-week) log-engagement above the population mean
+    hazard_trend: float = -1.8  # recent engagement vs its own 30-day average: falling engagement raises risk
     hazard_ticket: float = 0.55  # per recent support ticket (decayed count)
     hazard_payment_failure: float = 1.1  # per recent payment failure (decayed count)
     hazard_plan: tuple[float, float, float] = (0.25, 0.0, -0.2)
@@ -78,8 +78,8 @@ DRIFTED_REGIME = Regime(
     feature_rate=1.9,
     session_minutes=8.0,
     ticket_rate=0.02,
-    hazard_intercept=-6.9,
-    hazard_level=-0.6,
+    hazard_intercept=-6.2,
+    hazard_level=-0.4,
     hazard_trend=-3.0,
     hazard_ticket=1.0,
     hazard_payment_failure=1.6,
@@ -90,9 +90,10 @@ DRIFTED_REGIME = Regime(
 )
 
 # Latent engagement dynamics (shared by both regimes).
-ENGAGEMENT_PERSISTENCE = 0.96  # AR(1) coefficient of the daily deviation
-ENGAGEMENT_NOISE = 0.15  # daily innovation of the deviation
-TREND_SMOOTHING = 1.0 / 30.0  # the 30-day exponential average engagement is compared against
+ENGAGEMENT_PERSISTENCE = 0.985  # AR(1) coefficient of the daily deviation
+ENGAGEMENT_NOISE = 0.09  # daily innovation of the deviation
+RECENT_SMOOTHING = 1.0 / 14.0  # the two-week exponential average of engagement churn responds to
+TREND_SMOOTHING = 1.0 / 30.0  # the 30-day exponential average the recent average is compared against
 TICKET_DECAY = 0.5 ** (1 / 10)  # support-ticket pressure halves in 10 days
 PAYMENT_FAILURE_DECAY = 0.5 ** (1 / 7)  # payment-failure pressure halves in 7 days
 NEW_USER_TENURE_DAYS = 45.0
@@ -144,7 +145,8 @@ class WorldState:
     decline_start: IntArray  # day a slow decline begins (a large number for users who never decline)
     decline_rate: FloatArray  # log-engagement lost per day once declining
     deviation: FloatArray  # AR(1) deviation of log-engagement
-    engagement_avg: FloatArray  # 30-day exponential average of log-engagement
+    engagement_recent: FloatArray  # 14-day exponential average of log-engagement, up to yesterday
+    engagement_avg: FloatArray  # 30-day exponential average of log-engagement, up to yesterday
     ticket_pressure: FloatArray
     payment_failure_pressure: FloatArray
     payment_failure_prob: FloatArray
@@ -169,6 +171,13 @@ class WorldState:
     def from_bytes(cls, blob: bytes, scalars: dict[str, Any]) -> WorldState:
         with np.load(io.BytesIO(blob)) as loaded:
             arrays = {name: loaded[name] for name in loaded.files}
+        expected = {f.name for f in fields(cls)} - set(scalars)
+        missing = sorted(name for name in expected - set(arrays) if name != "arrival_rate")
+        if missing:
+            raise ValueError(
+                f"the stored world was simulated by an older version of the simulator (no {', '.join(missing)}):"
+                " regenerate it with `churn generate --replace`"
+            )
         return cls(**arrays, **scalars)
 
 
@@ -219,18 +228,23 @@ def log_engagement(state: WorldState, day: int, users: IntArray) -> FloatArray:
 
 def hazard_log_odds(
     regime: Regime,
-    engagement: FloatArray,
+    engagement_recent: FloatArray,
     engagement_avg: FloatArray,
     tickets: FloatArray,
     payment_failures: FloatArray,
     plan: IntArray,
     tenure_days: FloatArray,
 ) -> FloatArray:
-    """The daily churn hazard as log-odds, under a regime."""
+    """The daily churn hazard as log-odds, under a regime.
+
+    Churn responds to the engagement a user has had lately (the two-week average up to yesterday) and to its
+    trend against the 30-day average, not to today's unobserved engagement: users cancel after a spell of low
+    use, which their recent events show.
+    """
     log_odds: FloatArray = (
         regime.hazard_intercept
-        + regime.hazard_level * (engagement - POPULATION_ENGAGEMENT)
-        + regime.hazard_trend * (engagement - engagement_avg)
+        + regime.hazard_level * (engagement_recent - POPULATION_ENGAGEMENT)
+        + regime.hazard_trend * (engagement_recent - engagement_avg)
         + regime.hazard_ticket * tickets
         + regime.hazard_payment_failure * payment_failures
         + np.asarray(regime.hazard_plan)[plan]
