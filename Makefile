@@ -15,13 +15,14 @@ uv-bootstrap:
 install: uv-bootstrap  ## create .venv from uv.lock
 	$(UV) sync --frozen
 
-demo: install  ## start the embedded stack, generate the default world, compute and serve its features
+demo: install  ## start the embedded stack, generate the default world, serve its features, train a first model
 	$(RUN) churn up
 	$(RUN) churn generate --replace
 	$(RUN) churn features compute
 	$(RUN) churn features apply
 	$(RUN) churn features materialize
 	$(RUN) churn features show
+	$(RUN) churn train
 	$(RUN) churn status
 
 test: install  ## run the tests against real PostgreSQL and Redis

@@ -1,8 +1,9 @@
 """Real-service fixtures: fresh PostgreSQL databases and an isolated Redis db on the configured servers.
 
 With CHURN_DATABASE_URL / CHURN_REDIS_URL set, tests use those servers; unset, the embedded stack is started
-in a temporary data folder (the same code path `make demo` uses). A configured server that does not answer
-fails the test with a message naming it: never a silent skip.
+in a temporary data folder (the same code path `make demo` uses). MLflow is always the session's own `mlflow
+server`, started by the local-stack code on first use, on a fresh database and the temporary folder. A server that
+does not answer or start fails the test with a message naming it: never a silent skip.
 """
 
 from __future__ import annotations
@@ -24,27 +25,68 @@ def _with_database(url: str, database: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=database)
 
 
+def _up_or_fail(settings: Settings, names: tuple[str, ...]) -> None:
+    """Start (or check) the named components; fail the test, naming each server, if one is not healthy."""
+    try:
+        statuses = local_stack.up(settings, only=names)
+    except local_stack.StackError as exc:
+        pytest.fail(f"required servers are not reachable: {exc}", pytrace=False)
+    unhealthy = [s for s in statuses if not s.healthy]
+    if unhealthy:
+        described = ", ".join(f"{s.name} at {s.url} ({s.detail})" for s in unhealthy)
+        pytest.fail(f"required servers are not reachable: {described}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings for the session: the configured servers, or an embedded stack in a temporary folder."""
+    """Settings for the session: the configured servers, or an embedded stack in a temporary folder.
+
+    PostgreSQL and Redis start here; the MLflow server only when a test asks for `mlflow_server` (it takes tens of
+    seconds), with its own database on the session's PostgreSQL and its artifacts in the temporary folder.
+    """
     data_dir = tmp_path_factory.mktemp("churn-data")
     settings = Settings(
         database_url=os.environ.get("CHURN_DATABASE_URL") or None,
         redis_url=os.environ.get("CHURN_REDIS_URL") or None,
         data_dir=data_dir,
+        mlflow_tracking_uri=None,
+        mlflow_port=0,
+        mlflow_database=f"mlflow_test_{uuid.uuid4().hex[:12]}",
     )
     try:
-        try:
-            statuses = local_stack.up(settings)
-        except local_stack.StackError as exc:
-            pytest.fail(f"required servers are not reachable: {exc}", pytrace=False)
-        unhealthy = [s for s in statuses if not s.healthy]
-        if unhealthy:
-            names = ", ".join(f"{s.name} at {s.url} ({s.detail})" for s in unhealthy)
-            pytest.fail(f"required servers are not reachable: {names}", pytrace=False)
+        _up_or_fail(settings, ("postgres", "redis"))
         yield settings
     finally:
         local_stack.down(settings)  # stops only what this session started
+        if settings.database_url:  # an embedded PostgreSQL goes away with the temporary folder
+            _drop_database(settings.database_url, settings.mlflow_database)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(stack_settings: Settings) -> str:
+    """URL of the session's MLflow tracking server (a real `mlflow server` started by the local-stack code)."""
+    _up_or_fail(stack_settings, ("mlflow",))
+    return local_stack.mlflow_tracking_uri(stack_settings)
+
+
+@pytest.fixture
+def mlflow_tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's MLflow server as this test's tracking and registry URI; mlflow's globals are reset after."""
+    import mlflow  # imported here: importing mlflow costs seconds, and most tests never need it
+
+    # mlflow.set_tracking_uri / set_experiment write these variables and globals: monkeypatch restores them after.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)  # the registry then follows the tracking URI
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    mlflow.set_tracking_uri(None)
+
+
+def _drop_database(server_url: str, database: str) -> None:
+    with psycopg.connect(_with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
 @pytest.fixture(scope="session")

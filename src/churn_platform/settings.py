@@ -62,7 +62,17 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
-        description="MLflow tracking server (the tool's own variable).",
+        description="MLflow tracking server (the tool's own variable); unset starts the embedded MLflow server.",
+    )
+    mlflow_port: int = Field(
+        default=5000,
+        ge=0,
+        le=65535,
+        description="Loopback port of the embedded MLflow server (its UI and API); 0 picks a free port at each start.",
+    )
+    mlflow_database: str = Field(
+        default="mlflow",
+        description="Database of the embedded MLflow server's runs and model registry, on the platform's PostgreSQL.",
     )
     prefect_api_url: str | None = Field(
         default=None,
@@ -98,11 +108,33 @@ class Settings(BaseSettings):
     feature_catalog: str = Field(default="churn_v1", description="Name (version) of the feature catalog.")
     feature_repo: Path = Field(default=Path("feature_repo"), description="The Feast repository folder.")
 
+    model_name: str = Field(default="churn", description="Registered model name in the MLflow model registry.")
+    train_seed: int = Field(default=7, description="Seed of training: the same world and seed give the same model.")
+    train_test_days: int = Field(default=28, ge=1, description="Snapshot days in the test window (the latest).")
+    train_validation_days: int = Field(
+        default=28, ge=1, description="Snapshot days in the validation window (model choice, calibration, threshold)."
+    )
+    train_snapshot_every_days: int = Field(
+        default=7,
+        ge=1,
+        description="Train on every n-th daily snapshot of each user (neighbouring days are nearly the same row).",
+    )
+    promotion_auc_margin: float = Field(
+        default=0.01,
+        ge=0,
+        description="Promotion is refused when a version's test AUC is below the champion's by more than this.",
+    )
+
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."
     )
     stack_start_timeout_s: float = Field(
         default=30.0, gt=0, description="How long `churn up` waits for a component to become healthy."
+    )
+    mlflow_start_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long `churn up` waits for the embedded MLflow server (its first start migrates its database).",
     )
 
     @field_validator(

@@ -1,10 +1,11 @@
-"""The embedded stack: real PostgreSQL and Redis from pip-installed binaries, started and stopped."""
+"""The embedded stack: real PostgreSQL, Redis (pip-installed binaries) and MLflow server, started and stopped."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import mlflow
 import psycopg
 import pytest
 import redis
@@ -16,15 +17,15 @@ from churn_platform.settings import Settings
 @pytest.mark.embedded
 def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
     # Given no configured URLs
-    settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
+    settings = Settings(database_url=None, redis_url=None, mlflow_tracking_uri=None, mlflow_port=0, data_dir=data_dir)
 
     # When the stack comes up
     statuses = {s.name: s for s in local_stack.up(settings)}
 
-    # Then both servers are healthy, embedded, and answer real queries
+    # Then every server is healthy, embedded, and answers real queries
     try:
-        assert statuses["postgres"].healthy and statuses["postgres"].embedded
-        assert statuses["redis"].healthy and statuses["redis"].embedded
+        assert list(statuses) == ["postgres", "redis", "mlflow"]
+        assert all(s.healthy and s.embedded for s in statuses.values())
         with psycopg.connect(local_stack.database_url(settings)) as conn:
             row = conn.execute("SELECT current_database(), 1 + 1").fetchone()
         assert row == (settings.embedded_database, 2)
@@ -32,6 +33,14 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         client.set("k", "v")
         assert client.get("k") == b"v"
         client.close()
+        # MLflow keeps its experiments in its own database on the embedded PostgreSQL, reached through the socket
+        experiment_id = mlflow.MlflowClient(local_stack.mlflow_tracking_uri(settings)).create_experiment("stack")
+        mlflow_db = psycopg.conninfo.make_conninfo(local_stack.database_url(settings), dbname=settings.mlflow_database)
+        with psycopg.connect(mlflow_db) as conn:
+            row = conn.execute(
+                "SELECT name FROM experiments WHERE experiment_id = %s", (int(experiment_id),)
+            ).fetchone()
+        assert row == ("stack",)
         # A second `up` reuses the running servers instead of starting more
         record = local_stack.StackRecord(data_dir).read()
         local_stack.up(settings)
@@ -40,8 +49,8 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
     finally:
         stopped = local_stack.down(settings)
 
-    # And `down` stops both, after which status reports them down
-    assert sorted(stopped) == ["postgres", "redis"]
+    # And `down` stops them all, in reverse order, after which status reports them down
+    assert stopped == ["mlflow", "redis", "postgres"]
     assert not any(s.healthy for s in local_stack.status(settings))
 
 
@@ -59,31 +68,38 @@ def test_embedded_redis_keeps_its_data_across_restart(data_dir: Path) -> None:
         component.stop()
 
 
-def test_configured_servers_start_nothing(stack_settings: Settings, tmp_path: Path) -> None:
+def test_configured_servers_start_nothing(stack_settings: Settings, mlflow_server: str, tmp_path: Path) -> None:
     # Given URLs of servers that are running
     settings = Settings(
         database_url=local_stack.database_url(stack_settings),
         redis_url=local_stack.redis_url(stack_settings),
+        mlflow_tracking_uri=mlflow_server,
         data_dir=tmp_path / "unused",
     )
     # Then the stack only checks them: healthy, external, and `down` stops nothing
     statuses = local_stack.up(settings)
+    assert [s.name for s in statuses] == ["postgres", "redis", "mlflow"]
     assert all(s.healthy and not s.embedded for s in statuses)
     assert local_stack.down(settings) == []
     assert not (tmp_path / "unused" / "postgres").exists()
+    assert not (tmp_path / "unused" / "mlflow").exists()
 
 
 def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
     settings = Settings(
         database_url="postgresql://postgres@127.0.0.1:1/churn",
         redis_url="redis://127.0.0.1:1/0",
+        mlflow_tracking_uri="http://127.0.0.1:1",
         data_dir=tmp_path,
     )
     statuses = {s.name: s for s in local_stack.status(settings)}
     assert not statuses["postgres"].healthy and "unreachable" in statuses["postgres"].detail
     assert not statuses["redis"].healthy
+    assert not statuses["mlflow"].healthy and "unreachable" in statuses["mlflow"].detail
     with pytest.raises(local_stack.StackError, match=r"127\.0\.0\.1:1"):
         local_stack.up(settings)
+    with pytest.raises(local_stack.StackError, match=r"MLflow at http://127\.0\.0\.1:1 \(MLFLOW_TRACKING_URI\)"):
+        local_stack.up(settings, only=("mlflow",))
 
 
 @pytest.mark.embedded

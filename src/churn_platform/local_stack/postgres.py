@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+from sqlalchemy.engine import URL
 
 from churn_platform.local_stack.base import ComponentStatus, StackError, StackRecord, redact, wait_until
 from churn_platform.settings import Settings
@@ -129,6 +130,31 @@ def _quiet_pgserver_import() -> None:
 def socket_url(socket_dir: Path, database: str) -> str:
     """A libpq URL for a server that listens on a unix socket only."""
     return f"postgresql://postgres@/{database}?host={quote(str(socket_dir), safe='/')}"
+
+
+def sqlalchemy_url(url: str, database: str) -> str:
+    """A `postgresql+psycopg://` SQLAlchemy URL to `database` on the server of a libpq URL (TCP or unix socket).
+
+    A socket folder cannot be a URL's host: like libpq, SQLAlchemy's psycopg dialect takes it as `?host=`.
+    """
+    params = {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(url).items() if value is not None}
+    host, port = params.pop("host", None), params.pop("port", None)
+    user, password = params.pop("user", None), params.pop("password", None)
+    params.pop("dbname", None)
+    if host is not None and host.startswith("/"):
+        params["host"] = host
+        if port is not None:
+            params["port"] = port
+        host = port = None
+    return URL.create(
+        "postgresql+psycopg",
+        username=user,
+        password=password,
+        host=host,
+        port=int(port) if port else None,
+        database=database,
+        query=params,
+    ).render_as_string(hide_password=False)
 
 
 def ensure_database(url: str) -> None:

@@ -1,0 +1,251 @@
+"""MLflow for the platform: a configured tracking server, or an embedded `mlflow server` child process.
+
+The embedded server listens on loopback, keeps its runs and model registry in a database of its own on the
+platform's PostgreSQL, and serves artifacts itself (`--serve-artifacts`) from a folder under the data folder, so a
+client needs nothing but its URL. Its PID, start time, URL and log are recorded in `stack.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import psycopg
+
+from churn_platform.local_stack.base import (
+    Component,
+    ComponentStatus,
+    StackError,
+    StackRecord,
+    free_loopback_port,
+    loopback_port_is_free,
+    pid_alive,
+    redact,
+    wait_until,
+)
+from churn_platform.local_stack.postgres import ensure_database, sqlalchemy_url
+from churn_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+STOP_TIMEOUT_S = 15.0
+
+
+def mlflow_health(url: str) -> tuple[bool, str]:
+    """GET the server's `/health` (open even behind basic auth), then its `/version` for the detail."""
+    base = url.rstrip("/")
+    # A loopback server is never reached through a proxy, whatever HTTP_PROXY says.
+    is_loopback = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if is_loopback else []))
+    try:
+        with opener.open(f"{base}/health", timeout=3):
+            pass  # any 2xx; an error status raises HTTPError
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
+    try:
+        with opener.open(f"{base}/version", timeout=3) as response:
+            return True, f"MLflow {response.read().decode().strip()}"
+    except (urllib.error.URLError, OSError, ValueError):
+        return True, "MLflow (version not readable)"
+
+
+class ExternalMlflow:
+    """A tracking server the user runs (MLFLOW_TRACKING_URI); the platform only checks it."""
+
+    name = "mlflow"
+    embedded = False
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def _health(self) -> tuple[bool, str]:
+        if urlsplit(self.uri).scheme not in ("http", "https"):
+            return True, "a store the client opens itself, not a server: not checked"
+        return mlflow_health(self.uri)
+
+    def start(self) -> str:
+        healthy, detail = self._health()
+        if not healthy:
+            raise StackError(f"MLflow at {redact(self.uri)} (MLFLOW_TRACKING_URI) is {detail}")
+        return self.uri
+
+    def stop(self) -> bool:
+        return False
+
+    def status(self) -> ComponentStatus:
+        healthy, detail = self._health()
+        return ComponentStatus(self.name, redact(self.uri), healthy, False, detail)
+
+
+class EmbeddedMlflow:
+    """`mlflow server` on a loopback port: runs and registry in PostgreSQL, artifacts served from the data folder."""
+
+    name = "mlflow"
+    embedded = True
+
+    def __init__(self, settings: Settings, postgres: Component) -> None:
+        self.postgres = postgres
+        self.directory = (settings.data_dir / "mlflow").resolve()
+        self.artifacts = self.directory / "artifacts"
+        self.log_path = self.directory / "mlflow.log"
+        self.port = settings.mlflow_port
+        self.database = settings.mlflow_database
+        self.timeout_s = settings.mlflow_start_timeout_s
+        self.record = StackRecord(settings.data_dir)
+
+    def _recorded(self) -> tuple[int, str] | None:
+        """The recorded server's PID and URL while it runs; a reused PID has another start time and is ignored."""
+        entry = self.record.read().get(self.name)
+        if not entry:
+            return None
+        pid = int(str(entry["pid"]))
+        if not pid_alive(pid):
+            return None
+        try:
+            if psutil.Process(pid).create_time() != float(str(entry["started"])):
+                return None
+        except psutil.Error:
+            return None
+        return pid, str(entry["url"])
+
+    def start(self) -> str:
+        recorded = self._recorded()
+        if recorded is not None:
+            # Running, maybe still starting: wait for it rather than start a second server.
+            url = recorded[1]
+            wait_until(lambda: mlflow_health(url), self.timeout_s, f"embedded MLflow server (log: {self.log_path})")
+            return url
+        port = self.port or free_loopback_port()
+        if not loopback_port_is_free(port):
+            raise StackError(
+                f"port {port} on {LOOPBACK} is taken: set CHURN_MLFLOW_PORT to a free port (0 picks one), "
+                "or MLFLOW_TRACKING_URI to use the server listening there"
+            )
+        backend = self._backend_store()
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        url = f"http://{LOOPBACK}:{port}"
+        process = self._spawn(port, backend)
+        # Recorded before the wait, so a server that starts but never turns healthy is not orphaned.
+        self.record.put(
+            self.name,
+            {
+                "pid": process.pid,
+                "started": psutil.Process(process.pid).create_time(),
+                "url": url,
+                "artifacts": str(self.artifacts),
+                "log": str(self.log_path),
+            },
+        )
+        return self._wait_healthy(process, url)
+
+    def _backend_store(self) -> str:
+        """SQLAlchemy URL of the server's own database on the platform's PostgreSQL, created if missing."""
+        platform_url = self.postgres.start()  # callers hold the stack lock; starts PostgreSQL only if it is down
+        url = psycopg.conninfo.make_conninfo(platform_url, dbname=self.database)
+        ensure_database(url)
+        return sqlalchemy_url(url, self.database)
+
+    def _spawn(self, port: int, backend: str) -> subprocess.Popen[bytes]:
+        environment = {
+            **os.environ,
+            # Through the environment, not the command line: the URL may carry the database password.
+            "MLFLOW_BACKEND_STORE_URI": backend,
+            # Job execution (GenAI judges, trace roll-ups) adds seven huey worker processes; the platform uses none.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        environment.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a local server phones nowhere unless asked
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", LOOPBACK,
+            "--port", str(port),
+            "--workers", "1",
+            "--serve-artifacts",
+            "--artifacts-destination", str(self.artifacts),
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log_file:
+            return subprocess.Popen(
+                command,
+                cwd=self.directory,
+                env=environment,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command; `churn down` stops its process group
+            )
+
+    def _wait_healthy(self, process: subprocess.Popen[bytes], url: str) -> str:
+        began = time.monotonic()
+        while process.poll() is None and time.monotonic() - began < self.timeout_s:
+            if mlflow_health(url)[0]:
+                log.info("started embedded MLflow (pid %s) on %s in %.1f s", process.pid, url, time.monotonic() - began)
+                return url
+            time.sleep(0.2)
+        code = process.poll()
+        if code is None:
+            stop_process_group(process.pid)
+        self.record.put(self.name, None)
+        why = (
+            f"exited with code {code}"
+            if code is not None
+            else f"did not answer within {self.timeout_s:.0f} s (CHURN_MLFLOW_START_TIMEOUT_S)"
+        )
+        raise StackError(f"embedded MLflow server {why}; log: {self.log_path}{last_line(self.log_path)}")
+
+    def stop(self) -> bool:
+        recorded = self._recorded()
+        self.record.put(self.name, None)
+        if recorded is None:
+            return False
+        stop_process_group(recorded[0])  # verified above to be the server we started
+        log.info("stopped embedded MLflow (pid %s)", recorded[0])
+        return True
+
+    def status(self) -> ComponentStatus:
+        recorded = self._recorded()
+        if recorded is None:
+            return ComponentStatus(self.name, None, False, True, f"not running (artifacts in {self.artifacts})")
+        healthy, detail = mlflow_health(recorded[1])
+        if not healthy:
+            detail = f"running but not answering: {detail} (log: {self.log_path})"
+        return ComponentStatus(self.name, recorded[1], healthy, True, detail)
+
+
+def stop_process_group(pid: int) -> None:
+    """SIGTERM the group a `start_new_session` child leads (`mlflow server` and its uvicorn), then SIGKILL the rest."""
+    try:
+        leads_its_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
+    if not leads_its_group:
+        raise StackError(f"process {pid} does not lead its own process group: not stopping it")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            pid_alive(pid)  # reaps the leader when this process started it
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+def last_line(path: Path) -> str:
+    """': ' and the last non-empty line of a log (usually the error), or '' when there is none."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4096))
+        lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""

@@ -1,0 +1,1 @@
+"""Training: time-based splits, candidate models, evaluation, and the MLflow model registry."""

@@ -1,0 +1,80 @@
+"""Feature vectors to the numeric matrix every candidate model takes.
+
+One encoder for training and serving: numeric features pass through (missing stays NaN, each model handles it),
+text features are one-hot encoded over the categories seen in training (an unseen category is all zeros). It
+takes a DataFrame (training, batch scoring) or a list of feature dicts (the serving path, with no DataFrame
+built per request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+FloatMatrix = npt.NDArray[np.float64]
+
+
+class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Numeric features as they are, text features one-hot over the categories seen when fitted."""
+
+    def __init__(self, numeric: Sequence[str] = (), categorical: Sequence[str] = ()) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+
+    def fit(self, frame: pd.DataFrame, y: object = None) -> FeatureEncoder:
+        missing = [c for c in (*self.numeric, *self.categorical) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the training frame lacks the features {missing}")
+        self.categories_ = {name: sorted(str(v) for v in frame[name].dropna().unique()) for name in self.categorical}
+        self.output_names_ = [*self.numeric] + [
+            f"{name}={value}" for name in self.categorical for value in self.categories_[name]
+        ]
+        self._positions = {
+            name: {value: i for i, value in enumerate(values)} for name, values in self.categories_.items()
+        }
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.numeric) + list(self.categorical)
+
+    def get_feature_names_out(self, input_features: object = None) -> npt.NDArray[np.object_]:
+        return np.asarray(self.output_names_, dtype=object)
+
+    def transform(self, frame: pd.DataFrame) -> FloatMatrix:
+        numeric = frame[list(self.numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
+        blocks = [numeric]
+        for name in self.categorical:
+            positions = self._positions[name]
+            codes = frame[name].map(lambda v, p=positions: p.get(str(v), -1) if v is not None else -1)
+            blocks.append(_one_hot(codes.to_numpy(dtype=np.int64), len(positions)))
+        return np.hstack(blocks)
+
+    def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
+        """The same encoding for feature dicts (None = missing), without building a DataFrame."""
+        out = np.zeros((len(rows), len(self.output_names_)), dtype=np.float64)
+        width = len(self.numeric)
+        for i, row in enumerate(rows):
+            for j, name in enumerate(self.numeric):
+                value = row.get(name)
+                out[i, j] = np.nan if value is None else value
+            offset = width
+            for name in self.categorical:
+                positions = self._positions[name]
+                position = positions.get(str(row.get(name)), -1)
+                if position >= 0:
+                    out[i, offset + position] = 1.0
+                offset += len(positions)
+        return out
+
+
+def _one_hot(codes: npt.NDArray[np.int64], width: int) -> FloatMatrix:
+    out = np.zeros((len(codes), width), dtype=np.float64)
+    known = codes >= 0
+    out[np.flatnonzero(known), codes[known]] = 1.0
+    return out

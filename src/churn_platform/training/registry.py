@@ -1,0 +1,290 @@
+"""The MLflow side of training: one tracked run per training, one registered version per run, and roles by alias.
+
+`champion` serves production traffic and `challenger` is the A/B candidate. Promotion moves `champion` and points
+`previous` at the version it replaced, so a rollback is one alias move. Stages are not used (deprecated in MLflow).
+Serving follows the aliases, so moving one in the MLflow UI is as valid as `churn models promote`.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from churn_platform.training.evaluation import write_plots
+from churn_platform.training.trainer import TrainedModel
+
+logger = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+EXPERIMENT = "churn"
+POLICY_METRIC = "test_roc_auc"
+
+
+class PromotionRefusedError(RuntimeError):
+    """The policy check refused a promotion (use force to override)."""
+
+
+class RegistryError(RuntimeError):
+    """The registry does not hold what a command needs (no such version, nothing to roll back to)."""
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    created_at: datetime
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def git_commit(folder: Path | None = None) -> str:
+    """The commit the code was at (with `+dirty` for uncommitted changes), or `unknown` outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True,
+            check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def log_and_register(
+    trained: TrainedModel,
+    *,
+    tracking_uri: str,
+    model_name: str,
+    training_range: str,
+    params: dict[str, Any],
+) -> RegisteredVersion:
+    """Log the run (params, metrics, plots, the model with signature and example) and register a new version.
+
+    The new version becomes `challenger`; when the model has no `champion` yet it becomes `champion` as well.
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    features = trained.model.named_steps["encode"].feature_names
+    tags = version_tags(trained, training_range)
+    with mlflow.start_run(run_name=f"{trained.candidate} {training_range}") as run:
+        mlflow.log_params({**params, "candidate": trained.candidate, "split": str(trained.split)})
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(trained.metrics())
+        mlflow.log_dict(trained.importance, "feature_importance.json")
+        with tempfile.TemporaryDirectory() as folder:
+            y = trained.test_frame["churned"].to_numpy(dtype="int64")
+            plots = write_plots(
+                Path(folder),
+                y,
+                trained.test_frame["p_model"].to_numpy(),
+                baseline=trained.test_frame["p_baseline"].to_numpy(),
+                oracle=None if trained.oracle_roc_auc is None else trained.test_frame["p_oracle"].to_numpy(),
+                importance=trained.importance,
+            )
+            for plot in plots:
+                mlflow.log_artifact(str(plot), "plots")
+        # Integer features are declared as doubles: a feature missing at serving time arrives as NaN.
+        inputs = trained.input_example[features].apply(
+            lambda column: column.astype("float64") if pd.api.types.is_integer_dtype(column) else column
+        )
+        info = mlflow.sklearn.log_model(
+            trained.model,
+            name="model",
+            # pyfunc `predict` returns predict_proba's two columns: P(stays), P(churns).
+            signature=infer_signature(inputs, trained.model.predict_proba(inputs)),
+            input_example=inputs.head(5),
+            registered_model_name=model_name,
+            pyfunc_predict_fn="predict_proba",
+            serialization_format="skops",
+            skops_trusted_types=trusted_types(trained.model),
+            pip_requirements=pip_requirements(),
+            await_registration_for=60,
+        )
+    version = str(info.registered_model_version)
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    if alias_version(tracking_uri, model_name, CHAMPION) is None:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    logger.info("registered %s version %s from run %s", model_name, version, run.info.run_id)
+    return get_version(tracking_uri, model_name, version)
+
+
+def version_tags(trained: TrainedModel, training_range: str) -> dict[str, str]:
+    return {
+        "feature_service": trained.feature_service,
+        "feature_definitions_hash": trained.definitions_hash,
+        "training_range": training_range,
+        "split": str(trained.split),
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "candidate": trained.candidate,
+        **{f"rows_{part}": str(count) for part, count in trained.rows.items()},
+    }
+
+
+TRUSTED_MODULES = ("churn_platform.", "sklearn.", "numpy.")
+
+
+def trusted_types(model: Any) -> list[str]:
+    """The types skops must be told to trust to load this model: ours and scikit-learn's / numpy's internals.
+
+    skops (MLflow's default format) refuses to load any type not on its allow-list; the model was built here, so
+    its types are listed in the MLmodel file. Anything from another module is refused rather than trusted.
+    """
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    foreign = [t for t in found if not t.startswith(TRUSTED_MODULES)]
+    if foreign:
+        raise RegistryError(f"the model holds types skops would not load and we do not vouch for: {foreign}")
+    return list(found)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to the versions that trained the model (inferring them would load the model in a subprocess)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("scikit-learn", "numpy", "pandas", "skops")]
+
+
+def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    """The version an alias points at; None when the alias (or the model) does not exist.
+
+    Any other failure (server down, authentication) raises RegistryError: it must never read as "no champion".
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        aliases = _client(tracking_uri).get_registered_model(model_name).aliases
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise RegistryError(f"the MLflow registry at {tracking_uri} did not answer: {exc}") from exc
+    version = aliases.get(alias)
+    return None if version is None else str(version)
+
+
+def get_version(tracking_uri: str, model_name: str, version: str) -> RegisteredVersion:
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        found = client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"model {model_name} has no version {version}") from exc
+    return _registered(client, found)
+
+
+def _registered(client: Any, found: Any, aliases: dict[str, str] | None = None) -> RegisteredVersion:
+    metrics = client.get_run(found.run_id).data.metrics if found.run_id else {}
+    if aliases is not None:  # search results leave a version's aliases out: the model's alias map has them
+        held = tuple(sorted(alias for alias, version in aliases.items() if str(version) == str(found.version)))
+    else:
+        held = tuple(sorted(found.aliases or ()))
+    return RegisteredVersion(
+        name=found.name,
+        version=str(found.version),
+        run_id=found.run_id or "",
+        aliases=held,
+        metrics=dict(metrics),
+        tags=dict(found.tags or {}),
+        created_at=datetime.fromtimestamp(found.creation_timestamp / 1000, tz=UTC),
+    )
+
+
+def list_versions(tracking_uri: str, model_name: str) -> list[RegisteredVersion]:
+    """Every version of the model, newest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        aliases = {alias: str(version) for alias, version in client.get_registered_model(model_name).aliases.items()}
+    except MlflowException:
+        return []  # no such model yet
+    found = client.search_model_versions(f"name = '{model_name}'")
+    return sorted((_registered(client, v, aliases) for v in found), key=lambda v: int(v.version), reverse=True)
+
+
+def promote(
+    tracking_uri: str, model_name: str, version: str, *, margin: float, force: bool = False
+) -> RegisteredVersion:
+    """Make `version` the champion; the champion it replaces becomes `previous`.
+
+    Refused (PromotionRefusedError) when the version's test AUC is below the champion's by more than `margin`,
+    unless `force`.
+    """
+    client = _client(tracking_uri)
+    candidate = get_version(tracking_uri, model_name, version)
+    current = alias_version(tracking_uri, model_name, CHAMPION)
+    if current == candidate.version:
+        return candidate
+    if current is not None and not force:
+        champion = get_version(tracking_uri, model_name, current)
+        mine, theirs = candidate.metrics.get(POLICY_METRIC), champion.metrics.get(POLICY_METRIC)
+        if mine is None:
+            raise PromotionRefusedError(f"version {version} has no {POLICY_METRIC}: pass --force to promote anyway")
+        if theirs is not None and mine < theirs - margin:
+            raise PromotionRefusedError(
+                f"version {version} has {POLICY_METRIC} {_shown(mine)}, below champion version {current}'s"
+                f" {_shown(theirs)} by more than the margin {margin}: pass --force to promote anyway"
+                f" (version {version}: {candidate.tags.get('split', '?')}; version {current}:"
+                f" {champion.tags.get('split', '?')})"
+            )
+    if current is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS, current)
+    client.set_registered_model_alias(model_name, CHAMPION, candidate.version)
+    if alias_version(tracking_uri, model_name, CHALLENGER) == candidate.version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+    client.set_model_version_tag(model_name, candidate.version, "promoted_at", datetime.now(UTC).isoformat())
+    return get_version(tracking_uri, model_name, candidate.version)
+
+
+def rollback(tracking_uri: str, model_name: str) -> RegisteredVersion:
+    """Point `champion` back at `previous`; the version rolled back from becomes `previous` (a second rollback
+    undoes the first)."""
+    client = _client(tracking_uri)
+    previous = alias_version(tracking_uri, model_name, PREVIOUS)
+    if previous is None:
+        raise RegistryError(f"model {model_name} has no `{PREVIOUS}` version to roll back to")
+    current = alias_version(tracking_uri, model_name, CHAMPION)
+    if current == previous:
+        raise RegistryError(
+            f"`{PREVIOUS}` and `{CHAMPION}` of {model_name} are both version {current}: nothing to undo"
+        )
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    if current is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS, current)
+    client.set_model_version_tag(model_name, previous, "rolled_back_to_at", datetime.now(UTC).isoformat())
+    return get_version(tracking_uri, model_name, previous)
+
+
+def _shown(value: float | None) -> str:
+    return "missing" if value is None else f"{value:.4f}"

@@ -1,0 +1,158 @@
+"""One training run, without MLflow: split a training set in time, fit and calibrate the candidates, pick the best
+on validation, and evaluate it on the test window next to the trivial baseline and the oracle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import log_loss, roc_auc_score
+
+from churn_platform.features.catalog import Catalog
+from churn_platform.features.training import TrainingSet
+from churn_platform.training.candidates import CANDIDATES, FittedCandidate, fit_candidate
+from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
+from churn_platform.training.split import TimeSplit, time_split
+
+BASELINE_FEATURE = "days_since_last_event"
+IMPORTANCE_ROWS = 20_000  # permutation importance on a fixed sample of the test window
+OracleLookup = Callable[[pd.DataFrame], Scores | None]  # test rows -> the world's own probabilities, if known
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a run varies: its seed, its windows and its candidates."""
+
+    seed: int = 7
+    test_days: int = 28
+    validation_days: int = 28
+    candidates: Sequence[str] = tuple(CANDIDATES)
+
+
+@dataclass
+class TrainedModel:
+    """The chosen model, its test evaluation, and everything a registry entry records about it."""
+
+    candidate: str
+    model: Any  # sklearn Pipeline: FeatureEncoder -> calibrated classifier
+    split: TimeSplit
+    evaluation: Evaluation
+    baseline_roc_auc: float
+    oracle_roc_auc: float | None
+    validation: dict[str, dict[str, float]]  # candidate -> validation metrics
+    importance: dict[str, float]
+    rows: dict[str, int]
+    feature_service: str
+    definitions_hash: str
+    test_frame: pd.DataFrame = field(repr=False)  # user_id, event_timestamp, churned, p_model, p_baseline, p_oracle
+    input_example: pd.DataFrame = field(repr=False)  # feature rows from the test window, for the model signature
+
+    @property
+    def auc_to_oracle(self) -> float | None:
+        return None if not self.oracle_roc_auc else self.evaluation.roc_auc / self.oracle_roc_auc
+
+    def metrics(self) -> dict[str, float]:
+        """Every metric of the run, under the names outside scripts read (test_roc_auc, auc_to_oracle, ...)."""
+        metrics = self.evaluation.metrics()
+        metrics["baseline_roc_auc"] = self.baseline_roc_auc
+        metrics["model_lift_over_baseline_auc"] = self.evaluation.roc_auc - self.baseline_roc_auc
+        if self.oracle_roc_auc is not None and self.auc_to_oracle is not None:
+            metrics["oracle_roc_auc"] = self.oracle_roc_auc
+            metrics["auc_to_oracle"] = self.auc_to_oracle
+        for candidate, values in self.validation.items():
+            metrics.update({f"validation_{candidate}_{k}": v for k, v in values.items()})
+        return metrics
+
+
+def baseline_scores(frame: pd.DataFrame) -> Scores:
+    """The trivial baseline: the longer since the last event, the likelier churn (never active ranks highest)."""
+    days = frame[BASELINE_FEATURE].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isnan(days), np.nanmax(days, initial=0.0) + 1.0, days)
+
+
+def encoder_for(catalog: Catalog) -> FeatureEncoder:
+    numeric = [f.name for f in catalog.features if f.dtype != "text"]
+    categorical = [f.name for f in catalog.features if f.dtype == "text"]
+    return FeatureEncoder(numeric, categorical)
+
+
+def train_model(
+    training: TrainingSet, catalog: Catalog, config: TrainConfig, oracle: OracleLookup | None = None
+) -> TrainedModel:
+    """Fit every candidate on the training window, keep the best by validation ROC AUC, evaluate it on test."""
+    frame = training.frame
+    if BASELINE_FEATURE not in catalog.names:
+        raise ValueError(f"catalog {catalog.name} has no `{BASELINE_FEATURE}` feature, which the baseline scores with")
+    split = time_split(
+        frame["event_timestamp"],
+        gap_days=training.horizon_days,
+        test_days=config.test_days,
+        validation_days=config.validation_days,
+    )
+    in_train, in_validation, in_test = split.masks(frame["event_timestamp"])
+    parts = {"train": frame[in_train], "validation": frame[in_validation], "test": frame[in_test]}
+    for name, part in parts.items():
+        if part.empty:
+            raise ValueError(f"the {name} window ({getattr(split, name)}) holds no labelled snapshot")
+        if part["churned"].nunique() < 2:
+            raise ValueError(f"the {name} window ({getattr(split, name)}) has only one class: cannot train or score")
+    labels = {name: part["churned"].to_numpy(dtype=np.int64) for name, part in parts.items()}
+
+    encoder = encoder_for(catalog).fit(parts["train"])
+    encoded = {name: encoder.transform(part) for name, part in parts.items()}
+    fitted: list[FittedCandidate] = []
+    validation: dict[str, dict[str, float]] = {}
+    for name in config.candidates:
+        candidate = fit_candidate(
+            name, encoder, encoded["train"], labels["train"], encoded["validation"], labels["validation"], config.seed
+        )
+        calibrated = candidate.classifier.predict_proba(encoded["validation"])[:, 1]
+        validation[name] = {
+            "roc_auc": float(roc_auc_score(labels["validation"], candidate.validation_scores)),
+            "log_loss": float(log_loss(labels["validation"], calibrated, labels=[0, 1])),
+        }
+        fitted.append(candidate)
+    # Ranking decides (calibration is monotone and was fitted on validation); log loss breaks a tie.
+    best = max(fitted, key=lambda c: (validation[c.name]["roc_auc"], -validation[c.name]["log_loss"]))
+
+    threshold = best_f1_threshold(labels["validation"], best.classifier.predict_proba(encoded["validation"])[:, 1])
+    p_test = best.classifier.predict_proba(encoded["test"])[:, 1]
+    y_test = labels["test"]
+    baseline = baseline_scores(parts["test"])
+    oracle_p = oracle(parts["test"]) if oracle is not None else None
+    test_frame = parts["test"][["user_id", "event_timestamp", "churned"]].assign(
+        p_model=p_test, p_baseline=baseline, p_oracle=oracle_p if oracle_p is not None else np.nan
+    )
+    return TrainedModel(
+        candidate=best.name,
+        model=best.model,
+        split=split,
+        evaluation=evaluate(y_test, p_test, threshold),
+        baseline_roc_auc=float(roc_auc_score(y_test, baseline)),
+        oracle_roc_auc=None if oracle_p is None else float(roc_auc_score(y_test, oracle_p)),
+        validation=validation,
+        importance=feature_importance(best.model, parts["test"], y_test, encoder.feature_names, config.seed),
+        rows={name: len(part) for name, part in parts.items()},
+        feature_service=training.feature_service,
+        definitions_hash=training.definitions_hash,
+        test_frame=test_frame.reset_index(drop=True),
+        input_example=parts["test"][encoder.feature_names].head(100).reset_index(drop=True),
+    )
+
+
+def feature_importance(
+    model: Any, test: pd.DataFrame, y: np.ndarray[Any, Any], features: list[str], seed: int
+) -> dict[str, float]:
+    """Mean drop in test ROC AUC when one feature is shuffled (model-agnostic, on raw features)."""
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(test), size=min(IMPORTANCE_ROWS, len(test)), replace=False))
+    sample, y_sample = test.iloc[rows][features], y[rows]
+    if len(np.unique(y_sample)) < 2:
+        return dict.fromkeys(features, 0.0)
+    result = permutation_importance(model, sample, y_sample, scoring="roc_auc", n_repeats=3, random_state=seed)
+    return {name: float(v) for name, v in zip(features, result.importances_mean, strict=True)}

@@ -1,0 +1,197 @@
+"""Training against real PostgreSQL, Feast and an MLflow server: registration, aliases, promotion, rollback,
+the policy check, leakage that the evaluation must see, and determinism."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from churn_platform import local_stack
+from churn_platform.data import world
+from churn_platform.data.labels import ChurnDefinition
+from churn_platform.data.world_model import WorldConfig
+from churn_platform.features import feast_repo, snapshots, training
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.settings import Settings, get_settings
+from churn_platform.training import pipeline, registry
+from churn_platform.training.trainer import TrainConfig, train_model
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = TrainConfig(seed=3, test_days=21, validation_days=21)
+
+
+@pytest.fixture(scope="module")
+def world_settings(
+    make_database: Callable[[], str], stack_settings: Settings, mlflow_server: str
+) -> Iterator[Settings]:
+    """A 500-user, 200-day world with snapshots and labels, the Feast repo applied, a model name of its own."""
+    url = make_database()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHURN_DATABASE_URL", url)
+        patch.setenv("CHURN_REDIS_URL", local_stack.redis_url(stack_settings))
+        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        patch.setenv("CHURN_MODEL_NAME", f"churn_test_{uuid.uuid4().hex[:8]}")
+        patch.setenv("CHURN_TRAIN_SEED", str(CONFIG.seed))
+        patch.setenv("CHURN_TRAIN_TEST_DAYS", str(CONFIG.test_days))
+        patch.setenv("CHURN_TRAIN_VALIDATION_DAYS", str(CONFIG.validation_days))
+        get_settings.cache_clear()
+        current = get_settings()
+        world.generate_world(url, WorldConfig(users=500, days=200, seed=12))
+        catalog = catalog_from_settings(current)
+        definition = ChurnDefinition.from_settings(current)
+        snapshots.compute_snapshots(url, catalog, definition, date(2025, 7, 20))
+        snapshots.compute_labels(url, catalog, definition, current.label_horizon_days)
+        feast_repo.apply(current)
+        yield current
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def rows(world_settings: Settings) -> training.TrainingSet:
+    return training.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
+
+
+def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings, mlflow_tracking: str) -> None:
+    import mlflow.pyfunc
+
+    result = pipeline.train(world_settings)
+
+    version = result.registered
+    assert version is not None
+    assert set(version.aliases) == {"champion", "challenger"}  # the first version of a model is both
+    for name in ("test_roc_auc", "test_pr_auc", "test_log_loss", "test_brier", "baseline_roc_auc",
+                 "oracle_roc_auc", "auc_to_oracle"):  # fmt: skip
+        assert name in version.metrics, name
+    assert version.metrics["test_roc_auc"] > version.metrics["baseline_roc_auc"]
+    assert version.tags["feature_service"] == "churn_v1"
+    assert version.tags["feature_definitions_hash"] == result.trained.definitions_hash
+    assert version.tags["git_commit"] and version.tags["training_range"].count("..") == 1
+    assert int(version.tags["rows_train"]) == result.trained.rows["train"]
+
+    for name in ("test_precision", "test_recall", "test_f1", "test_lift_top10", "test_recall_top10", "test_ece"):
+        assert name in version.metrics, name
+    assert {"rows_validation", "rows_test", "split", "candidate"} <= set(version.tags)
+
+    uri = f"models:/{world_settings.model_name}@champion"
+    loaded = mlflow.pyfunc.load_model(uri)
+    example = result.trained.input_example
+    served = np.asarray(loaded.predict(example))
+    assert served.shape == (len(example), 2)  # P(stays), P(churns), as the signature says
+    np.testing.assert_allclose(served, result.trained.model.predict_proba(example), rtol=1e-12)
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature is not None and info.saved_input_example_info is not None
+    assert [c.name for c in info.signature.inputs.inputs] == list(example.columns)
+    run = mlflow.get_run(version.run_id)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    plots = ("roc", "precision_recall", "calibration", "lift", "feature_importance")
+    assert {f"plots/{name}.png" for name in plots} <= artifacts
+
+    # The split keeps a full label horizon between the windows, on the rows actually used
+    frame, horizon = result.trained.test_frame, timedelta(days=world_settings.label_horizon_days)
+    split = result.trained.split
+    assert split.validation.first - split.train.last > horizon and split.test.first - split.validation.last > horizon
+    assert pd.to_datetime(frame["event_timestamp"]).dt.date.min() >= split.test.first
+
+
+def test_promote_moves_champion_and_rollback_restores_it(world_settings: Settings, mlflow_tracking: str) -> None:
+    uri, name = mlflow_tracking, world_settings.model_name
+    if registry.alias_version(uri, name, "champion") is None:
+        pipeline.train(world_settings)
+    champion = registry.alias_version(uri, name, "champion")
+    newer = pipeline.train(world_settings).registered
+    assert newer is not None and newer.aliases == ("challenger",)
+    assert registry.alias_version(uri, name, "champion") == champion  # a new version never takes over by itself
+
+    promoted = registry.promote(uri, name, newer.version, margin=world_settings.promotion_auc_margin)
+
+    assert promoted.aliases == ("champion",)
+    assert registry.alias_version(uri, name, "previous") == champion
+    assert registry.alias_version(uri, name, "challenger") is None
+    restored = registry.rollback(uri, name)
+    assert restored.version == champion and "champion" in restored.aliases
+    assert registry.alias_version(uri, name, "previous") == newer.version
+    listed = registry.list_versions(uri, name)
+    assert [v.version for v in listed] == sorted((v.version for v in listed), key=int, reverse=True)
+
+
+def test_policy_refuses_a_clearly_worse_version_unless_forced(
+    world_settings: Settings, rows: training.TrainingSet, mlflow_tracking: str
+) -> None:
+    uri, name = mlflow_tracking, world_settings.model_name
+    if registry.alias_version(uri, name, "champion") is None:
+        pipeline.train(world_settings)
+    catalog = catalog_from_settings(world_settings)
+    worse = train_model(shuffled_labels(rows), catalog, CONFIG)
+    registered = registry.log_and_register(
+        worse, tracking_uri=uri, model_name=name, training_range="shuffled labels", params={"labels": "shuffled"}
+    )
+
+    with pytest.raises(registry.PromotionRefusedError, match="below champion"):
+        registry.promote(uri, name, registered.version, margin=world_settings.promotion_auc_margin)
+    forced = registry.promote(uri, name, registered.version, margin=world_settings.promotion_auc_margin, force=True)
+    assert "champion" in forced.aliases
+    registry.rollback(uri, name)
+
+
+def shuffled_labels(rows: training.TrainingSet) -> training.TrainingSet:
+    """Labels permuted across users within each snapshot day: the same churn rate, no relation to features."""
+    frame = rows.frame.copy()
+    rng = np.random.default_rng(0)
+    frame["churned"] = frame.groupby("event_timestamp")["churned"].transform(lambda s: rng.permutation(s.to_numpy()))
+    return replace(rows, frame=frame)
+
+
+def leaky_features(rows: training.TrainingSet, url: str, table: str, horizon_days: int) -> training.TrainingSet:
+    """Each row's features as of the end of its label window instead of its timestamp: the user's last snapshot up
+    to t + H, aged to t + H. Features computed with events after the label's timestamp, which is exactly what the
+    point-in-time rule forbids (a user who cancelled shows a long silence)."""
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(f"SELECT * FROM features.{table}")
+        snapshots_frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or []])
+    labels = rows.frame[["user_id", "event_timestamp", "churned"]].copy()
+    as_of = pd.to_datetime(labels["event_timestamp"], utc=True) + timedelta(days=horizon_days)
+    labels["as_of"] = as_of.astype("datetime64[ns, UTC]")
+    snapshot_at = pd.to_datetime(snapshots_frame.pop("event_timestamp"), utc=True).astype("datetime64[ns, UTC]")
+    snapshots_frame["as_of"] = snapshots_frame["snapshot_at"] = snapshot_at
+    merged = pd.merge_asof(labels.sort_values("as_of"), snapshots_frame.sort_values("as_of"), on="as_of", by="user_id")
+    aged_days = (merged["as_of"] - merged["snapshot_at"]).dt.total_seconds() / 86_400
+    merged["days_since_last_event"] += aged_days
+    merged["tenure_days"] += aged_days
+    merged = merged.drop(columns=["as_of", "snapshot_at"])
+    return replace(rows, frame=merged.sort_values(["user_id", "event_timestamp"]).reset_index(drop=True))
+
+
+def test_the_evaluation_sees_leakage(world_settings: Settings, rows: training.TrainingSet) -> None:
+    catalog = catalog_from_settings(world_settings)
+    honest = train_model(rows, catalog, CONFIG).evaluation.roc_auc
+
+    shuffled = train_model(shuffled_labels(rows), catalog, CONFIG).evaluation.roc_auc
+    leaky_rows = leaky_features(
+        rows, world_settings.database_url or "", catalog.name, world_settings.label_horizon_days
+    )
+    leaky = train_model(leaky_rows, catalog, CONFIG).evaluation.roc_auc
+
+    assert abs(shuffled - 0.5) < 0.08, f"shuffled labels scored AUC {shuffled:.3f}"
+    assert leaky > honest + 0.1, f"the leaky variant scored {leaky:.3f} against the honest {honest:.3f}"
+    assert honest > 0.6
+
+
+def test_the_same_world_and_seed_give_the_same_metrics(world_settings: Settings, rows: training.TrainingSet) -> None:
+    catalog = catalog_from_settings(world_settings)
+    oracle = pipeline.oracle_lookup(world_settings.database_url or "", world_settings.label_horizon_days)
+    first = train_model(rows, catalog, CONFIG, oracle).metrics()
+    again_rows = training.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
+    again = train_model(again_rows, catalog, CONFIG, oracle).metrics()
+
+    assert "oracle_roc_auc" in first and first.keys() == again.keys()
+    for name, value in first.items():
+        assert again[name] == pytest.approx(value, abs=1e-9, rel=0), name
