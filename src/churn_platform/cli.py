@@ -310,18 +310,26 @@ def features_env() -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
+FirstDay = Annotated[str | None, typer.Option(help="First snapshot day (YYYY-MM-DD); default: all.")]
+EndDay = Annotated[str | None, typer.Option(help="Snapshot days before this one (YYYY-MM-DD); default: all.")]
+
+
+def _day_range(start: str | None, end: str | None) -> tuple[date | None, date | None]:
+    """--start / --end as dates; a malformed one fails naming the options."""
+    try:
+        return (date.fromisoformat(start) if start else None), (date.fromisoformat(end) if end else None)
+    except ValueError as exc:
+        raise _fail(f"--start/--end: {exc}") from exc
+
+
 @features_app.command("training-set")
 def features_training_set(
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
-    start: Annotated[str | None, typer.Option(help="First snapshot day (YYYY-MM-DD); default: all.")] = None,
-    end: Annotated[str | None, typer.Option(help="Snapshot days before this one (YYYY-MM-DD); default: all.")] = None,
+    start: FirstDay = None,
+    end: EndDay = None,
 ) -> None:
     """Labelled snapshots joined point-in-time with the catalog's features through Feast, to a Parquet file."""
-    try:
-        first = date.fromisoformat(start) if start else None
-        stop = date.fromisoformat(end) if end else None
-    except ValueError as exc:
-        raise _fail(f"--start/--end: {exc}") from exc
+    first, stop = _day_range(start, end)
     with console.status("reading the training set through Feast..."):
         result = training.training_set(get_settings(), start=first, end=stop)
     if result.frame.empty:
@@ -393,19 +401,15 @@ app.add_typer(models_app, name="models")
 
 @app.command("train")
 def train(
-    start: Annotated[str | None, typer.Option(help="First snapshot day (YYYY-MM-DD); default: all.")] = None,
-    end: Annotated[str | None, typer.Option(help="Snapshot days before this one (YYYY-MM-DD); default: all.")] = None,
+    start: FirstDay = None,
+    end: EndDay = None,
 ) -> None:
     """Train the candidates on a Feast training set, track the run in MLflow, register the best as a version."""
     from mlflow.exceptions import MlflowException
 
     from churn_platform.training import pipeline, registry, report
 
-    try:
-        first = date.fromisoformat(start) if start else None
-        stop = date.fromisoformat(end) if end else None
-    except ValueError as exc:
-        raise _fail(f"--start/--end: {exc}") from exc
+    first, stop = _day_range(start, end)
     settings = get_settings()
     with console.status("training: reading the training set through Feast, fitting the candidates..."):
         try:

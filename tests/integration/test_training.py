@@ -195,3 +195,22 @@ def test_the_same_world_and_seed_give_the_same_metrics(world_settings: Settings,
     assert "oracle_roc_auc" in first and first.keys() == again.keys()
     for name, value in first.items():
         assert again[name] == pytest.approx(value, abs=1e-9, rel=0), name
+
+
+def test_the_models_commands_list_versions_and_refuse_in_one_line(
+    world_settings: Settings, mlflow_tracking: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn_platform import cli
+
+    if registry.alias_version(mlflow_tracking, world_settings.model_name, "champion") is None:
+        pipeline.train(world_settings)
+    runner = CliRunner()
+
+    listed = runner.invoke(cli.app, ["models", "list"])
+    unknown = runner.invoke(cli.app, ["models", "promote", "999"])
+
+    assert listed.exit_code == 0 and "champion" in listed.stdout
+    assert unknown.exit_code == 1
+    assert f"error: model {world_settings.model_name} has no version 999" in unknown.stderr
