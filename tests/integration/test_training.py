@@ -214,3 +214,19 @@ def test_the_models_commands_list_versions_and_refuse_in_one_line(
     assert listed.exit_code == 0 and "champion" in listed.stdout
     assert unknown.exit_code == 1
     assert f"error: model {world_settings.model_name} has no version 999" in unknown.stderr
+
+
+def test_the_train_flow_registers_a_version_and_publishes_its_metrics(
+    world_settings: Settings, mlflow_tracking: str
+) -> None:
+    from flows.train import train_flow
+    from prefect.artifacts import Artifact
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):  # a temporary Prefect server, as in test_flows
+        version = train_flow()
+        artifact = Artifact.get("training-metrics")
+
+    assert version is not None
+    assert registry.get_version(mlflow_tracking, world_settings.model_name, version).run_id
+    assert artifact is not None and "| ROC AUC |" in str(artifact.data)
