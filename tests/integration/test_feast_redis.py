@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from datetime import date, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -17,17 +16,13 @@ from feast.infra.common.materialization_job import MaterializationJobStatus, Mat
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RepoConfig
 from feast.types import Float32, String
+from tests.integration.feature_worlds import platform_settings, redis_db_url, small_world_with_snapshots
 
-from churn_platform import local_stack
-from churn_platform.data import world
-from churn_platform.data.labels import ChurnDefinition
-from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, online, snapshots
+from churn_platform.features import feast_repo, online
 from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.features.feast_redis import ENGINE_TYPE, ChurnRedisMaterializationEngine
-from churn_platform.settings import Settings, get_settings
+from churn_platform.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
 ONLINE_DB = 11  # a Redis database of its own: flushed by these tests
 # Values the conversions disagree on most easily, per feature type: nulls, empty strings, signed zeros, NaN
 # (Feast writes it as a null), infinities, negative and large integers, non-ASCII text.
@@ -73,22 +68,11 @@ def _write_edge_values(settings: Settings) -> None:
 def world_settings(make_database: Callable[[], str], stack_settings: Settings) -> Iterator[Settings]:
     """A small world with snapshots (edge values in two of them), the Feast repo applied, an empty Redis db."""
     url = make_database()
-    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{ONLINE_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHURN_DATABASE_URL", url)
-        patch.setenv("CHURN_REDIS_URL", redis_url)
-        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
-        get_settings.cache_clear()
-        current = get_settings()
-        world.generate_world(url, WorldConfig(users=150, days=60, seed=4))
-        catalog = catalog_from_settings(current)
-        snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), date(2025, 3, 1))
+    with platform_settings(url, redis_db_url(stack_settings, ONLINE_DB)) as current:
+        small_world_with_snapshots(current, url)
         _write_edge_values(current)
         feast_repo.apply(current)
         yield current
-    get_settings.cache_clear()
-    redis.Redis.from_url(redis_url).flushdb()
 
 
 def _store(settings: Settings, batch_engine: Any, **online_store: Any) -> Any:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
 import redis
+from tests.integration.feature_worlds import platform_settings, redis_db_url, small_world_with_snapshots
 
-from churn_platform import local_stack
 from churn_platform.data import world
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots
 from churn_platform.features.catalog import catalog_from_settings
-from churn_platform.settings import Settings, get_settings
+from churn_platform.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
 ONLINE_DB = 12  # a Redis database of its own: flushed by these tests
 REPLACED_DB = 14  # another, for the replaced-world test
 
@@ -27,21 +25,10 @@ REPLACED_DB = 14  # another, for the replaced-world test
 def world_settings(make_database: Callable[[], str], stack_settings: Settings) -> Iterator[Settings]:
     """A small world with snapshots, the Feast repo applied, and an empty Redis database for the online store."""
     url = make_database()
-    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{ONLINE_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHURN_DATABASE_URL", url)
-        patch.setenv("CHURN_REDIS_URL", redis_url)
-        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
-        get_settings.cache_clear()
-        current = get_settings()
-        world.generate_world(url, WorldConfig(users=150, days=60, seed=4))
-        catalog = catalog_from_settings(current)
-        snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), date(2025, 3, 1))
+    with platform_settings(url, redis_db_url(stack_settings, ONLINE_DB)) as current:
+        small_world_with_snapshots(current, url)
         feast_repo.apply(current)
         yield current
-    get_settings.cache_clear()
-    redis.Redis.from_url(redis_url).flushdb()
 
 
 def _dump(url: str) -> dict[bytes, bytes]:
@@ -143,14 +130,7 @@ def test_a_replaced_world_replaces_the_online_values(
 ) -> None:
     """A new world on the same calendar: the first materialization of its snapshots must not keep the old values."""
     url = make_database()
-    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{REPLACED_DB}"
-    redis.Redis.from_url(redis_url).flushdb()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHURN_DATABASE_URL", url)
-        patch.setenv("CHURN_REDIS_URL", redis_url)
-        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
-        get_settings.cache_clear()
-        current = get_settings()
+    with platform_settings(url, redis_db_url(stack_settings, REPLACED_DB)) as current:
         catalog = catalog_from_settings(current)
         definition = ChurnDefinition(("cancel",), None)
         feast_repo.apply(current)
@@ -172,5 +152,3 @@ def test_a_replaced_world_replaces_the_online_values(
             assert [v.values["tenure_days"] for v in vectors] == pytest.approx([offline[u] for u in users])
             readings.append([v.values["tenure_days"] for v in vectors])
         assert readings[0] != readings[1], "the two worlds differ"
-    get_settings.cache_clear()
-    redis.Redis.from_url(redis_url).flushdb()

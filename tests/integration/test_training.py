@@ -7,24 +7,23 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from tests.integration.feature_worlds import platform_settings, redis_db_url
 
-from churn_platform import local_stack
 from churn_platform.data import world
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
 from churn_platform.features import feast_repo, snapshots, training
 from churn_platform.features.catalog import catalog_from_settings
-from churn_platform.settings import Settings, get_settings
+from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
 from churn_platform.training.trainer import TrainConfig, train_model
 
-REPO = Path(__file__).resolve().parents[2]
+TRAINING_DB = 15  # a Redis database of its own (training reads no online features; nothing else uses it)
 CONFIG = TrainConfig(seed=3, test_days=21, validation_days=21)
 
 
@@ -34,17 +33,14 @@ def world_settings(
 ) -> Iterator[Settings]:
     """A 500-user, 200-day world with snapshots and labels, the Feast repo applied, a model name of its own."""
     url = make_database()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CHURN_DATABASE_URL", url)
-        patch.setenv("CHURN_REDIS_URL", local_stack.redis_url(stack_settings))
-        patch.setenv("CHURN_FEATURE_REPO", str(REPO / "feature_repo"))
-        patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        patch.setenv("CHURN_MODEL_NAME", f"churn_test_{uuid.uuid4().hex[:8]}")
-        patch.setenv("CHURN_TRAIN_SEED", str(CONFIG.seed))
-        patch.setenv("CHURN_TRAIN_TEST_DAYS", str(CONFIG.test_days))
-        patch.setenv("CHURN_TRAIN_VALIDATION_DAYS", str(CONFIG.validation_days))
-        get_settings.cache_clear()
-        current = get_settings()
+    environment = {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "CHURN_MODEL_NAME": f"churn_test_{uuid.uuid4().hex[:8]}",
+        "CHURN_TRAIN_SEED": str(CONFIG.seed),
+        "CHURN_TRAIN_TEST_DAYS": str(CONFIG.test_days),
+        "CHURN_TRAIN_VALIDATION_DAYS": str(CONFIG.validation_days),
+    }
+    with platform_settings(url, redis_db_url(stack_settings, TRAINING_DB), **environment) as current:
         world.generate_world(url, WorldConfig(users=500, days=200, seed=12))
         catalog = catalog_from_settings(current)
         definition = ChurnDefinition.from_settings(current)
@@ -52,7 +48,6 @@ def world_settings(
         snapshots.compute_labels(url, catalog, definition, current.label_horizon_days)
         feast_repo.apply(current)
         yield current
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
