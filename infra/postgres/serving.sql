@@ -1,0 +1,54 @@
+-- A/B experiments: which share of users the service sends to the variant instead of the control. A user's arm is a
+-- salted hash of (salt, experiment, user_id) (churn_platform.serving.assignment), so it is sticky for the whole
+-- experiment and reproducible here: the first 8 bytes of sha256(salt || '\x00' || name || '\x00' || user_id).
+CREATE TABLE IF NOT EXISTS serving.experiments (
+    name          text PRIMARY KEY CHECK (name <> ''),
+    control       text             NOT NULL DEFAULT 'champion' CHECK (control <> ''),  -- an alias or a version
+    variant       text             NOT NULL CHECK (variant <> ''),  -- an alias such as 'challenger', or a version
+    variant_share double precision NOT NULL CHECK (variant_share > 0 AND variant_share < 1),
+    salt          text             NOT NULL CHECK (salt <> ''),
+    started_at    timestamptz      NOT NULL DEFAULT now(),
+    ends_at       timestamptz,  -- the planned end: the service stops splitting traffic then, even if not stopped
+    stopped_at    timestamptz,
+    created_by    text,
+    CHECK (ends_at IS NULL OR ends_at > started_at),
+    CHECK (stopped_at IS NULL OR stopped_at >= started_at)
+);
+-- At most one experiment not stopped: every user is in at most one experiment, so arms never mix two tests.
+CREATE UNIQUE INDEX IF NOT EXISTS experiments_one_running ON serving.experiments ((true)) WHERE stopped_at IS NULL;
+
+-- One row per user per request (a batch request writes one row per user, all with its request_id), written by the
+-- service's background writer. arm is 'control' or 'variant' inside an experiment, 'fallback' when the user's arm
+-- had no loaded model and the champion answered instead, and 'champion' when no experiment was running.
+-- churn_probability is NULL when the user had no features to score. No foreign key to experiments: a log row is
+-- never refused for bookkeeping, and the writer's COPY stays a plain append.
+CREATE TABLE IF NOT EXISTS serving.prediction_log (
+    request_id        uuid             NOT NULL,
+    predicted_at      timestamptz      NOT NULL,
+    user_id           text COLLATE "C" NOT NULL CHECK (user_id <> ''),
+    experiment        text,
+    arm               text             NOT NULL CHECK (arm IN ('control', 'variant', 'fallback', 'champion')),
+    model_alias       text,
+    model_version     text             NOT NULL,
+    churn_probability double precision CHECK (churn_probability >= 0 AND churn_probability <= 1),
+    feature_hash      text             NOT NULL,
+    latency_ms        double precision NOT NULL CHECK (latency_ms >= 0),
+    endpoint          text             NOT NULL CHECK (endpoint IN ('predict', 'predict_batch')),
+    PRIMARY KEY (request_id, user_id),
+    CHECK ((experiment IS NULL) = (arm = 'champion'))
+);
+-- Monitoring reads time ranges; rows arrive in time order, so a BRIN index is tiny and enough.
+CREATE INDEX IF NOT EXISTS prediction_log_time_brin ON serving.prediction_log USING brin (predicted_at);
+-- The A/B analysis reads one experiment's rows by arm.
+CREATE INDEX IF NOT EXISTS prediction_log_experiment_arm_idx ON serving.prediction_log (experiment, arm)
+    WHERE experiment IS NOT NULL;
+
+-- What the service reports about itself (a model version that failed to load, an unreachable registry).
+CREATE TABLE IF NOT EXISTS serving.alerts (
+    id        bigserial PRIMARY KEY,
+    raised_at timestamptz NOT NULL DEFAULT now(),
+    kind      text        NOT NULL CHECK (kind <> ''),
+    subject   text        NOT NULL,
+    message   text        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_raised_at_idx ON serving.alerts (raised_at);

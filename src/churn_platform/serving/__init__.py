@@ -1,0 +1,1 @@
+"""Serving: the request path of the prediction service (models by alias, A/B routing, features, the prediction log)."""

@@ -1,0 +1,335 @@
+"""The prediction log: requests hand rows to a bounded in-memory buffer; one background thread COPYs them in batches.
+
+The request path never waits on PostgreSQL: `submit` appends to a deque under a lock nobody holds across I/O.
+The writer thread keeps one connection, COPYs each batch into a session temp table and moves it with
+`INSERT ... ON CONFLICT DO NOTHING`, so replaying a batch whose commit was uncertain writes nothing twice. While
+PostgreSQL is unreachable the rows wait in the buffer (the oldest dropped beyond `max_buffer`, and counted) and the
+writer retries with exponential backoff. A batch refused for its content is retried row by row: the rows the table
+refuses are counted in `rejected` and logged, the others are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from churn_platform import db
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "request_id", "predicted_at", "user_id", "experiment", "arm", "model_alias", "model_version",
+    "churn_probability", "feature_hash", "latency_ms", "endpoint",
+)  # fmt: skip
+_COLUMN_LIST = ", ".join(COLUMNS)
+# Temp tables live per session, so the stage is created once per connection; ON COMMIT DELETE ROWS empties it.
+CREATE_STAGE_SQL = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS prediction_log_stage (LIKE serving.prediction_log) ON COMMIT DELETE ROWS"
+)
+COPY_STAGE_SQL = f"COPY pg_temp.prediction_log_stage ({_COLUMN_LIST}) FROM STDIN"
+MOVE_STAGE_SQL = f"""
+INSERT INTO serving.prediction_log ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM pg_temp.prediction_log_stage
+ON CONFLICT (request_id, user_id) DO NOTHING
+"""
+INSERT_ROW_SQL = f"""
+INSERT INTO serving.prediction_log ({_COLUMN_LIST}) VALUES ({", ".join(["%s"] * len(COLUMNS))})
+ON CONFLICT (request_id, user_id) DO NOTHING
+"""
+CONNECT_TIMEOUT_S = 5
+REJECTED_ROWS_LOGGED = 5  # per batch: a flood of bad rows must not flood the log too
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    """One row of `serving.prediction_log`: one user's prediction within one request."""
+
+    request_id: uuid.UUID
+    predicted_at: datetime
+    user_id: str
+    experiment: str | None
+    arm: str  # control / variant / fallback inside an experiment, champion outside one
+    model_alias: str | None
+    model_version: str
+    churn_probability: float | None  # None when the user had no features to score
+    feature_hash: str
+    latency_ms: float
+    endpoint: str  # predict / predict_batch
+
+    def as_row(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, column) for column in COLUMNS)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    inserted: int
+    duplicates: int
+    rejected: list[tuple[Any, BaseException]]
+
+
+class PredictionLogWriter:
+    """A bounded buffer of prediction-log rows and the daemon thread that writes it to PostgreSQL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_buffer: int = 100_000,
+        batch_rows: int = 2_000,
+        flush_interval_s: float = 0.2,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        if max_buffer < 1 or batch_rows < 1 or flush_interval_s <= 0 or retry_max_s <= 0:
+            raise ValueError("max_buffer and batch_rows must be positive, flush_interval_s and retry_max_s > 0")
+        self._conninfo = _with_defaults(url)
+        self._max_buffer = max_buffer
+        self._batch_rows = min(batch_rows, max_buffer)
+        self._interval = flush_interval_s
+        self._retry_max_s = retry_max_s
+        self._cond = threading.Condition()
+        # Guarded by _cond. Each row carries its submission number, so flush() knows when its rows are out.
+        self._buffer: deque[tuple[int, PredictionRecord]] = deque()
+        self._in_flight: list[tuple[int, PredictionRecord]] = []
+        self._doomed = 0  # oldest in-flight rows past the bound: dropped if their write fails, kept if it succeeds
+        self._next_seq = 0
+        self._flush_waiters = 0
+        self._written = self._duplicates = self._dropped = self._rejected = 0
+        self._dropped_reported = 0
+        self._failures = 0
+        self._retry_at = self._next_tick = 0.0
+        self._last_error: str | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection | None = None  # the writer thread's alone
+
+    def start(self) -> None:
+        """Start the writer thread (once; rows submitted before are kept and written)."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="churn-prediction-log", daemon=True)
+                self._thread.start()
+
+    def submit(self, record: PredictionRecord) -> None:
+        """Queue one row: O(1), no I/O, no exception. Beyond `max_buffer` rows the oldest are dropped and counted."""
+        with self._cond:
+            if self._stopping:
+                self._dropped += 1
+                return
+            if len(self._buffer) + len(self._in_flight) - self._doomed >= self._max_buffer:
+                if self._doomed < len(self._in_flight):
+                    self._doomed += 1  # the oldest rows are the ones being written: drop them if that fails
+                else:
+                    self._buffer.popleft()
+                    self._dropped += 1
+            self._buffer.append((self._next_seq, record))
+            self._next_seq += 1
+            if len(self._buffer) == self._batch_rows:  # a full batch waits: wake the writer (once, not per row)
+                self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Write now, and wait until no row submitted before this call is pending (written, rejected or dropped)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._next_seq
+            self._flush_waiters += 1
+            self._cond.notify_all()
+            try:
+                while self._oldest_pending() < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                return True
+            finally:
+                self._flush_waiters -= 1
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Flush for at most `timeout_s`, then stop the thread; rows still pending are dropped (and logged)."""
+        deadline = time.monotonic() + timeout_s
+        flushed = self.flush(timeout_s) if self._thread is not None else False
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(max(deadline - time.monotonic(), 0.5))
+            if self._thread.is_alive():
+                log.warning("the prediction-log writer is still busy after close(); it is a daemon thread")
+                return flushed
+        with self._cond:
+            lost = len(self._buffer) + len(self._in_flight)
+            self._dropped += lost
+            self._buffer.clear()
+            self._in_flight = []
+        if lost:
+            log.error("prediction log closed with %d rows not written (%s)", lost, self._last_error)
+        return flushed
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for health checks: written (duplicates included), dropped, rejected, pending, last error."""
+        with self._cond:
+            return {
+                "written": self._written, "duplicates": self._duplicates, "dropped": self._dropped,
+                "rejected": self._rejected, "pending": len(self._buffer) + len(self._in_flight),
+                "last_error": self._last_error, "consecutive_failures": self._failures,
+            }  # fmt: skip
+
+    def _oldest_pending(self) -> int:
+        if self._in_flight:
+            return self._in_flight[0][0]
+        return self._buffer[0][0] if self._buffer else self._next_seq
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._take_batch()) is not None:
+                self._write(batch)
+                self._report_drops()
+        finally:
+            self._disconnect()
+
+    def _take_batch(self) -> list[PredictionRecord] | None:
+        """Wait for a full batch, the interval's tick or a flush (and the end of any backoff); None when stopping."""
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                due = len(self._buffer) >= self._batch_rows or now >= self._next_tick or self._flush_waiters > 0
+                if self._buffer and now >= self._retry_at and due:
+                    size = min(self._batch_rows, len(self._buffer))
+                    self._in_flight = [self._buffer.popleft() for _ in range(size)]
+                    if size < self._batch_rows:
+                        self._next_tick = now + self._interval
+                    return [record for _, record in self._in_flight]
+                if not self._buffer:
+                    wake_at = now + self._interval
+                else:
+                    wake_at = self._retry_at if now < self._retry_at else self._next_tick
+                self._cond.wait(max(wake_at - now, 0.001))
+            return None
+
+    def _write(self, records: list[PredictionRecord]) -> None:
+        try:
+            outcome = self._write_batch(self._connection(), records)
+        except Exception as exc:  # whatever broke, the rows go back: nothing submitted is lost to a bug or an outage
+            self._disconnect()
+            self._on_failure(exc)
+        else:
+            self._on_success(outcome)
+
+    def _write_batch(self, conn: psycopg.Connection, records: list[PredictionRecord]) -> _Outcome:
+        """One COPY into the stage and one INSERT in one transaction; row by row if the batch is refused."""
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(COPY_STAGE_SQL) as copy:
+                    for record in records:
+                        copy.write_row(record.as_row())
+                cur.execute(MOVE_STAGE_SQL)
+                inserted = cur.rowcount
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection, not the rows: retry the batch
+        except Exception as exc:
+            log.warning(
+                "prediction log: a batch of %d rows was refused (%s); row by row", len(records), _first_line(exc)
+            )
+            return self._write_rows(conn, records)
+        return _Outcome(inserted, len(records) - inserted, [])
+
+    def _write_rows(self, conn: psycopg.Connection, records: list[PredictionRecord]) -> _Outcome:
+        """Each row under its own savepoint in one transaction: the rows the table refuses are set aside."""
+        inserted = duplicates = 0
+        rejected: list[tuple[Any, BaseException]] = []
+        with conn.transaction():
+            for record in records:
+                try:
+                    with conn.transaction():
+                        cur = conn.execute(INSERT_ROW_SQL, record.as_row())
+                except Exception as exc:
+                    if not _is_content_error(exc):
+                        raise
+                    rejected.append((record, exc))
+                    continue
+                inserted += cur.rowcount
+                duplicates += 1 - cur.rowcount
+        return _Outcome(inserted, duplicates, rejected)
+
+    def _on_success(self, outcome: _Outcome) -> None:
+        with self._cond:
+            self._written += outcome.inserted + outcome.duplicates
+            self._duplicates += outcome.duplicates
+            self._rejected += len(outcome.rejected)
+            self._in_flight, self._doomed = [], 0
+            self._failures, self._retry_at = 0, 0.0
+            self._cond.notify_all()
+        if outcome.duplicates:
+            log.info("prediction log: %d rows were already written (a replayed batch)", outcome.duplicates)
+        for record, exc in outcome.rejected[:REJECTED_ROWS_LOGGED]:
+            log.error("prediction log: row rejected (%r): %s", record, _first_line(exc))
+        if len(outcome.rejected) > REJECTED_ROWS_LOGGED:
+            log.error("prediction log: %d more rows rejected", len(outcome.rejected) - REJECTED_ROWS_LOGGED)
+
+    def _on_failure(self, exc: Exception) -> None:
+        """Put the batch back at the front in order, drop the oldest beyond the bound, and back off."""
+        message = f"{type(exc).__name__}: {_first_line(exc)}"
+        with self._cond:
+            self._buffer.extendleft(reversed(self._in_flight))
+            self._in_flight, self._doomed = [], 0
+            while len(self._buffer) > self._max_buffer:
+                self._buffer.popleft()
+                self._dropped += 1
+            self._failures += 1
+            delay = min(self._retry_max_s, self._interval * 2 ** min(self._failures - 1, 30))
+            self._retry_at = time.monotonic() + delay
+            self._last_error = message
+            pending = len(self._buffer)
+            self._cond.notify_all()
+        log.warning("prediction log: write failed (%s); %d rows wait, retry in %.2fs", message, pending, delay)
+
+    def _report_drops(self) -> None:
+        with self._cond:
+            new, self._dropped_reported = self._dropped - self._dropped_reported, self._dropped
+        if new:
+            log.warning("prediction log: buffer full (%d rows), dropped the %d oldest rows", self._max_buffer, new)
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            conn = db.connect(self._conninfo, autocommit=True)
+            try:
+                conn.execute(CREATE_STAGE_SQL)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _is_content_error(exc: BaseException) -> bool:
+    """A row's own fault: a value the table refuses, or one psycopg cannot send (raised before reaching the server)."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    if isinstance(exc, psycopg.Error):
+        return exc.sqlstate is None
+    return isinstance(exc, TypeError | ValueError | AttributeError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _with_defaults(url: str) -> str:
+    """The URL with a connect timeout (a dead host must not hang the writer) and a name in pg_stat_activity."""
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    defaults: dict[str, str | int] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "churn-prediction-log"}
+    extra = {key: value for key, value in defaults.items() if key not in params}
+    return psycopg.conninfo.make_conninfo(url, **extra) if extra else url
