@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo test check lint typecheck up down status bench clean
+.PHONY: help install demo test check lint typecheck up down status bench bento clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ uv-bootstrap:
 install: uv-bootstrap  ## create .venv from uv.lock
 	$(UV) sync --frozen
 
-demo: install  ## start the embedded stack, generate the default world, serve its features, train a first model
+demo: install  ## start the embedded stack, generate the default world, serve its features, train a model, predict
 	$(RUN) churn up
 	$(RUN) churn generate --replace
 	$(RUN) churn features compute
@@ -23,14 +23,15 @@ demo: install  ## start the embedded stack, generate the default world, serve it
 	$(RUN) churn features materialize
 	$(RUN) churn features show
 	$(RUN) churn train
+	$(RUN) churn predict
 	$(RUN) churn status
 
 test: install  ## run the tests against real PostgreSQL and Redis
 	$(RUN) pytest
 
 lint: install
-	$(RUN) ruff check src tests flows bench
-	$(RUN) ruff format --check src tests flows bench
+	$(RUN) ruff check src tests flows bench bentos
+	$(RUN) ruff format --check src tests flows bench bentos
 
 typecheck: install
 	$(RUN) mypy
@@ -49,6 +50,10 @@ status: install  ## show the local stack
 bench: install  ## run the benchmarks under bench/
 	$(RUN) python -m bench.generate
 	$(RUN) python -m bench.ingest
+
+bento: install  ## build the prediction service as a Bento (the platform's wheel first, into dist/)
+	$(UV) build --wheel
+	$(RUN) bentoml build bentos/churn_service
 
 clean:  ## stop the stack and delete its data
 	-$(RUN) churn down

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churn_platform import db, local_stack
+from churn_platform.cli_output import console
+from churn_platform.cli_output import fail as _fail
+from churn_platform.cli_serving import ab_app, explain, predict
 from churn_platform.data import ingest, world
 from churn_platform.data.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots, training
@@ -32,9 +34,9 @@ app.add_typer(world_app, name="world")
 app.add_typer(ingest_app, name="ingest")
 features_app = typer.Typer(help="Point-in-time-correct feature snapshots.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
-
-console = Console()
-err_console = Console(stderr=True)
+app.add_typer(ab_app, name="ab")
+app.command("predict")(predict)
+app.command("explain")(explain)
 
 
 @app.callback()
@@ -46,11 +48,6 @@ def main(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, whatever the width
-    return typer.Exit(code=1)
 
 
 def _status_table(statuses: list[local_stack.ComponentStatus]) -> Table:

@@ -125,6 +125,43 @@ class Settings(BaseSettings):
         description="Promotion is refused when a version's test AUC is below the champion's by more than this.",
     )
 
+    serve_port: int = Field(
+        default=3000, ge=0, le=65535, description="Loopback port of the prediction service `churn up` starts."
+    )
+    serve_url: str | None = Field(
+        default=None,
+        description="A prediction service running elsewhere; set, `churn up` only checks it and starts none.",
+    )
+    serve_bento_dir: Path = Field(
+        default=Path("bentos/churn_service"), description="The BentoML service folder `churn up` serves."
+    )
+    serve_workers: int = Field(default=1, ge=1, le=32, description="Worker processes of the prediction service.")
+    serve_poll_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the service checks the registry's aliases and the running A/B experiment.",
+    )
+    serve_max_batch: int = Field(
+        default=10_000, ge=1, description="Most users one `/predict_batch` request may ask for."
+    )
+    serve_feature_max_age_hours: float = Field(
+        default=48.0,
+        gt=0,
+        description="A feature older than this before the newest materialized snapshot is reported stale.",
+    )
+    serve_risk_bands: Annotated[tuple[float, float], NoDecode] = Field(
+        default=(0.1, 0.3),
+        description="Churn probabilities where the `medium` and `high` risk bands begin (comma-separated).",
+    )
+    serve_log_buffer_rows: int = Field(
+        default=100_000,
+        ge=1_000,
+        description="Prediction-log rows a worker holds while PostgreSQL is unreachable; beyond it the oldest drop.",
+    )
+    serve_start_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long `churn up` waits for the prediction service to become ready."
+    )
+
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."
     )
@@ -138,7 +175,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "churn_event_types", "feature_event_types", "feature_valued_event_types", "feature_windows_days", mode="before"
+        "churn_event_types",
+        "feature_event_types",
+        "feature_valued_event_types",
+        "feature_windows_days",
+        "serve_risk_bands",
+        mode="before",
     )
     @classmethod
     def _split_comma_separated(cls, value: object) -> object:
@@ -160,6 +202,13 @@ class Settings(BaseSettings):
             settings_cls, env_file=dotenv_settings.env_file, env_file_encoding=dotenv_settings.env_file_encoding
         )  # keeps a per-call `_env_file`
         return init_settings, env_settings, dotenv, file_secret_settings
+
+    @field_validator("serve_risk_bands")
+    @classmethod
+    def _ordered_bands(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] < value[1] < 1:
+            raise ValueError(f"CHURN_SERVE_RISK_BANDS must be two probabilities, 0 < medium < high < 1, not {value}")
+        return value
 
     @model_validator(mode="after")
     def _need_a_churn_definition(self) -> Settings:

@@ -17,15 +17,19 @@ from churn_platform.settings import Settings
 @pytest.mark.embedded
 def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
     # Given no configured URLs
-    settings = Settings(database_url=None, redis_url=None, mlflow_tracking_uri=None, mlflow_port=0, data_dir=data_dir)
+    settings = Settings(
+        database_url=None, redis_url=None, mlflow_tracking_uri=None, mlflow_port=0, serve_port=0, data_dir=data_dir
+    )
 
     # When the stack comes up
     statuses = {s.name: s for s in local_stack.up(settings)}
 
     # Then every server is healthy, embedded, and answers real queries
     try:
-        assert list(statuses) == ["postgres", "redis", "mlflow"]
+        assert list(statuses) == ["postgres", "redis", "mlflow", "service"]
         assert all(s.healthy and s.embedded for s in statuses.values())
+        # The prediction service is alive but not ready: nothing is registered or materialized yet
+        assert statuses["service"].detail.startswith("alive, not ready")
         with psycopg.connect(local_stack.database_url(settings)) as conn:
             row = conn.execute("SELECT current_database(), 1 + 1").fetchone()
         assert row == (settings.embedded_database, 2)
@@ -50,7 +54,7 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         stopped = local_stack.down(settings)
 
     # And `down` stops them all, in reverse order, after which status reports them down
-    assert stopped == ["mlflow", "redis", "postgres"]
+    assert stopped == ["service", "mlflow", "redis", "postgres"]
     assert not any(s.healthy for s in local_stack.status(settings))
 
 
@@ -77,12 +81,13 @@ def test_configured_servers_start_nothing(stack_settings: Settings, mlflow_serve
         data_dir=tmp_path / "unused",
     )
     # Then the stack only checks them: healthy, external, and `down` stops nothing
-    statuses = local_stack.up(settings)
+    statuses = local_stack.up(settings, only=("postgres", "redis", "mlflow"))
     assert [s.name for s in statuses] == ["postgres", "redis", "mlflow"]
     assert all(s.healthy and not s.embedded for s in statuses)
     assert local_stack.down(settings) == []
     assert not (tmp_path / "unused" / "postgres").exists()
     assert not (tmp_path / "unused" / "mlflow").exists()
+    assert not (tmp_path / "unused" / "service").exists()
 
 
 def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
@@ -90,12 +95,14 @@ def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
         database_url="postgresql://postgres@127.0.0.1:1/churn",
         redis_url="redis://127.0.0.1:1/0",
         mlflow_tracking_uri="http://127.0.0.1:1",
+        serve_url="http://127.0.0.1:1",
         data_dir=tmp_path,
     )
     statuses = {s.name: s for s in local_stack.status(settings)}
     assert not statuses["postgres"].healthy and "unreachable" in statuses["postgres"].detail
     assert not statuses["redis"].healthy
     assert not statuses["mlflow"].healthy and "unreachable" in statuses["mlflow"].detail
+    assert not statuses["service"].healthy and "unreachable" in statuses["service"].detail
     with pytest.raises(local_stack.StackError, match=r"127\.0\.0\.1:1"):
         local_stack.up(settings)
     with pytest.raises(local_stack.StackError, match=r"MLflow at http://127\.0\.0\.1:1 \(MLFLOW_TRACKING_URI\)"):

@@ -21,6 +21,7 @@ from churn_platform.local_stack.postgres import (
     socket_url,
     sqlalchemy_url,
 )
+from churn_platform.local_stack.prediction_service import EmbeddedService, ExternalService, service_health
 from churn_platform.local_stack.redis_server import (
     EmbeddedRedis,
     ExternalRedis,
@@ -36,9 +37,11 @@ __all__ = [
     "EmbeddedMlflow",
     "EmbeddedPostgres",
     "EmbeddedRedis",
+    "EmbeddedService",
     "ExternalMlflow",
     "ExternalPostgres",
     "ExternalRedis",
+    "ExternalService",
     "StackError",
     "StackRecord",
     "components",
@@ -53,6 +56,8 @@ __all__ = [
     "redis_process_id",
     "redis_server_binary",
     "redis_url",
+    "service_health",
+    "service_url",
     "socket_url",
     "sqlalchemy_url",
     "status",
@@ -71,7 +76,12 @@ def components(settings: Settings) -> list[Component]:
         if settings.mlflow_tracking_uri
         else EmbeddedMlflow(settings, postgres)
     )
-    return [postgres, redis_component, mlflow_component]
+    service: Component = (
+        ExternalService(settings.serve_url)
+        if settings.serve_url
+        else EmbeddedService(settings, postgres, redis_component, mlflow_component)
+    )
+    return [postgres, redis_component, mlflow_component, service]
 
 
 def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractContextManager[None]:
@@ -129,3 +139,8 @@ def redis_url(settings: Settings) -> str:
 def mlflow_tracking_uri(settings: Settings) -> str:
     """The URL MLflow clients use: MLFLOW_TRACKING_URI, or the embedded server's (started if needed)."""
     return _url(settings, "mlflow", settings.mlflow_tracking_uri)
+
+
+def service_url(settings: Settings) -> str:
+    """The prediction service's URL: CHURN_SERVE_URL, or the embedded service's (started if needed)."""
+    return _url(settings, "service", settings.serve_url)

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
+
+import psutil
+
+STOP_TIMEOUT_S = 15.0
 
 
 class StackError(RuntimeError):
@@ -131,3 +136,50 @@ def redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return parts._replace(netloc=netloc).geturl()
     return url
+
+
+def running_record(record: StackRecord, name: str) -> tuple[int, str] | None:
+    """A recorded server's PID and URL while it runs; a reused PID has another start time and is ignored."""
+    entry = record.read().get(name)
+    if not entry:
+        return None
+    pid = int(str(entry["pid"]))
+    if not pid_alive(pid):
+        return None
+    try:
+        if psutil.Process(pid).create_time() != float(str(entry["started"])):
+            return None
+    except psutil.Error:
+        return None
+    return pid, str(entry["url"])
+
+
+def stop_process_group(pid: int) -> None:
+    """SIGTERM the group a `start_new_session` child leads (`mlflow server` and its uvicorn), then SIGKILL the rest."""
+    try:
+        leads_its_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
+    if not leads_its_group:
+        raise StackError(f"process {pid} does not lead its own process group: not stopping it")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            pid_alive(pid)  # reaps the leader when this process started it
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+def last_line(path: Path) -> str:
+    """': ' and the last non-empty line of a log (usually the error), or '' when there is none."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 4096))
+        lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""

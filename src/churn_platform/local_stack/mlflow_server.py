@@ -7,16 +7,13 @@ client needs nothing but its URL. Its PID, start time, URL and log are recorded 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -28,9 +25,11 @@ from churn_platform.local_stack.base import (
     StackError,
     StackRecord,
     free_loopback_port,
+    last_line,
     loopback_port_is_free,
-    pid_alive,
     redact,
+    running_record,
+    stop_process_group,
     wait_until,
 )
 from churn_platform.local_stack.postgres import ensure_database, sqlalchemy_url
@@ -39,7 +38,6 @@ from churn_platform.settings import Settings
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-STOP_TIMEOUT_S = 15.0
 
 
 def mlflow_health(url: str) -> tuple[bool, str]:
@@ -105,19 +103,7 @@ class EmbeddedMlflow:
         self.record = StackRecord(settings.data_dir)
 
     def _recorded(self) -> tuple[int, str] | None:
-        """The recorded server's PID and URL while it runs; a reused PID has another start time and is ignored."""
-        entry = self.record.read().get(self.name)
-        if not entry:
-            return None
-        pid = int(str(entry["pid"]))
-        if not pid_alive(pid):
-            return None
-        try:
-            if psutil.Process(pid).create_time() != float(str(entry["started"])):
-                return None
-        except psutil.Error:
-            return None
-        return pid, str(entry["url"])
+        return running_record(self.record, self.name)
 
     def start(self) -> str:
         recorded = self._recorded()
@@ -218,34 +204,3 @@ class EmbeddedMlflow:
         if not healthy:
             detail = f"running but not answering: {detail} (log: {self.log_path})"
         return ComponentStatus(self.name, recorded[1], healthy, True, detail)
-
-
-def stop_process_group(pid: int) -> None:
-    """SIGTERM the group a `start_new_session` child leads (`mlflow server` and its uvicorn), then SIGKILL the rest."""
-    try:
-        leads_its_group = os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return
-    if not leads_its_group:
-        raise StackError(f"process {pid} does not lead its own process group: not stopping it")
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            pid_alive(pid)  # reaps the leader when this process started it
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-
-
-def last_line(path: Path) -> str:
-    """': ' and the last non-empty line of a log (usually the error), or '' when there is none."""
-    if not path.exists():
-        return ""
-    with open(path, "rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 4096))
-        lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
-    return f": {lines[-1]}" if lines else ""

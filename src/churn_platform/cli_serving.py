@@ -1,0 +1,216 @@
+"""`churn predict`, `churn explain` and `churn ab`: the prediction service from the command line.
+
+`predict` and `explain` go through the service's HTTP API, as any client would; `ab` manages the experiments
+the service routes by (stored in PostgreSQL; the service picks a change up within one poll interval).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from churn_platform import db, local_stack
+from churn_platform.cli_output import console
+from churn_platform.cli_output import fail as _fail
+from churn_platform.features import online
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.settings import Settings, get_settings
+
+ab_app = typer.Typer(
+    help="A/B experiments: champion against a challenger, with sticky assignment.", no_args_is_help=True
+)
+
+
+def _post(url: str, route: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}{route}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _ready_service(settings: Settings, wait_s: float) -> str:
+    """The service's URL once `/readyz` answers (it polls the registry: a new champion takes one interval)."""
+    try:
+        url = local_stack.service_url(settings)
+    except local_stack.StackError as exc:
+        raise _fail(str(exc)) from exc
+    deadline = time.monotonic() + wait_s
+    with console.status(f"waiting for the prediction service at {url} to be ready..."):
+        while True:
+            ready, detail = local_stack.service_health(url)
+            if ready and detail == "ready":
+                return url
+            if time.monotonic() > deadline:
+                raise _fail(f"the prediction service at {url} is not ready after {wait_s:.0f} s: {detail}")
+            time.sleep(0.5)
+
+
+def _users(settings: Settings, user_ids: list[str] | None, sample: int) -> list[str]:
+    if user_ids:
+        return user_ids
+    users = online.sample_of_latest_users(db.platform_url(settings), catalog_from_settings(settings), sample)
+    if not users:
+        raise _fail("no snapshots yet: run `churn features compute` and `churn features materialize` first")
+    return users
+
+
+def predict(
+    user_ids: Annotated[list[str] | None, typer.Argument(help="Users to score; default: a sample.")] = None,
+    sample: Annotated[int, typer.Option(min=1, max=100, help="How many users of the latest snapshot.")] = 8,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the service to be ready.")] = 60.0,
+) -> None:
+    """Score users through the prediction service's HTTP API (`POST /predict`, one request per user)."""
+    settings = get_settings()
+    users = _users(settings, user_ids, sample)
+    url = _ready_service(settings, wait)
+    table = Table(title=f"churn predictions from {url}/predict")
+    for column in ("user", "P(churn)", "risk", "model", "experiment / arm", "features", "ms"):
+        table.add_column(column, justify="right" if column in ("P(churn)", "ms") else "left")
+    for user_id in users:
+        began = time.perf_counter()
+        status, body = _post(url, "/predict", {"user_id": user_id})
+        elapsed = f"{(time.perf_counter() - began) * 1000:.1f}"
+        if status != 200:
+            table.add_row(
+                escape(user_id), "-", "-", "-", "-", f"[red]{status}: {escape(str(body.get('error')))}[/]", elapsed
+            )
+            continue
+        probability = body["churn_probability"]
+        states = [feature["status"] for feature in (body.get("features") or {}).values()]
+        summary = ", ".join(f"{states.count(s)} {s}" for s in ("present", "stale", "missing") if states.count(s))
+        table.add_row(
+            escape(user_id),
+            "-" if probability is None else f"{probability:.3f}",
+            _band(body["risk_band"]),
+            f"v{body['model_version']} ({body['model_alias']})",
+            f"{body['experiment']} / {body['arm']}" if body["experiment"] else body["arm"],
+            summary,
+            elapsed,
+        )
+    console.print(table)
+
+
+def explain(
+    user_id: Annotated[str, typer.Argument(help="The user whose score to explain.")],
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for the service to be ready.")] = 60.0,
+    top: Annotated[int, typer.Option(min=1, help="How many features to show.")] = 10,
+) -> None:
+    """Each feature's contribution to one user's score (`POST /explain`), largest first."""
+    url = _ready_service(get_settings(), wait)
+    status, body = _post(url, "/explain", {"user_id": user_id})
+    if status != 200:
+        raise _fail(f"{status}: {body.get('error')}")
+    if body["method"] is None:
+        raise _fail(body["message"])
+    contributions = body["contributions"][:top]
+    widest = max((abs(c["contribution"]) for c in contributions), default=1.0) or 1.0
+    table = Table(
+        title=f"{user_id}: P(churn) {body['churn_probability']:.3f}, model v{body['model_version']}"
+        f" ({body['model_alias']}); {body['method']}; base {body['base_value']:+.3f} log-odds"
+    )
+    for column in ("feature", "value", "log-odds", ""):
+        table.add_column(column, justify="right" if column in ("value", "log-odds") else "left")
+    for c in contributions:
+        bar = "█" * max(1, round(20 * abs(c["contribution"]) / widest))
+        colour = "red" if c["contribution"] > 0 else "green"
+        value = f"{c['value']:.4g}" if isinstance(c["value"], float) else escape(str(c["value"]))
+        table.add_row(c["feature"], value, f"{c['contribution']:+.3f}", f"[{colour}]{bar}[/]")
+    console.print(table)
+
+
+def _band(band: str) -> str:
+    colour = {"high": "red", "medium": "yellow", "low": "green"}.get(band, "dim")
+    return f"[{colour}]{band}[/]"
+
+
+@ab_app.command("start")
+def ab_start(
+    name: Annotated[str, typer.Argument(help="A new, unique experiment name (it labels the prediction log).")],
+    variant: Annotated[
+        str, typer.Option(help="The variant: an alias (challenger) or a version number.")
+    ] = "challenger",
+    share: Annotated[float, typer.Option(help="Share of users sent to the variant, between 0 and 1.")] = 0.5,
+    ends_at: Annotated[
+        datetime | None, typer.Option(help="Planned end (ISO time, UTC if no zone); default: until stopped.")
+    ] = None,
+    salt: Annotated[str | None, typer.Option(help="Assignment salt; default: random (reuse to reproduce).")] = None,
+) -> None:
+    """Start routing SHARE of users to VARIANT and the rest to the champion (sticky per user)."""
+    from churn_platform.serving import experiments
+    from churn_platform.training import registry
+
+    settings = get_settings()
+    if not variant.isdigit():
+        version = registry.alias_version(local_stack.mlflow_tracking_uri(settings), settings.model_name, variant)
+        if version is None:
+            raise _fail(f"--variant: model {settings.model_name} has no alias {variant!r}")
+    if ends_at is not None and ends_at.tzinfo is None:
+        ends_at = ends_at.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+    try:
+        started = experiments.start_experiment(
+            db.platform_url(settings), name, variant, share, ends_at=ends_at, salt=salt, created_by="churn ab start"
+        )
+    except experiments.ExperimentError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"experiment {started.name}: {started.variant_share:.0%} of users to {started.variant}, the rest to"
+        f" {started.control}; the service follows within {settings.serve_poll_interval_s:.0f} s"
+    )
+
+
+@ab_app.command("stop")
+def ab_stop(name: Annotated[str | None, typer.Argument(help="Default: the running experiment.")] = None) -> None:
+    """Stop the running experiment: everyone gets the champion again."""
+    from churn_platform.serving import experiments
+
+    try:
+        stopped = experiments.stop_experiment(db.platform_url(get_settings()), name)
+    except experiments.ExperimentError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"experiment {stopped.name} stopped; everyone gets the champion")
+
+
+@ab_app.command("status")
+def ab_status() -> None:
+    """Every experiment, and per arm of each: requests, users and mean predicted churn so far."""
+    from churn_platform.serving import experiments
+
+    url = db.platform_url(get_settings())
+    found = experiments.list_experiments(url)
+    if not found:
+        console.print("no experiments yet: `churn ab start NAME --variant challenger --share 0.5`")
+        return
+    table = Table(title="A/B experiments")
+    for column in ("experiment", "variant vs control", "share", "state", "arm", "requests", "users", "mean P(churn)"):
+        table.add_column(column)
+    for experiment in found:
+        summary = experiments.experiment_summary(url, experiment.name)
+        state = (
+            "running" if summary["running"] else f"stopped {experiment.stopped_at or experiment.ends_at:%Y-%m-%d %H:%M}"
+        )
+        for i, (arm, counts) in enumerate(summary["arms"].items()):
+            mean = counts["mean_probability"]
+            table.add_row(
+                experiment.name if i == 0 else "",
+                f"{experiment.variant} vs {experiment.control}" if i == 0 else "",
+                f"{experiment.variant_share:.0%}" if i == 0 else "",
+                state if i == 0 else "",
+                arm,
+                str(counts["requests"]),
+                str(counts["users"]),
+                "-" if mean is None else f"{mean:.3f}",
+            )
+    console.print(table)

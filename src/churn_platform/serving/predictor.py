@@ -1,0 +1,282 @@
+"""The request path of the prediction service: assign an arm, read features, predict, enqueue the log row.
+
+Everything slow happens off this path: models load and swap on the poller's thread, the running experiment is
+re-read there too, and prediction-log rows go to a background writer. A request reads one user's (or a batch's)
+features from Redis in one round trip and calls the classifier on a numpy matrix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import psycopg
+
+from churn_platform import db, local_stack
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.features.online import FeatureVector, OnlineFeatures, feature_view_name, last_materialized
+from churn_platform.serving import alerts
+from churn_platform.serving.experiments import Experiment, running_experiment
+from churn_platform.serving.models import LoadedModel, ModelSet, Poller
+from churn_platform.serving.prediction_log import PredictionLogWriter, PredictionRecord
+from churn_platform.settings import Settings
+from churn_platform.training.registry import CHALLENGER, CHAMPION
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["ok", "no_features", "unknown_user"]
+NO_EXPERIMENT_ARM = "champion"  # the arm of every request while no experiment runs
+FALLBACK_ARM = "fallback"  # assigned to the variant, but the variant's model is not loaded: the champion answered
+KNOWN_USERS_SQL = "SELECT user_id FROM raw.users WHERE user_id = ANY(%(ids)s)"
+
+
+class ServiceUnavailableError(RuntimeError):
+    """No champion is loaded yet (nothing registered, or every version refused)."""
+
+
+class UnknownUserError(LookupError):
+    """Neither the online store nor the platform's users know this user id."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One user's answer; `churn_probability` is None exactly when the user has no features to score."""
+
+    request_id: str
+    user_id: str
+    outcome: Outcome
+    churn_probability: float | None
+    risk_band: str
+    model_version: str
+    model_alias: str
+    experiment: str | None
+    arm: str
+    features: FeatureVector
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which model answers a user, and why."""
+
+    reference: str  # the alias (or version number) in the model set
+    model: LoadedModel
+    experiment: str | None
+    arm: str
+
+
+def risk_band(probability: float | None, edges: tuple[float, float]) -> str:
+    if probability is None:
+        return "unknown"
+    return "high" if probability >= edges[1] else "medium" if probability >= edges[0] else "low"
+
+
+def feature_hash(values: Mapping[str, Any], names: Sequence[str]) -> str:
+    """A short hash of the feature vector a prediction used, so log rows can be grouped and joined by input."""
+    return hashlib.blake2b(repr([values.get(name) for name in names]).encode(), digest_size=8).hexdigest()
+
+
+class ChurnPredictor:
+    """Long-lived serving state of one worker: features, models by alias, the running experiment, the log."""
+
+    def __init__(self, settings: Settings, *, tracking_uri: str | None = None, database_url: str | None = None) -> None:
+        self.settings = settings
+        self.database_url = database_url or db.platform_url(settings)
+        self.tracking_uri = tracking_uri or local_stack.mlflow_tracking_uri(settings)
+        self.catalog = catalog_from_settings(settings)
+        self._features: OnlineFeatures | None = None  # opened on the first poll that finds the feature service
+        self.features_error: str | None = "not opened yet"
+        self.models = ModelSet(self.tracking_uri, settings.model_name, self.catalog.names, on_alert=self._alert)
+        self.log = PredictionLogWriter(self.database_url, max_buffer=settings.serve_log_buffer_rows)
+        self.experiment: Experiment | None = None
+        self.feature_clock: datetime | None = None  # the newest materialized snapshot: staleness is judged there
+        self._users_lock = threading.Lock()
+        self._users_conn: psycopg.Connection | None = None
+        self._poller = Poller(self.refresh, settings.serve_poll_interval_s, "churn-model-poller")
+
+    def start(self) -> None:
+        """Load the models and the experiment once, then follow them on a background thread."""
+        self.log.start()
+        self.refresh()
+        self._poller.start()
+
+    def close(self) -> None:
+        self._poller.stop()
+        self.log.close(timeout_s=10)
+        with self._users_lock:
+            if self._users_conn is not None:
+                self._users_conn.close()
+
+    @property
+    def features(self) -> OnlineFeatures:
+        if self._features is None:
+            raise ServiceUnavailableError(f"the online store is not available: {self.features_error}")
+        return self._features
+
+    def open_features(self) -> None:
+        """Open the online store once its feature service is applied (the service may start before it is)."""
+        if self._features is not None:
+            return
+        try:
+            self._features = OnlineFeatures(
+                self.settings, max_age=timedelta(hours=self.settings.serve_feature_max_age_hours)
+            )
+        except Exception as exc:  # Feast raises several types for "not applied yet"
+            self.features_error = f"feature service {self.catalog.name} could not be opened ({exc})"
+            log.warning("%s; run `churn features apply`", self.features_error)
+        else:
+            self.features_error = None
+
+    def refresh(self) -> None:
+        """One poll: the running experiment, then the models it and the aliases need, then the feature clock."""
+        self.open_features()
+        experiment = self.experiment
+        try:
+            experiment = running_experiment(self.database_url)
+        except psycopg.Error as exc:
+            log.warning("could not read the running experiment (keeping %s): %s", experiment, exc)
+        references = {CHAMPION, CHALLENGER}
+        if experiment is not None:
+            references |= {experiment.control, experiment.variant}
+        self.models.refresh(references)
+        self.experiment = experiment  # routed by only once its models are loaded
+        try:
+            end = last_materialized(self.database_url, feature_view_name(self.catalog))
+        except psycopg.Error as exc:
+            log.warning("could not read the materialization ledger: %s", exc)
+        else:
+            self.feature_clock = None if end is None else end - timedelta(microseconds=1)
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready: a champion is loaded and the online store answers."""
+        if CHAMPION not in self.models.current():
+            return False, f"no {CHAMPION} version of {self.settings.model_name} is loaded"
+        try:
+            self.features._client.ping()
+        except ServiceUnavailableError as exc:
+            return False, str(exc)
+        except Exception as exc:
+            return False, f"the online store (Redis) does not answer: {exc}"
+        return True, "ready"
+
+    def route(self, user_id: str, models: Mapping[str, LoadedModel], experiment: Experiment | None) -> Route:
+        champion = models.get(CHAMPION)
+        if champion is None:
+            raise ServiceUnavailableError(
+                f"no {CHAMPION} version of model {self.settings.model_name!r} is loaded yet: train one (`churn train`)"
+                " or wait for the registry"
+            )
+        if experiment is None:
+            return Route(CHAMPION, champion, None, NO_EXPERIMENT_ARM)
+        arm = experiment.arm_for(user_id)
+        reference = experiment.variant if arm == "variant" else experiment.control
+        model = models.get(reference)
+        if model is None:
+            return Route(CHAMPION, champion, experiment.name, FALLBACK_ARM)
+        return Route(reference, model, experiment.name, arm)
+
+    def predict(self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False) -> list[Prediction]:
+        """Predictions for `user_ids`, in order; an unknown user is a result (`unknown_user`), or with
+        `unknown_is_error` an UnknownUserError naming the first."""
+        started = time.perf_counter()
+        models, experiment = self.models.current(), self.experiment  # this request's models, whatever moves
+        if experiment is not None and not experiment.is_running(datetime.now(UTC)):
+            experiment = None  # its planned end passed since the last poll
+        vectors = self.features.read(user_ids, now=self.feature_clock)
+        routes = [self.route(user_id, models, experiment) for user_id in user_ids]
+        unknown = self._unknown_users([v.user_id for v in vectors if _has_no_features(v)])
+        if unknown and unknown_is_error:
+            first = next(user_id for user_id in user_ids if user_id in unknown)
+            raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
+        probabilities: list[float | None] = [None] * len(vectors)
+        by_model: dict[str, list[int]] = {}
+        for i, (vector, route) in enumerate(zip(vectors, routes, strict=True)):
+            if not _has_no_features(vector):
+                by_model.setdefault(route.model.version, []).append(i)
+        for indices in by_model.values():
+            model = routes[indices[0]].model
+            scored = model.predict([vectors[i].values for i in indices])
+            for i, p in zip(indices, scored.tolist(), strict=True):
+                probabilities[i] = p
+        request_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        latency_ms = (time.perf_counter() - started) * 1000
+        predictions = []
+        for vector, route, probability in zip(vectors, routes, probabilities, strict=True):
+            outcome, message = _outcome(vector, probability, unknown)
+            predictions.append(
+                Prediction(
+                    request_id, vector.user_id, outcome, probability,
+                    risk_band(probability, self.settings.serve_risk_bands), route.model.version, route.reference,
+                    route.experiment, route.arm, vector, message,
+                )
+            )  # fmt: skip
+            if outcome != "unknown_user":
+                self.log.submit(
+                    PredictionRecord(
+                        request_id=uuid.UUID(request_id), predicted_at=now, user_id=vector.user_id,
+                        experiment=route.experiment, arm=route.arm, model_alias=route.reference,
+                        model_version=route.model.version, churn_probability=probability,
+                        feature_hash=feature_hash(vector.values, self.features.feature_names),
+                        latency_ms=latency_ms, endpoint=endpoint,
+                    )
+                )  # fmt: skip
+        return predictions
+
+    def explain(self, user_id: str) -> tuple[Route, FeatureVector, Any]:
+        """The model that answers this user, their features, and that model's explanation of its score."""
+        models, experiment = self.models.current(), self.experiment
+        vector = self.features.read([user_id], now=self.feature_clock)[0]
+        route = self.route(user_id, models, experiment)
+        if _has_no_features(vector):
+            if self._unknown_users([user_id]):
+                raise UnknownUserError(f"unknown user {user_id!r}: no features and no such user in raw.users")
+            return route, vector, None
+        return route, vector, route.model.explainer().explain(vector.values)
+
+    def _unknown_users(self, user_ids: list[str]) -> set[str]:
+        """Of users with no features at all, those raw.users does not know (the rare path: one query)."""
+        if not user_ids:
+            return set()
+        with self._users_lock:
+            if self._users_conn is None or self._users_conn.closed:
+                self._users_conn = db.connect(self.database_url, autocommit=True)
+            try:
+                known = {row[0] for row in self._users_conn.execute(KNOWN_USERS_SQL, {"ids": user_ids})}
+            except psycopg.OperationalError:
+                self._users_conn.close()
+                raise
+        return set(user_ids) - known
+
+    def _alert(self, kind: str, subject: str, message: str) -> None:
+        try:
+            alerts.record_alert(self.database_url, kind, subject, message)
+        except psycopg.Error as exc:
+            log.error("could not record the alert %s (%s: %s): %s", kind, subject, message, exc)
+
+
+def _has_no_features(vector: FeatureVector) -> bool:
+    return all(state == "missing" for state in vector.status.values())
+
+
+def _outcome(vector: FeatureVector, probability: float | None, unknown: set[str]) -> tuple[Outcome, str | None]:
+    if vector.user_id in unknown:
+        return "unknown_user", f"unknown user {vector.user_id!r}"
+    if probability is None:
+        return "no_features", (
+            f"user {vector.user_id!r} has no features in the online store (not materialized yet): no score"
+        )
+    stale = [name for name, state in vector.status.items() if state == "stale"]
+    if stale:
+        return "ok", f"{len(stale)} features are stale (snapshot {vector.snapshot_at:%Y-%m-%d %H:%M})"
+    missing = [name for name, state in vector.status.items() if state == "missing"]
+    if missing:
+        return "ok", f"features missing, scored as missing by the model: {missing}"
+    return "ok", None

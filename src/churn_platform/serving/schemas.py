@@ -1,0 +1,153 @@
+"""The prediction service's HTTP contract: request and response bodies (they make its OpenAPI document).
+
+Requests refuse unknown fields (`extra="forbid"`), so a misspelt field is a 400 naming it, not a silent default.
+Response keys are read by outside scripts: rename nothing without a new route.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from churn_platform.features.online import FeatureVector
+from churn_platform.serving.predictor import Prediction, Route
+
+# As ingestion accepts them: non-empty text without NUL (PostgreSQL text cannot hold it).
+USER_ID_PATTERN = r"^[^\x00]+$"
+UserId = Field(min_length=1, max_length=256, pattern=USER_ID_PATTERN, description="The user's id, as in the events.")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = UserId
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = UserId
+
+
+def batch_request_model(max_users: int) -> type[BaseModel]:
+    """`{"user_ids": [...], "include_features": false}` with the configured most users per request."""
+    model: type[BaseModel] = create_model(
+        "PredictBatchRequest",
+        __config__=ConfigDict(extra="forbid"),
+        user_ids=(
+            list[Annotated[str, Field(min_length=1, max_length=256, pattern=USER_ID_PATTERN)]],
+            Field(min_length=1, max_length=max_users, description=f"1 to {max_users} user ids."),
+        ),
+        include_features=(
+            bool,
+            Field(default=False, strict=True, description="Return each user's feature values too."),
+        ),
+    )
+    return model
+
+
+class FeatureValue(BaseModel):
+    value: float | int | str | None
+    status: Literal["present", "missing", "stale"]
+
+
+class PredictResponse(BaseModel):
+    user_id: str
+    status: Literal["ok", "no_features", "unknown_user"]
+    churn_probability: float | None = Field(description="P(churn within the label horizon); null without features.")
+    risk_band: Literal["low", "medium", "high", "unknown"]
+    model_version: str
+    model_alias: str
+    experiment: str | None
+    arm: str = Field(
+        description="control / variant in an experiment, champion without one, fallback if the"
+        " variant's model is not loaded (the champion answered)."
+    )
+    features: dict[str, FeatureValue] | None
+    snapshot_at: datetime | None
+    request_id: str
+    message: str | None
+
+
+class PredictBatchResponse(BaseModel):
+    request_id: str
+    count: int
+    results: list[PredictResponse]
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: float | int | str | None
+    contribution: float = Field(description="Log-odds this feature adds to the score, against the base value.")
+
+
+class ExplainResponse(BaseModel):
+    user_id: str
+    churn_probability: float | None
+    model_version: str
+    model_alias: str
+    experiment: str | None
+    arm: str
+    method: str | None
+    base_value: float | None = Field(description="Log-odds of the model's reference (average) user.")
+    contributions: list[Contribution]
+    message: str | None
+
+
+def features_body(vector: FeatureVector) -> dict[str, FeatureValue]:
+    return {
+        name: FeatureValue(value=_plain(vector.values.get(name)), status=vector.status[name]) for name in vector.values
+    }
+
+
+def prediction_body(prediction: Prediction, *, with_features: bool = True) -> dict[str, Any]:
+    vector = prediction.features
+    return {
+        "user_id": prediction.user_id,
+        "status": prediction.outcome,
+        "churn_probability": prediction.churn_probability,
+        "risk_band": prediction.risk_band,
+        "model_version": prediction.model_version,
+        "model_alias": prediction.model_alias,
+        "experiment": prediction.experiment,
+        "arm": prediction.arm,
+        "features": features_body(vector) if with_features else None,
+        "snapshot_at": vector.snapshot_at,
+        "request_id": prediction.request_id,
+        "message": prediction.message,
+    }
+
+
+def _plain(value: Any) -> float | int | str | None:
+    """A JSON-safe feature value: NaN and infinities are not JSON, they read as missing."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return str(value)
+
+
+def explain_body(user_id: str, route: Route, vector: FeatureVector, explanation: Any) -> ExplainResponse:
+    """The explanation of the model that answers this user (None when the user has no features to explain)."""
+    common: dict[str, Any] = {
+        "user_id": user_id,
+        "model_version": route.model.version,
+        "model_alias": route.reference,
+        "experiment": route.experiment,
+        "arm": route.arm,
+    }
+    if explanation is None:
+        return ExplainResponse(
+            **common, churn_probability=None, method=None, base_value=None, contributions=[],
+            message=f"user {user_id!r} has no features in the online store (not materialized yet): nothing to explain",
+        )  # fmt: skip
+    contributions = [
+        Contribution(feature=name, value=_plain(vector.values.get(name)), contribution=value)
+        for name, value in explanation.contributions
+    ]
+    return ExplainResponse(
+        **common, churn_probability=explanation.probability, method=explanation.method,
+        base_value=explanation.base_value, contributions=contributions, message=None,
+    )  # fmt: skip

@@ -1,0 +1,103 @@
+"""A trained, materialized world behind a real prediction service, for the serving tests.
+
+One module-scoped world: 400 users over 200 days, snapshots and labels, the Feast repo applied, features
+materialized to a Redis db of its own, a model name of its own in the session's MLflow server with two versions
+(a logistic regression as champion, a gradient-boosted model as challenger), and `bentoml serve` started by the
+local-stack code on a free port, polling every second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from churn_platform import local_stack
+from churn_platform.data import world
+from churn_platform.data.labels import ChurnDefinition
+from churn_platform.data.world_model import WorldConfig
+from churn_platform.features import feast_repo, online, snapshots
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.settings import Settings
+from churn_platform.training import pipeline
+from churn_platform.training.trainer import TrainConfig
+
+POLL_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ServedWorld:
+    settings: Settings
+    url: str  # the service
+    database_url: str
+    users: list[str]  # users with features in the online store
+    versions: dict[str, str]  # candidate -> registered version
+
+
+def build_world(settings: Settings, database_url: str) -> tuple[list[str], dict[str, str]]:
+    """World, snapshots, labels, Feast apply + materialize, and one registered version per candidate."""
+    world.generate_world(database_url, WorldConfig(users=400, days=200, seed=21))
+    catalog = catalog_from_settings(settings)
+    definition = ChurnDefinition.from_settings(settings)
+    snapshots.compute_snapshots(database_url, catalog, definition, date(2025, 7, 20))
+    snapshots.compute_labels(database_url, catalog, definition, settings.label_horizon_days)
+    feast_repo.apply(settings)
+    online.materialize(settings)
+    versions = {}
+    for candidate in ("logistic_regression", "gradient_boosting"):
+        config = TrainConfig(seed=5, test_days=21, validation_days=21, candidates=(candidate,))
+        registered = pipeline.train(settings, config=config).registered
+        assert registered is not None
+        versions[candidate] = registered.version
+    users = online.sample_of_latest_users(database_url, catalog, 200)
+    return users, versions
+
+
+def environment(mlflow_server: str) -> dict[str, str]:
+    return {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "CHURN_MODEL_NAME": f"churn_serving_{uuid.uuid4().hex[:8]}",
+        "CHURN_SERVE_PORT": "0",
+        "CHURN_SERVE_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
+        "CHURN_SERVE_MAX_BATCH": "20000",
+    }
+
+
+@contextlib.contextmanager
+def running_service(settings: Settings) -> Iterator[str]:
+    """`bentoml serve` of the platform's service, started and stopped by the local-stack code; yields its URL."""
+    component = local_stack.components(settings)[-1]
+    assert component.name == "service" and component.embedded
+    url = component.start()
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        component.stop()
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while local_stack.service_health(url) != (True, "ready"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the prediction service at {url} was not ready within {timeout_s} s")
+        time.sleep(0.2)
+
+
+def post(url: str, route: str, body: Any) -> tuple[int, Any]:
+    """POST JSON (or raw bytes) and return the status and the decoded body."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}{route}", data=data, headers={"Content-Type": "application/json"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

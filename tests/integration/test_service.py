@@ -1,0 +1,349 @@
+"""The prediction service over real HTTP: BentoML serving a model from a real MLflow server, features from Redis,
+experiments and the prediction log in PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+from tests.integration.feature_worlds import platform_settings, redis_db_url
+from tests.integration.served_world import (
+    POLL_INTERVAL_S,
+    ServedWorld,
+    build_world,
+    environment,
+    post,
+    running_service,
+)
+
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.features.online import OnlineFeatures
+from churn_platform.serving import experiments
+from churn_platform.settings import Settings
+
+SERVING_DB = 13  # a Redis database of its own
+RESPONSE_KEYS = {
+    "user_id", "churn_probability", "risk_band", "model_version", "model_alias", "experiment", "arm", "features",
+    "request_id",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(
+    make_database: Callable[[], str],
+    stack_settings: Settings,
+    mlflow_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServedWorld]:
+    url = make_database()
+    variables = {**environment(mlflow_server), "CHURN_DATA_DIR": str(tmp_path_factory.mktemp("serving"))}
+    with platform_settings(url, redis_db_url(stack_settings, SERVING_DB), **variables) as settings:
+        users, versions = build_world(settings, url)
+        with running_service(settings) as service:
+            yield ServedWorld(settings, service, url, users, versions)
+
+
+def _champion(served: ServedWorld) -> str:
+    return served.versions["logistic_regression"]
+
+
+def _move_alias(served: ServedWorld, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    uri = served.settings.mlflow_tracking_uri
+    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(
+        served.settings.model_name, alias, version
+    )
+
+
+def _wait_until_served_by(served: ServedWorld, version: str, timeout_s: float = 4 * POLL_INTERVAL_S + 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while post(served.url, "/predict", {"user_id": served.users[0]})[1]["model_version"] != version:
+        assert time.monotonic() < deadline, f"version {version} did not start answering within {timeout_s} s"
+        time.sleep(0.1)
+
+
+def test_predict_answers_with_the_champion_and_the_features_it_used(served: ServedWorld) -> None:
+    import mlflow.sklearn
+
+    user = served.users[0]
+    status, body = post(served.url, "/predict", {"user_id": user})
+
+    assert status == 200
+    assert set(body) >= RESPONSE_KEYS
+    assert body["user_id"] == user and body["status"] == "ok"
+    assert body["model_version"] == _champion(served) and body["model_alias"] == "champion"
+    assert body["experiment"] is None and body["arm"] == "champion"
+    assert uuid.UUID(body["request_id"])
+    names = catalog_from_settings(served.settings).names
+    assert set(body["features"]) == set(names)
+    assert all(f["status"] == "present" for f in body["features"].values())
+    # The probability is the registered model's own, on the features the response reports
+    model = mlflow.sklearn.load_model(f"models:/{served.settings.model_name}/{_champion(served)}")
+    frame = pd.DataFrame([{name: body["features"][name]["value"] for name in names}])
+    assert body["churn_probability"] == pytest.approx(model.predict_proba(frame)[0, 1], abs=1e-12)
+    edges = served.settings.serve_risk_bands
+    expected_band = (
+        "high"
+        if body["churn_probability"] >= edges[1]
+        else "medium"
+        if body["churn_probability"] >= edges[0]
+        else "low"
+    )
+    assert body["risk_band"] == expected_band
+
+
+def test_predict_batch_gives_one_result_per_user_in_order(served: ServedWorld) -> None:
+    users = [*served.users[:50], "nobody-" + uuid.uuid4().hex]
+
+    status, body = post(served.url, "/predict_batch", {"user_ids": users})
+
+    assert status == 200
+    assert body["count"] == len(users) == len(body["results"])
+    assert [r["user_id"] for r in body["results"]] == users
+    assert all(r["request_id"] == body["request_id"] for r in body["results"])
+    assert body["results"][-1]["status"] == "unknown_user" and body["results"][-1]["churn_probability"] is None
+    assert all(r["features"] is None for r in body["results"])  # unless asked for
+    single = post(served.url, "/predict", {"user_id": users[7]})[1]
+    assert body["results"][7]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
+    with_features = post(served.url, "/predict_batch", {"user_ids": users[:2], "include_features": True})[1]
+    assert set(with_features["results"][0]["features"]) == set(single["features"])
+
+
+def test_explain_is_exact_for_the_linear_champion(served: ServedWorld) -> None:
+    user = served.users[3]
+    status, body = post(served.url, "/explain", {"user_id": user})
+
+    assert status == 200
+    assert "linear" in body["method"]
+    p = post(served.url, "/predict", {"user_id": user})[1]["churn_probability"]
+    assert body["churn_probability"] == pytest.approx(p, abs=1e-12)
+    total = body["base_value"] + sum(c["contribution"] for c in body["contributions"])
+    assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-9)
+    sizes = [abs(c["contribution"]) for c in body["contributions"]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert {c["feature"] for c in body["contributions"]} == set(catalog_from_settings(served.settings).names)
+
+
+def test_errors_name_the_user_or_the_field_and_never_leak_a_trace(served: ServedWorld) -> None:
+    nobody = "nobody-" + uuid.uuid4().hex
+    cases: list[tuple[str, object, int, str]] = [
+        ("/predict", {"user_id": nobody}, 404, nobody),
+        ("/explain", {"user_id": nobody}, 404, nobody),
+        ("/predict", {"user_id": "u1", "extra": 1}, 400, "extra"),
+        ("/predict", {"userid": "u1"}, 400, "user_id"),
+        ("/predict", {"user_id": ""}, 400, "user_id"),
+        ("/predict", b"{not json", 400, "JSON"),
+        ("/predict_batch", {"user_ids": []}, 400, "user_ids"),
+        ("/predict_batch", {"user_ids": ["u"] * (served.settings.serve_max_batch + 1)}, 400, "user_ids"),
+        ("/predict_batch", {"user_ids": "u1"}, 400, "user_ids"),
+    ]
+    for route, body, expected_status, named in cases:
+        status, answer = post(served.url, route, body)
+        assert status == expected_status, (route, body, answer)
+        assert isinstance(answer, dict) and named in answer["error"], (route, answer)
+        assert "Traceback" not in str(answer)
+
+
+def test_a_known_user_without_features_is_said_so_not_scored(served: ServedWorld) -> None:
+    # Given a user of raw.users whose features are not in the online store (churned before the materialized window)
+    with psycopg.connect(served.database_url) as conn:
+        everyone = [row[0] for row in conn.execute("SELECT user_id FROM raw.users ORDER BY user_id")]
+    vectors = OnlineFeatures(served.settings).read(everyone)
+    without = next(v.user_id for v in vectors if all(s == "missing" for s in v.status.values()))
+
+    status, body = post(served.url, "/predict", {"user_id": without})
+
+    assert status == 200
+    assert body["status"] == "no_features" and body["churn_probability"] is None and body["risk_band"] == "unknown"
+    assert without in body["message"]
+    assert all(f["status"] == "missing" and f["value"] is None for f in body["features"].values())
+
+
+class Traffic:
+    """Requests in a loop on a thread, recording (time, status, model version) of each."""
+
+    def __init__(self, served: ServedWorld) -> None:
+        self.served = served
+        self.seen: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            status, body = post(self.served.url, "/predict", {"user_id": self.served.users[i % 50]})
+            self.seen.append((time.monotonic(), status, body.get("model_version")))
+            i += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_an_alias_move_is_served_within_two_poll_intervals_without_a_failed_request(served: ServedWorld) -> None:
+    boosted = served.versions["gradient_boosting"]
+    try:
+        with Traffic(served) as traffic:
+            time.sleep(0.5)
+            _move_alias(served, "champion", boosted)  # as a click in the MLflow UI does
+            moved_at = time.monotonic()
+            _wait_until_served_by(served, boosted)
+            time.sleep(0.5)
+        first_new = min(t for t, _, version in traffic.seen if version == boosted)
+        assert first_new - moved_at <= 2 * POLL_INTERVAL_S
+        assert all(status == 200 for _, status, _ in traffic.seen), {s for _, s, _ in traffic.seen}
+        assert len(traffic.seen) > 20
+
+        # The tree model explains itself with TreeSHAP, exactly additive in log-odds
+        body = post(served.url, "/explain", {"user_id": served.users[5]})[1]
+        assert body["model_version"] == boosted and "TreeSHAP" in body["method"]
+        p = body["churn_probability"]
+        total = body["base_value"] + sum(c["contribution"] for c in body["contributions"])
+        assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-9)
+    finally:
+        _move_alias(served, "champion", _champion(served))
+        _wait_until_served_by(served, _champion(served))
+
+
+def _register_broken_version(served: ServedWorld) -> str:
+    """A version that loads but cannot predict: the platform's encoder before a classifier fitted on one class."""
+    import mlflow
+    import mlflow.sklearn
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import Pipeline
+
+    import churn_platform.training.trainer as trainer
+
+    names = catalog_from_settings(served.settings).names
+    frame = pd.DataFrame([dict.fromkeys(names, 1.0)] * 4).assign(plan="basic", channel="web")
+    encoder = trainer.encoder_for(catalog_from_settings(served.settings)).fit(frame)
+    one_class = DummyClassifier().fit(np.zeros((4, len(encoder.output_names_))), np.zeros(4))
+    mlflow.set_tracking_uri(served.settings.mlflow_tracking_uri)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            Pipeline([("encode", encoder), ("classify", one_class)]),
+            name="model",
+            registered_model_name=served.settings.model_name,
+            serialization_format="cloudpickle",
+        )
+    return str(info.registered_model_version)
+
+
+def test_a_broken_version_is_refused_and_the_last_good_one_keeps_serving(served: ServedWorld) -> None:
+    broken = _register_broken_version(served)
+    try:
+        with Traffic(served) as traffic:
+            _move_alias(served, "champion", broken)
+            time.sleep(3 * POLL_INTERVAL_S)
+        assert all(status == 200 and version == _champion(served) for _, status, version in traffic.seen)
+        with psycopg.connect(served.database_url) as conn:
+            alerts = conn.execute(
+                "SELECT kind, message FROM serving.alerts WHERE subject LIKE %s", (f"% version {broken} %",)
+            ).fetchall()
+        assert [kind for kind, _ in alerts] == ["model_refused"]
+        assert "smoke prediction" in alerts[0][1]
+    finally:
+        _move_alias(served, "champion", _champion(served))
+
+
+def _arms(served: ServedWorld, user_ids: list[str]) -> dict[str, str]:
+    arms: dict[str, str] = {}
+    for start in range(0, len(user_ids), served.settings.serve_max_batch):
+        chunk = user_ids[start : start + served.settings.serve_max_batch]
+        status, body = post(served.url, "/predict_batch", {"user_ids": chunk})
+        assert status == 200
+        arms.update({r["user_id"]: r["arm"] for r in body["results"]})
+    return arms
+
+
+def test_ab_assignment_is_sticky_across_restarts_and_splits_as_configured(served: ServedWorld, tmp_path: Path) -> None:
+    name = f"ab-{uuid.uuid4().hex[:8]}"
+    experiments.start_experiment(served.database_url, name, served.versions["gradient_boosting"], 0.3)
+    try:
+        deadline = time.monotonic() + 2 * POLL_INTERVAL_S + 5
+        while post(served.url, "/predict", {"user_id": served.users[0]})[1]["experiment"] != name:
+            assert time.monotonic() < deadline, "the service did not pick the experiment up"
+            time.sleep(0.1)
+
+        # Over 100,000 users the variant's share is the configured one, to within one percentage point
+        many = [f"user-{i}" for i in range(100_000)]
+        arms = _arms(served, many)
+        share = sum(arm == "variant" for arm in arms.values()) / len(many)
+        assert abs(share - 0.3) <= 0.01, share
+
+        # Each arm is answered by its model
+        first = post(served.url, "/predict_batch", {"user_ids": served.users})[1]["results"]
+        for result in first:
+            expected = served.versions["gradient_boosting"] if result["arm"] == "variant" else _champion(served)
+            assert result["model_version"] == expected and result["experiment"] == name
+        assert {r["arm"] for r in first} == {"control", "variant"}
+
+        # A service started afresh (another process, after a restart) puts every user in the same arm
+        settings = served.settings.model_copy(update={"data_dir": tmp_path})
+        with running_service(settings) as restarted:
+            again = _arms(
+                ServedWorld(settings, restarted, served.database_url, served.users, served.versions),
+                [*served.users, *many[:5_000]],
+            )
+        assert {u: again[u] for u in served.users} == {r["user_id"]: r["arm"] for r in first}
+        assert all(again[u] == arms[u] for u in many[:5_000])
+    finally:
+        experiments.stop_experiment(served.database_url, name)
+
+
+def test_the_prediction_log_has_one_row_per_answered_prediction(served: ServedWorld) -> None:
+    nobody = "nobody-" + uuid.uuid4().hex
+    answered: dict[str, int] = {}  # request id -> rows it must have written
+    for user in [*served.users[:30], nobody, *served.users[30:40]]:
+        status, body = post(served.url, "/predict", {"user_id": user})
+        if status == 200:
+            answered[body["request_id"]] = 1
+    status, body = post(served.url, "/predict_batch", {"user_ids": [*served.users[:25], nobody]})
+    assert status == 200
+    answered[body["request_id"]] = 25  # the unknown user is in the response, not in the log
+
+    deadline = time.monotonic() + 10
+    while True:
+        with psycopg.connect(served.database_url) as conn:
+            rows = dict(
+                conn.execute(
+                    "SELECT request_id::text, count(*) FROM serving.prediction_log WHERE request_id = ANY(%s::uuid[])"
+                    " GROUP BY 1",
+                    (list(answered),),
+                ).fetchall()
+            )
+            strangers = conn.execute("SELECT count(*) FROM serving.prediction_log WHERE user_id = %s", (nobody,))
+            stranger_rows = strangers.fetchone()
+        if rows == answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rows == answered
+    assert stranger_rows == (0,)
+    assert len(answered) == 41
+
+
+def test_the_service_honours_its_openapi_document(served: ServedWorld, tmp_path: Path) -> None:
+    # Schemathesis generates valid and invalid requests from the service's own OpenAPI document: no 5xx, status
+    # codes, content types and bodies as documented, invalid data rejected, valid data accepted
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"), "run", f"{served.url}/docs.json",
+        "--max-examples", "100", "--seed", "20261126", "--no-color",
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "passed" in run.stdout, run.stdout[-2000:]
