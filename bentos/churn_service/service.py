@@ -66,21 +66,18 @@ class ChurnService:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except ServiceUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        return schemas.PredictResponse.model_construct(**schemas.prediction_body(prediction))
+        return schemas.json_response(schemas.prediction_body(prediction))
 
     @bentoml.api(route="/predict_batch", input_spec=PredictBatchRequest, output_spec=schemas.PredictBatchResponse)
-    def predict_batch(self, user_ids: list[str], include_features: bool = False) -> Any:
+    async def predict_batch(self, user_ids: list[str], include_features: bool = False) -> Any:
         """One result per user (an unknown user is a result with status `unknown_user`, not an error)."""
         try:
             predictions = self.predictor.predict(user_ids, endpoint="predict_batch")
         except ServiceUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        results = [
-            schemas.PredictResponse.model_construct(**schemas.prediction_body(p, with_features=include_features))
-            for p in predictions
-        ]
-        return schemas.PredictBatchResponse.model_construct(
-            request_id=predictions[0].request_id, count=len(results), results=results
+        results = [schemas.prediction_body(p, with_features=include_features) for p in predictions]
+        return schemas.json_response(
+            {"request_id": predictions[0].request_id, "count": len(results), "results": results}
         )
 
     @bentoml.api(route="/explain", input_spec=schemas.ExplainRequest, output_spec=schemas.ExplainResponse)

@@ -28,7 +28,7 @@ from tests.integration.served_world import (
 
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.online import OnlineFeatures
-from churn_platform.serving import experiments
+from churn_platform.serving import experiments, schemas
 from churn_platform.settings import Settings
 
 SERVING_DB = 13  # a Redis database of its own
@@ -81,6 +81,7 @@ def test_predict_answers_with_the_champion_and_the_features_it_used(served: Serv
 
     assert status == 200
     assert set(body) >= RESPONSE_KEYS
+    schemas.PredictResponse.model_validate(body)  # the documented shape
     assert body["user_id"] == user and body["status"] == "ok"
     assert body["model_version"] == _champion(served) and body["model_alias"] == "champion"
     assert body["experiment"] is None and body["arm"] == "champion"
@@ -109,6 +110,7 @@ def test_predict_batch_gives_one_result_per_user_in_order(served: ServedWorld) -
     status, body = post(served.url, "/predict_batch", {"user_ids": users})
 
     assert status == 200
+    schemas.PredictBatchResponse.model_validate(body)
     assert body["count"] == len(users) == len(body["results"])
     assert [r["user_id"] for r in body["results"]] == users
     assert all(r["request_id"] == body["request_id"] for r in body["results"])
@@ -117,6 +119,7 @@ def test_predict_batch_gives_one_result_per_user_in_order(served: ServedWorld) -
     single = post(served.url, "/predict", {"user_id": users[7]})[1]
     assert body["results"][7]["churn_probability"] == pytest.approx(single["churn_probability"], abs=1e-12)
     with_features = post(served.url, "/predict_batch", {"user_ids": users[:2], "include_features": True})[1]
+    schemas.PredictBatchResponse.model_validate(with_features)
     assert set(with_features["results"][0]["features"]) == set(single["features"])
 
 
@@ -125,6 +128,7 @@ def test_explain_is_exact_for_the_linear_champion(served: ServedWorld) -> None:
     status, body = post(served.url, "/explain", {"user_id": user})
 
     assert status == 200
+    schemas.ExplainResponse.model_validate(body)
     assert "linear" in body["method"]
     p = post(served.url, "/predict", {"user_id": user})[1]["churn_probability"]
     assert body["churn_probability"] == pytest.approx(p, abs=1e-12)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn_platform.serving.models import LoadedModel, ModelLoadError, ModelSet, smoke_check
+from churn_platform.serving.models import LoadedModel, ModelLoadError, ModelSet, smoke_check, smoke_rows
 from churn_platform.training.candidates import fit_candidate
 from churn_platform.training.encoding import FeatureEncoder
 
@@ -144,3 +144,29 @@ def test_predict_encodes_feature_dicts_like_the_training_frame() -> None:
     rows = [{"logins": 3.0, "plan": "a"}, {"logins": None, "plan": "unseen"}]
     frame = pd.DataFrame(rows).astype({"logins": float})
     np.testing.assert_allclose(loaded.predict(rows), GOOD["1"].predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("candidate", ["logistic_regression", "gradient_boosting"])
+def test_the_numpy_scorer_reproduces_predict_proba(candidate: str) -> None:
+    # Given a trained candidate of each kind, with missing values in training and at scoring time
+    rng = np.random.default_rng(11)
+    n = 3_000
+    frame = pd.DataFrame(
+        {
+            "logins": np.where(rng.random(n) < 0.1, np.nan, rng.poisson(5, n).astype(float)),
+            "spend": rng.lognormal(2, 1, n),
+            "plan": rng.choice(["a", "b", "c"], n),
+        }
+    )
+    logit = 0.4 * (5 - np.nan_to_num(frame["logins"], nan=2)) - 0.2 * np.log(frame["spend"]) - 1
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    encoder = FeatureEncoder(numeric=["logins", "spend"], categorical=["plan"]).fit(frame)
+    x = encoder.transform(frame)
+    model = fit_candidate(candidate, encoder, x[:2000], y[:2000], x[2000:], y[2000:], seed=3).model
+    loaded = smoke_check(LoadedModel("churn", "1", model, "churn_v1", datetime.now(UTC)), ["logins", "spend", "plan"])
+
+    # Then the compiled scorer is used, and gives scikit-learn's probabilities on fresh rows
+    assert loaded.scorer is not None
+    rows = smoke_rows(encoder, count=500, seed=5)
+    expected = model.predict_proba(pd.DataFrame(rows).astype({"logins": float, "spend": float}))[:, 1]
+    np.testing.assert_allclose(loaded.predict(rows), expected, rtol=0, atol=1e-12)

@@ -14,14 +14,15 @@ import math
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.serving.scoring import Scorer, compile_scorer
+from churn_platform.training.encoding import FeatureEncoder, FloatMatrix
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class LoadedModel:
     model: Any  # the logged scikit-learn Pipeline: encode -> calibrated classifier
     feature_service: str
     loaded_at: datetime
+    scorer: Scorer | None = field(default=None, repr=False, compare=False)  # numpy path, once checked
     _explainer: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
@@ -54,7 +56,16 @@ class LoadedModel:
 
     def predict(self, rows: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float64]:
         """P(churn) for feature dicts (None = missing): encode to a matrix, then the classifier's predict_proba."""
-        matrix = self.encoder.transform_rows(rows)
+        return self.score(self.encoder.transform_rows(rows))
+
+    def score(self, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
+        """P(churn) for an encoded matrix: the checked numpy scorer, else scikit-learn's `predict_proba`."""
+        if self.scorer is not None:
+            return self.scorer(matrix)
+        return self.reference_predict(matrix)
+
+    def reference_predict(self, matrix: FloatMatrix) -> npt.NDArray[np.float64]:
+        """scikit-learn's own `predict_proba` on an encoded matrix: what the numpy scorer must reproduce."""
         probabilities: npt.NDArray[np.float64] = self.model.named_steps["classify"].predict_proba(matrix)[:, 1]
         return probabilities
 
@@ -67,26 +78,51 @@ class LoadedModel:
         return self._explainer[0]
 
 
-def smoke_check(loaded: LoadedModel, served_features: Sequence[str]) -> None:
-    """Refuse a version that cannot answer for the features this service reads, or answers nonsense."""
+def smoke_rows(encoder: FeatureEncoder, count: int = 64, seed: int = 0) -> list[dict[str, Any]]:
+    """A typical row, an all-missing row, and rows of varied magnitudes, gaps and categories."""
+    rng = np.random.default_rng(seed)
+    typical: dict[str, Any] = {name: 1.0 for name in encoder.numeric}
+    typical.update({name: next(iter(encoder.categories_[name]), None) for name in encoder.categorical})
+    rows = [typical, dict.fromkeys(encoder.feature_names)]
+    magnitudes = np.array([0.0, 0.5, 1.0, 3.0, 10.0, 100.0, 1e4, np.nan])
+    for _ in range(count):
+        row: dict[str, Any] = {
+            name: float(rng.choice(magnitudes) * rng.choice([1, 1, 1, -1])) for name in encoder.numeric
+        }
+        row = {name: (None if np.isnan(value) else value) for name, value in row.items()}
+        for name in encoder.categorical:
+            choices = [*encoder.categories_[name], None, "unseen"]
+            row[name] = choices[int(rng.integers(len(choices)))]
+        rows.append(row)
+    return rows
+
+
+def smoke_check(loaded: LoadedModel, served_features: Sequence[str]) -> LoadedModel:
+    """Refuse a version that cannot answer for the features this service reads, or answers nonsense; keep its
+    numpy scorer only if it reproduces scikit-learn's `predict_proba` on the smoke rows (to 1e-9)."""
     unknown = [name for name in loaded.feature_names if name not in served_features]
     if unknown:
         raise ModelLoadError(
             f"version {loaded.version} needs features the feature service does not serve: {unknown}"
             f" (trained on {loaded.feature_service or 'an unknown feature service'})"
         )
-    encoder = loaded.encoder
-    typical: dict[str, Any] = {name: 1.0 for name in encoder.numeric}
-    typical.update({name: next(iter(encoder.categories_[name]), None) for name in encoder.categorical})
-    rows = [typical, dict.fromkeys(loaded.feature_names)]  # a typical row and one with every feature missing
+    rows = smoke_rows(loaded.encoder)
     try:
-        probabilities = loaded.predict(rows)
+        matrix = loaded.encoder.transform_rows(rows)
+        probabilities = loaded.reference_predict(matrix)
     except Exception as exc:
         raise ModelLoadError(f"version {loaded.version} failed its smoke prediction: {exc!r}") from exc
     if probabilities.shape != (len(rows),) or not all(0.0 <= p <= 1.0 and math.isfinite(p) for p in probabilities):
         raise ModelLoadError(
-            f"version {loaded.version} answered its smoke prediction with {probabilities!r}, not probabilities"
+            f"version {loaded.version} answered its smoke prediction with {probabilities[:4]!r}..., not probabilities"
         )
+    scorer = compile_scorer(loaded.model.named_steps["classify"])
+    if scorer is not None:
+        fast = scorer(matrix)
+        if fast.shape != probabilities.shape or not np.allclose(fast, probabilities, rtol=0, atol=1e-9):
+            log.warning("version %s: the numpy scorer disagrees with predict_proba; using scikit-learn", loaded.version)
+            scorer = None
+    return replace(loaded, scorer=scorer)
 
 
 def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
@@ -205,8 +241,7 @@ class ModelSet:
         if version in self._refused:
             return None
         try:
-            loaded = self.loader(self.tracking_uri, self.model_name, version)
-            smoke_check(loaded, self.served_features)
+            loaded = smoke_check(self.loader(self.tracking_uri, self.model_name, version), self.served_features)
         except Exception as exc:
             self._refused.add(version)
             message = (

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 
 from churn_platform import db, local_stack
@@ -35,6 +37,7 @@ Outcome = Literal["ok", "no_features", "unknown_user"]
 NO_EXPERIMENT_ARM = "champion"  # the arm of every request while no experiment runs
 FALLBACK_ARM = "fallback"  # assigned to the variant, but the variant's model is not loaded: the champion answered
 KNOWN_USERS_SQL = "SELECT user_id FROM raw.users WHERE user_id = ANY(%(ids)s)"
+NO_FEATURES_HASH = "no-features"
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -78,9 +81,10 @@ def risk_band(probability: float | None, edges: tuple[float, float]) -> str:
     return "high" if probability >= edges[1] else "medium" if probability >= edges[0] else "low"
 
 
-def feature_hash(values: Mapping[str, Any], names: Sequence[str]) -> str:
-    """A short hash of the feature vector a prediction used, so log rows can be grouped and joined by input."""
-    return hashlib.blake2b(repr([values.get(name) for name in names]).encode(), digest_size=8).hexdigest()
+def feature_hash(encoded: npt.NDArray[np.float64]) -> str:
+    """A short hash of the encoded feature vector the model scored (its exact float64 bytes), so log rows can be
+    grouped and joined by input; `NO_FEATURES_HASH` for a user that had none."""
+    return hashlib.blake2b(encoded.tobytes(), digest_size=8).hexdigest()
 
 
 class ChurnPredictor:
@@ -196,35 +200,36 @@ class ChurnPredictor:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
         probabilities: list[float | None] = [None] * len(vectors)
+        hashes = [NO_FEATURES_HASH] * len(vectors)
         by_model: dict[str, list[int]] = {}
         for i, (vector, route) in enumerate(zip(vectors, routes, strict=True)):
             if not _has_no_features(vector):
                 by_model.setdefault(route.model.version, []).append(i)
         for indices in by_model.values():
             model = routes[indices[0]].model
-            scored = model.predict([vectors[i].values for i in indices])
-            for i, p in zip(indices, scored.tolist(), strict=True):
+            matrix = model.encoder.transform_rows([vectors[i].values for i in indices])
+            for i, p, row in zip(indices, model.score(matrix).tolist(), matrix, strict=True):
                 probabilities[i] = p
-        request_id = str(uuid.uuid4())
+                hashes[i] = feature_hash(row)
+        request_id = uuid.uuid4()
         now = datetime.now(UTC)
         latency_ms = (time.perf_counter() - started) * 1000
         predictions = []
-        for vector, route, probability in zip(vectors, routes, probabilities, strict=True):
+        bands = self.settings.serve_risk_bands
+        for vector, route, probability, hashed in zip(vectors, routes, probabilities, hashes, strict=True):
             outcome, message = _outcome(vector, probability, unknown)
             predictions.append(
                 Prediction(
-                    request_id, vector.user_id, outcome, probability,
-                    risk_band(probability, self.settings.serve_risk_bands), route.model.version, route.reference,
-                    route.experiment, route.arm, vector, message,
+                    str(request_id), vector.user_id, outcome, probability, risk_band(probability, bands),
+                    route.model.version, route.reference, route.experiment, route.arm, vector, message,
                 )
             )  # fmt: skip
             if outcome != "unknown_user":
                 self.log.submit(
                     PredictionRecord(
-                        request_id=uuid.UUID(request_id), predicted_at=now, user_id=vector.user_id,
+                        request_id=request_id, predicted_at=now, user_id=vector.user_id,
                         experiment=route.experiment, arm=route.arm, model_alias=route.reference,
-                        model_version=route.model.version, churn_probability=probability,
-                        feature_hash=feature_hash(vector.values, self.features.feature_names),
+                        model_version=route.model.version, churn_probability=probability, feature_hash=hashed,
                         latency_ms=latency_ms, endpoint=endpoint,
                     )
                 )  # fmt: skip

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.responses import Response
 
 from churn_platform.features.online import FeatureVector
 from churn_platform.serving.predictor import Prediction, Route
@@ -96,10 +98,15 @@ class ExplainResponse(BaseModel):
     message: str | None
 
 
-def features_body(vector: FeatureVector) -> dict[str, FeatureValue]:
-    return {
-        name: FeatureValue(value=_plain(vector.values.get(name)), status=vector.status[name]) for name in vector.values
-    }
+def json_response(body: dict[str, Any]) -> Response:
+    """The documented body, serialized by orjson (a validated pydantic model per result costs more than the
+    prediction itself); the shapes are the response models above, which the tests check against the document."""
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def features_body(vector: FeatureVector) -> dict[str, dict[str, Any]]:
+    status = vector.status
+    return {name: {"value": _plain(value), "status": status[name]} for name, value in vector.values.items()}
 
 
 def prediction_body(prediction: Prediction, *, with_features: bool = True) -> dict[str, Any]:

@@ -57,20 +57,15 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
         """The same encoding for feature dicts (None = missing), without building a DataFrame."""
-        out = np.zeros((len(rows), len(self.output_names_)), dtype=np.float64)
-        width = len(self.numeric)
-        for i, row in enumerate(rows):
-            for j, name in enumerate(self.numeric):
-                value = row.get(name)
-                out[i, j] = np.nan if value is None else value
-            offset = width
-            for name in self.categorical:
-                positions = self._positions[name]
-                position = positions.get(str(row.get(name)), -1)
-                if position >= 0:
-                    out[i, offset + position] = 1.0
-                offset += len(positions)
-        return out
+        values = np.array([[row.get(name) for name in self.numeric] for row in rows], dtype=object)
+        values = values.reshape(len(rows), len(self.numeric))
+        missing = np.frompyfunc(lambda value: value is None, 1, 1)(values).astype(bool)
+        blocks = [np.where(missing, np.nan, values).astype(np.float64)]
+        for name in self.categorical:
+            positions = self._positions[name]
+            codes = np.fromiter((positions.get(str(row.get(name)), -1) for row in rows), np.int64, len(rows))
+            blocks.append(_one_hot(codes, len(positions)))
+        return np.hstack(blocks)
 
 
 def _one_hot(codes: npt.NDArray[np.int64], width: int) -> FloatMatrix:
