@@ -95,7 +95,7 @@ def predict(
             escape(user_id),
             "-" if probability is None else f"{probability:.3f}",
             _band(body["risk_band"]),
-            f"v{body['model_version']} ({body['model_alias']})",
+            f"v{body['model_version']} {body['model_alias']}",
             f"{body['experiment']} / {body['arm']}" if body["experiment"] else body["arm"],
             summary,
             elapsed,
@@ -193,21 +193,18 @@ def ab_status() -> None:
     if not found:
         console.print("no experiments yet: `churn ab start NAME --variant challenger --share 0.5`")
         return
-    table = Table(title="A/B experiments")
-    for column in ("experiment", "variant vs control", "share", "state", "arm", "requests", "users", "mean P(churn)"):
-        table.add_column(column)
+    table = Table(title="A/B experiments (arms from the prediction log)")
+    for column in ("experiment", "variant (share)", "arm", "requests", "users", "mean P(churn)"):
+        table.add_column(column, no_wrap=column == "experiment", justify="left" if column[0] in "eva" else "right")
     for experiment in found:
         summary = experiments.experiment_summary(url, experiment.name)
-        state = (
-            "running" if summary["running"] else f"stopped {experiment.stopped_at or experiment.ends_at:%Y-%m-%d %H:%M}"
-        )
+        ended = experiment.stopped_at or experiment.ends_at
+        state = "running" if summary["running"] else f"stopped {ended:%Y-%m-%d %H:%M}"
         for i, (arm, counts) in enumerate(summary["arms"].items()):
             mean = counts["mean_probability"]
             table.add_row(
-                experiment.name if i == 0 else "",
-                f"{experiment.variant} vs {experiment.control}" if i == 0 else "",
-                f"{experiment.variant_share:.0%}" if i == 0 else "",
-                state if i == 0 else "",
+                f"{experiment.name}\n[dim]{state}[/]" if i == 0 else "",
+                f"{experiment.variant} ({experiment.variant_share:.0%})\nvs {experiment.control}" if i == 0 else "",
                 arm,
                 str(counts["requests"]),
                 str(counts["users"]),

@@ -351,3 +351,29 @@ def test_the_service_honours_its_openapi_document(served: ServedWorld, tmp_path:
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "passed" in run.stdout, run.stdout[-2000:]
+
+
+def test_the_cli_predicts_explains_and_runs_an_experiment_through_the_service(served: ServedWorld) -> None:
+    from typer.testing import CliRunner
+
+    from churn_platform import cli
+
+    runner = CliRunner()
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+
+    predicted = runner.invoke(cli.app, ["predict", *served.users[:3], "--wait", "5"], terminal_width=200)
+    explained = runner.invoke(cli.app, ["explain", served.users[0], "--wait", "5"], terminal_width=200)
+    started = runner.invoke(cli.app, ["ab", "start", name, "--variant", "challenger", "--share", "0.25"])
+    try:
+        refused = runner.invoke(cli.app, ["ab", "start", name + "-2", "--variant", "no-such-alias"])
+        status = runner.invoke(cli.app, ["ab", "status"], terminal_width=200)
+    finally:
+        stopped = runner.invoke(cli.app, ["ab", "stop"])
+
+    assert predicted.exit_code == 0, predicted.output
+    assert all(user in predicted.output for user in served.users[:3]) and "v1 champion" in predicted.output
+    assert explained.exit_code == 0 and "exact (linear model" in explained.output, explained.output
+    assert started.exit_code == 0 and "25% of users to challenger" in started.output, started.output
+    assert refused.exit_code == 1 and "no alias 'no-such-alias'" in refused.output
+    assert status.exit_code == 0 and name in status.output and "running" in status.output, status.output
+    assert stopped.exit_code == 0 and f"experiment {name} stopped" in stopped.output
