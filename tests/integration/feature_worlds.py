@@ -53,3 +53,15 @@ def small_world_with_snapshots(settings: Settings, url: str) -> None:
     world.generate_world(url, WorldConfig(users=150, days=60, seed=4))
     catalog = catalog_from_settings(settings)
     snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), date(2025, 3, 1))
+
+
+def labelled_world(settings: Settings, url: str, config: WorldConfig, until: date) -> None:
+    """A generated world, its snapshots up to `until` with labels, and the Feast repo applied: ready to train on."""
+    from churn_platform.features import feast_repo
+
+    world.generate_world(url, config)
+    catalog = catalog_from_settings(settings)
+    definition = ChurnDefinition.from_settings(settings)
+    snapshots.compute_snapshots(url, catalog, definition, until)
+    snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
+    feast_repo.apply(settings)

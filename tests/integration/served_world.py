@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from tests.integration.feature_worlds import labelled_world
+
 from churn_platform import local_stack
-from churn_platform.data import world
-from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, online, snapshots
+from churn_platform.features import online
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline
@@ -43,12 +43,7 @@ class ServedWorld:
 
 def build_world(settings: Settings, database_url: str) -> tuple[list[str], dict[str, str]]:
     """World, snapshots, labels, Feast apply + materialize, and one registered version per candidate."""
-    world.generate_world(database_url, WorldConfig(users=400, days=200, seed=21))
-    catalog = catalog_from_settings(settings)
-    definition = ChurnDefinition.from_settings(settings)
-    snapshots.compute_snapshots(database_url, catalog, definition, date(2025, 7, 20))
-    snapshots.compute_labels(database_url, catalog, definition, settings.label_horizon_days)
-    feast_repo.apply(settings)
+    labelled_world(settings, database_url, WorldConfig(users=400, days=200, seed=21), date(2025, 7, 20))
     online.materialize(settings)
     versions = {}
     for candidate in ("logistic_regression", "gradient_boosting"):
@@ -56,7 +51,7 @@ def build_world(settings: Settings, database_url: str) -> tuple[list[str], dict[
         registered = pipeline.train(settings, config=config).registered
         assert registered is not None
         versions[candidate] = registered.version
-    users = online.sample_of_latest_users(database_url, catalog, 200)
+    users = online.sample_of_latest_users(database_url, catalog_from_settings(settings), 200)
     return users, versions
 
 

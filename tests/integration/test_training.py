@@ -12,12 +12,10 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from tests.integration.feature_worlds import platform_settings, redis_db_url
+from tests.integration.feature_worlds import labelled_world, platform_settings, redis_db_url
 
-from churn_platform.data import world
-from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, snapshots, training
+from churn_platform.features import training
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
@@ -41,12 +39,7 @@ def world_settings(
         "CHURN_TRAIN_VALIDATION_DAYS": str(CONFIG.validation_days),
     }
     with platform_settings(url, redis_db_url(stack_settings, TRAINING_DB), **environment) as current:
-        world.generate_world(url, WorldConfig(users=500, days=200, seed=12))
-        catalog = catalog_from_settings(current)
-        definition = ChurnDefinition.from_settings(current)
-        snapshots.compute_snapshots(url, catalog, definition, date(2025, 7, 20))
-        snapshots.compute_labels(url, catalog, definition, current.label_horizon_days)
-        feast_repo.apply(current)
+        labelled_world(current, url, WorldConfig(users=500, days=200, seed=12), date(2025, 7, 20))
         yield current
 
 

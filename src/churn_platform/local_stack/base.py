@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -183,3 +184,39 @@ def last_line(path: Path) -> str:
         handle.seek(max(0, path.stat().st_size - 4096))
         lines = [line.strip() for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
     return f": {lines[-1]}" if lines else ""
+
+
+def wait_for_child(
+    process: subprocess.Popen[bytes] | None,
+    healthy: Callable[[], bool],
+    *,
+    timeout_s: float,
+    what: str,
+    setting: str,
+    log_path: Path,
+    forget: Callable[[], None],
+) -> float:
+    """Wait until `healthy()`; return the seconds it took. A child that exits or never answers is stopped and
+    forgotten (`forget`), and the error names its log's last line. `process` None: a server started earlier."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s and (process is None or process.poll() is None):
+        if healthy():
+            return time.monotonic() - began
+        time.sleep(0.2)
+    code = None if process is None else process.poll()
+    if process is not None:
+        if code is None:
+            stop_process_group(process.pid)
+        forget()
+    why = f"exited with code {code}" if code is not None else f"did not answer within {timeout_s:.0f} s ({setting})"
+    raise StackError(f"{what} {why}; log: {log_path}{last_line(log_path)}")
+
+
+def stop_recorded(record: StackRecord, name: str) -> int | None:
+    """Stop the recorded server `name` (verified to be the one started) and forget it; its PID, or None."""
+    recorded = running_record(record, name)
+    record.put(name, None)
+    if recorded is None:
+        return None
+    stop_process_group(recorded[0])
+    return recorded[0]

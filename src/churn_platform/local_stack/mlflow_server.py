@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -25,11 +24,11 @@ from churn_platform.local_stack.base import (
     StackError,
     StackRecord,
     free_loopback_port,
-    last_line,
     loopback_port_is_free,
     redact,
     running_record,
-    stop_process_group,
+    stop_recorded,
+    wait_for_child,
     wait_until,
 )
 from churn_platform.local_stack.postgres import ensure_database, sqlalchemy_url
@@ -170,31 +169,19 @@ class EmbeddedMlflow:
             )
 
     def _wait_healthy(self, process: subprocess.Popen[bytes], url: str) -> str:
-        began = time.monotonic()
-        while process.poll() is None and time.monotonic() - began < self.timeout_s:
-            if mlflow_health(url)[0]:
-                log.info("started embedded MLflow (pid %s) on %s in %.1f s", process.pid, url, time.monotonic() - began)
-                return url
-            time.sleep(0.2)
-        code = process.poll()
-        if code is None:
-            stop_process_group(process.pid)
-        self.record.put(self.name, None)
-        why = (
-            f"exited with code {code}"
-            if code is not None
-            else f"did not answer within {self.timeout_s:.0f} s (CHURN_MLFLOW_START_TIMEOUT_S)"
-        )
-        raise StackError(f"embedded MLflow server {why}; log: {self.log_path}{last_line(self.log_path)}")
+        took = wait_for_child(
+            process, lambda: mlflow_health(url)[0], timeout_s=self.timeout_s, what="embedded MLflow server",
+            setting="CHURN_MLFLOW_START_TIMEOUT_S", log_path=self.log_path,
+            forget=lambda: self.record.put(self.name, None),
+        )  # fmt: skip
+        log.info("started embedded MLflow (pid %s) on %s in %.1f s", process.pid, url, took)
+        return url
 
     def stop(self) -> bool:
-        recorded = self._recorded()
-        self.record.put(self.name, None)
-        if recorded is None:
-            return False
-        stop_process_group(recorded[0])  # verified above to be the server we started
-        log.info("stopped embedded MLflow (pid %s)", recorded[0])
-        return True
+        pid = stop_recorded(self.record, self.name)
+        if pid is not None:
+            log.info("stopped embedded MLflow (pid %s)", pid)
+        return pid is not None
 
     def status(self) -> ComponentStatus:
         recorded = self._recorded()

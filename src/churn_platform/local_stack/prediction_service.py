@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -24,10 +23,10 @@ from churn_platform.local_stack.base import (
     StackError,
     StackRecord,
     free_loopback_port,
-    last_line,
     loopback_port_is_free,
     running_record,
-    stop_process_group,
+    stop_recorded,
+    wait_for_child,
 )
 from churn_platform.settings import Settings
 
@@ -149,33 +148,18 @@ class EmbeddedService:
             )  # fmt: skip
 
     def _wait_alive(self, process: subprocess.Popen[bytes] | None, url: str) -> None:
-        timeout_s = self.settings.serve_start_timeout_s
-        began = time.monotonic()
-        while time.monotonic() - began < timeout_s and (process is None or process.poll() is None):
-            if service_alive(url):
-                log.info("prediction service alive on %s after %.1f s", url, time.monotonic() - began)
-                return
-            time.sleep(0.2)
-        code = None if process is None else process.poll()
-        if process is not None:
-            if code is None:
-                stop_process_group(process.pid)
-            self.record.put(self.name, None)
-        why = (
-            f"exited with code {code}"
-            if code is not None
-            else f"did not answer within {timeout_s:.0f} s (CHURN_SERVE_START_TIMEOUT_S)"
-        )
-        raise StackError(f"prediction service {why}; log: {self.log_path}{last_line(self.log_path)}")
+        took = wait_for_child(
+            process, lambda: service_alive(url), timeout_s=self.settings.serve_start_timeout_s,
+            what="prediction service", setting="CHURN_SERVE_START_TIMEOUT_S", log_path=self.log_path,
+            forget=lambda: self.record.put(self.name, None),
+        )  # fmt: skip
+        log.info("prediction service alive on %s after %.1f s", url, took)
 
     def stop(self) -> bool:
-        recorded = running_record(self.record, self.name)
-        self.record.put(self.name, None)
-        if recorded is None:
-            return False
-        stop_process_group(recorded[0])
-        log.info("stopped the prediction service (pid %s)", recorded[0])
-        return True
+        pid = stop_recorded(self.record, self.name)
+        if pid is not None:
+            log.info("stopped the prediction service (pid %s)", pid)
+        return pid is not None
 
     def status(self) -> ComponentStatus:
         recorded = running_record(self.record, self.name)
