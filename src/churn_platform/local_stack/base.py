@@ -156,24 +156,55 @@ def running_record(record: StackRecord, name: str) -> tuple[int, str] | None:
 
 
 def stop_process_group(pid: int) -> None:
-    """SIGTERM the group a `start_new_session` child leads (`mlflow server` and its uvicorn), then SIGKILL the rest."""
+    """SIGTERM the group a `start_new_session` child leads (`mlflow server` and its uvicorn), then SIGKILL the rest.
+
+    Descendants that left the group (BentoML's supervisor starts each worker in a session of its own) are stopped
+    the same way once the group is gone, if their parent did not stop them.
+    """
     try:
         leads_its_group = os.getpgid(pid) == pid
     except ProcessLookupError:
         return
     if not leads_its_group:
         raise StackError(f"process {pid} does not lead its own process group: not stopping it")
+    strays = _descendants_outside_group(pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            pid_alive(pid)  # reaps the leader when this process started it
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        if _wait_group_gone(pid):
+            break
+    for process in strays:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()  # psutil checks the start time: a reused PID is not signalled
+    _, alive = psutil.wait_procs(strays, timeout=STOP_TIMEOUT_S)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _descendants_outside_group(pid: int) -> list[psutil.Process]:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    strays = []
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(child.pid) != pid:
+                strays.append(child)
+    return strays
+
+
+def _wait_group_gone(pid: int) -> bool:
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        pid_alive(pid)  # reaps the leader when this process started it
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def last_line(path: Path) -> str:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -118,20 +119,28 @@ class PredictionLogWriter:
 
     def submit(self, record: PredictionRecord) -> None:
         """Queue one row: O(1), no I/O, no exception. Beyond `max_buffer` rows the oldest are dropped and counted."""
+        self.submit_many((record,))
+
+    def submit_many(self, records: Sequence[PredictionRecord]) -> None:
+        """Queue a request's rows under one lock acquisition (as `submit`, row by row)."""
         with self._cond:
-            if self._stopping:
+            for record in records:
+                self._append(record)
+
+    def _append(self, record: PredictionRecord) -> None:
+        if self._stopping:
+            self._dropped += 1
+            return
+        if len(self._buffer) + len(self._in_flight) - self._doomed >= self._max_buffer:
+            if self._doomed < len(self._in_flight):
+                self._doomed += 1  # the oldest rows are the ones being written: drop them if that fails
+            else:
+                self._buffer.popleft()
                 self._dropped += 1
-                return
-            if len(self._buffer) + len(self._in_flight) - self._doomed >= self._max_buffer:
-                if self._doomed < len(self._in_flight):
-                    self._doomed += 1  # the oldest rows are the ones being written: drop them if that fails
-                else:
-                    self._buffer.popleft()
-                    self._dropped += 1
-            self._buffer.append((self._next_seq, record))
-            self._next_seq += 1
-            if len(self._buffer) == self._batch_rows:  # a full batch waits: wake the writer (once, not per row)
-                self._cond.notify_all()
+        self._buffer.append((self._next_seq, record))
+        self._next_seq += 1
+        if len(self._buffer) == self._batch_rows:  # a full batch waits: wake the writer (once, not per row)
+            self._cond.notify_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Write now, and wait until no row submitted before this call is pending (written, rejected or dropped)."""

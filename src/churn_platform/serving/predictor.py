@@ -194,16 +194,20 @@ class ChurnPredictor:
         if experiment is not None and not experiment.is_running(datetime.now(UTC)):
             experiment = None  # its planned end passed since the last poll
         vectors = self.features.read(user_ids, now=self.feature_clock)
-        routes = [self.route(user_id, models, experiment) for user_id in user_ids]
-        unknown = self._unknown_users([v.user_id for v in vectors if _has_no_features(v)])
+        if experiment is None:  # everyone gets the champion: one route for all
+            routes = [self.route(user_ids[0], models, None)] * len(user_ids)
+        else:
+            routes = [self.route(user_id, models, experiment) for user_id in user_ids]
+        featureless = [_has_no_features(v) for v in vectors]
+        unknown = self._unknown_users([v.user_id for v, none in zip(vectors, featureless, strict=True) if none])
         if unknown and unknown_is_error:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
         probabilities: list[float | None] = [None] * len(vectors)
         hashes = [NO_FEATURES_HASH] * len(vectors)
         by_model: dict[str, list[int]] = {}
-        for i, (vector, route) in enumerate(zip(vectors, routes, strict=True)):
-            if not _has_no_features(vector):
+        for i, (none, route) in enumerate(zip(featureless, routes, strict=True)):
+            if not none:
                 by_model.setdefault(route.model.version, []).append(i)
         for indices in by_model.values():
             model = routes[indices[0]].model
@@ -215,6 +219,7 @@ class ChurnPredictor:
         now = datetime.now(UTC)
         latency_ms = (time.perf_counter() - started) * 1000
         predictions = []
+        records = []
         bands = self.settings.serve_risk_bands
         for vector, route, probability, hashed in zip(vectors, routes, probabilities, hashes, strict=True):
             outcome, message = _outcome(vector, probability, unknown)
@@ -225,7 +230,7 @@ class ChurnPredictor:
                 )
             )  # fmt: skip
             if outcome != "unknown_user":
-                self.log.submit(
+                records.append(
                     PredictionRecord(
                         request_id=request_id, predicted_at=now, user_id=vector.user_id,
                         experiment=route.experiment, arm=route.arm, model_alias=route.reference,
@@ -233,6 +238,7 @@ class ChurnPredictor:
                         latency_ms=latency_ms, endpoint=endpoint,
                     )
                 )  # fmt: skip
+        self.log.submit_many(records)
         return predictions
 
     def explain(self, user_id: str) -> tuple[Route, FeatureVector, Any]:
