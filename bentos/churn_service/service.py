@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from churn_platform.serving import schemas
 from churn_platform.serving.http_fixes import ApiContractMiddleware, cancel_request_timers, require_request_bodies
+from churn_platform.serving.metrics import prometheus_text
 from churn_platform.serving.predictor import ChurnPredictor, ServiceUnavailableError, UnknownUserError
 from churn_platform.settings import get_settings
 
@@ -56,6 +57,10 @@ class ChurnService:
             log.warning("not ready: %s", reason)
         self._not_ready_reason = None if ready else reason
         return ready
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's metrics, then the models served, the registry's reachability and the prediction log's rows."""
+        return content + prometheus_text(self.predictor)
 
     @bentoml.api(route="/predict", input_spec=schemas.PredictRequest, output_spec=schemas.PredictResponse)
     async def predict(self, user_id: str) -> Any:

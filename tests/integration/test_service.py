@@ -4,10 +4,12 @@ experiments and the prediction log in PostgreSQL."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -377,3 +379,17 @@ def test_the_cli_predicts_explains_and_runs_an_experiment_through_the_service(se
     assert refused.exit_code == 1 and "no alias 'no-such-alias'" in refused.output
     assert status.exit_code == 0 and name in status.output and "running" in status.output, status.output
     assert stopped.exit_code == 0 and f"experiment {name} stopped" in stopped.output
+
+
+def test_metrics_show_the_models_served_and_the_prediction_log(served: ServedWorld) -> None:
+    post(served.url, "/predict", {"user_id": served.users[0]})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{served.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    assert re.search(rf'churn_model_serving{{worker="\d+",reference="champion",version="{_champion(served)}"}} 1', text)
+    assert re.search(r'churn_registry_reachable{worker="\d+"} 1', text)
+    written = re.search(r'churn_prediction_log_rows{worker="\d+",state="written"} (\d+)', text)
+    assert written is not None
+    assert re.search(r'churn_prediction_log_rows{worker="\d+",state="dropped"} 0', text)
+    assert "bentoml_service_request_total" in text or "request_total" in text  # BentoML's own metrics stay
