@@ -363,8 +363,8 @@ def test_the_cli_predicts_explains_and_runs_an_experiment_through_the_service(se
     runner = CliRunner()
     name = f"cli-{uuid.uuid4().hex[:8]}"
 
-    predicted = runner.invoke(cli.app, ["predict", *served.users[:3], "--wait", "5"], terminal_width=200)
-    explained = runner.invoke(cli.app, ["explain", served.users[0], "--wait", "5"], terminal_width=200)
+    predicted = runner.invoke(cli.app, ["predict", *served.users[:3], "--wait", "60"], terminal_width=200)
+    explained = runner.invoke(cli.app, ["explain", served.users[0], "--wait", "60"], terminal_width=200)
     started = runner.invoke(cli.app, ["ab", "start", name, "--variant", "challenger", "--share", "0.25"])
     try:
         refused = runner.invoke(cli.app, ["ab", "start", name + "-2", "--variant", "no-such-alias"])

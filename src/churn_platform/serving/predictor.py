@@ -274,7 +274,7 @@ class ChurnPredictor:
 
 
 def _has_no_features(vector: FeatureVector) -> bool:
-    return all(state == "missing" for state in vector.status.values())
+    return set(vector.status.values()) <= {"missing"}
 
 
 def _outcome(vector: FeatureVector, probability: float | None, unknown: set[str]) -> tuple[Outcome, str | None]:
@@ -284,6 +284,9 @@ def _outcome(vector: FeatureVector, probability: float | None, unknown: set[str]
         return "no_features", (
             f"user {vector.user_id!r} has no features in the online store (not materialized yet): no score"
         )
+    states = set(vector.status.values())
+    if states == {"present"}:
+        return "ok", None  # the common case: nothing to say
     stale = [name for name, state in vector.status.items() if state == "stale"]
     if stale:
         return "ok", f"{len(stale)} features are stale (snapshot {vector.snapshot_at:%Y-%m-%d %H:%M})"
