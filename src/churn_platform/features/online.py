@@ -220,6 +220,10 @@ class OnlineFeatures:
                     status[i][name] = "missing" if raw is None else state
         return [FeatureVector(user_id, values[i], status[i], snapshot_at[i]) for i, user_id in enumerate(user_ids)]
 
+    def ping(self) -> None:
+        """Raise if the online store's Redis does not answer."""
+        self._client.ping()
+
     def redis_key(self, user_id: str) -> bytes:
         """The Redis key of a user's hash: Feast's serialized entity key and project (layout checked at start)."""
         encoded = user_id.encode()

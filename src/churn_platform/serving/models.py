@@ -43,7 +43,7 @@ class LoadedModel:
     feature_service: str
     loaded_at: datetime
     scorer: Scorer | None = field(default=None, repr=False, compare=False)  # numpy path, once checked
-    _explainer: list[Any] = field(default_factory=list, repr=False, compare=False)
+    explainer: Any = field(default=None, repr=False, compare=False)  # built at load, off the request path
 
     @property
     def encoder(self) -> FeatureEncoder:
@@ -68,14 +68,6 @@ class LoadedModel:
         """scikit-learn's own `predict_proba` on an encoded matrix: what the numpy scorer must reproduce."""
         probabilities: npt.NDArray[np.float64] = self.model.named_steps["classify"].predict_proba(matrix)[:, 1]
         return probabilities
-
-    def explainer(self) -> Any:
-        """The version's explainer, built on first use (tree explanations precompute per-tree arrays)."""
-        if not self._explainer:
-            from churn_platform.serving.explain import ModelExplainer
-
-            self._explainer.append(ModelExplainer(self.model))
-        return self._explainer[0]
 
 
 def smoke_rows(encoder: FeatureEncoder, count: int = 64, seed: int = 0) -> list[dict[str, Any]]:
@@ -122,7 +114,19 @@ def smoke_check(loaded: LoadedModel, served_features: Sequence[str]) -> LoadedMo
         if fast.shape != probabilities.shape or not np.allclose(fast, probabilities, rtol=0, atol=1e-9):
             log.warning("version %s: the numpy scorer disagrees with predict_proba; using scikit-learn", loaded.version)
             scorer = None
-    return replace(loaded, scorer=scorer)
+    return replace(loaded, scorer=scorer, explainer=_explainer(loaded))
+
+
+def _explainer(loaded: LoadedModel) -> Any:
+    """The version's explainer, built once here (tree explanations precompute per-tree arrays); None for a model
+    shape it does not explain, which still serves predictions."""
+    from churn_platform.serving.explain import ModelExplainer
+
+    try:
+        return ModelExplainer(loaded.model)
+    except (TypeError, ValueError) as exc:
+        log.warning("version %s serves predictions but cannot be explained: %s", loaded.version, exc)
+        return None
 
 
 def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:

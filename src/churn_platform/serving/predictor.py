@@ -163,7 +163,7 @@ class ChurnPredictor:
         if CHAMPION not in self.models.current():
             return False, f"no {CHAMPION} version of {self.settings.model_name} is loaded"
         try:
-            self.features._client.ping()
+            self.features.ping()
         except ServiceUnavailableError as exc:
             return False, str(exc)
         except Exception as exc:
@@ -250,7 +250,9 @@ class ChurnPredictor:
             if self._unknown_users([user_id]):
                 raise UnknownUserError(f"unknown user {user_id!r}: no features and no such user in raw.users")
             return route, vector, None
-        return route, vector, route.model.explainer().explain(vector.values)
+        if route.model.explainer is None:
+            raise ServiceUnavailableError(f"version {route.model.version} serves predictions but cannot be explained")
+        return route, vector, route.model.explainer.explain(vector.values)
 
     def _unknown_users(self, user_ids: list[str]) -> set[str]:
         """Of users with no features at all, those raw.users does not know (the rare path: one query)."""
