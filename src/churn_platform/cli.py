@@ -21,7 +21,7 @@ from churn_platform.cli_output import fail as _fail
 from churn_platform.cli_serving import ab_app, explain, predict
 from churn_platform.data import ingest, world
 from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, online, snapshots, training
+from churn_platform.features import feast_repo, feature_batch, online, snapshots, training
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
@@ -385,7 +385,7 @@ def features_show(
     console.print(table)
 
 
-def _feature_cell(value: object, status: online.Status) -> str:
+def _feature_cell(value: object, status: feature_batch.Status) -> str:
     if status == "missing":
         return "[dim]missing[/]"
     shown = f"{value:,.2f}" if isinstance(value, float) else escape(str(value))

@@ -23,7 +23,13 @@ from churn_platform.serving.experiments import (
     start_experiment,
     stop_experiment,
 )
-from churn_platform.serving.prediction_log import PredictionLogWriter, PredictionRecord
+from churn_platform.serving.prediction_log import (
+    PredictionLogWriter,
+    PredictionRecord,
+    copy_lines,
+    new_request_id,
+    route_fields,
+)
 
 T0 = datetime(2025, 6, 1, 12, tzinfo=UTC)
 
@@ -360,3 +366,46 @@ def test_rows_the_table_refuses_are_rejected_and_the_rest_written(
     writer.submit(_record("u999"))  # the writer goes on with the next batches
     assert writer.flush(timeout_s=20)
     assert "u999" in _logged_users(database_url)
+
+
+def test_bulk_formatted_rows_read_back_exactly(
+    database_url: str, make_writer: Callable[..., PredictionLogWriter]
+) -> None:
+    users = ["plain", "tab\there", "back\\slash", "new\nline", "carriage\rreturn", "ünïcødé ✓", "\\N", "  spaced  "]
+    route = route_fields("exp\t1", "control", None, "7")
+    request_id = new_request_id()
+    lines = copy_lines(
+        request_id, T0, 2.5, "predict_batch", [(u, route, i / 10, f"{i:016x}") for i, u in enumerate(users)]
+    )
+    lines += copy_lines(
+        new_request_id(),
+        T0,
+        0.0,
+        "predict",
+        [("no-score", route_fields(None, "champion", "champion", "7"), None, "no-features")],
+    )
+    writer = make_writer(database_url)
+
+    writer.submit_lines(lines)
+    assert writer.flush(timeout_s=20)
+
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT user_id, request_id, predicted_at, experiment, arm, model_alias, churn_probability, feature_hash,"
+            " latency_ms, endpoint FROM serving.prediction_log ORDER BY churn_probability NULLS LAST"
+        ).fetchall()
+    assert [row[0] for row in rows] == [*users, "no-score"]
+    first = rows[1]
+    assert first[1:] == (request_id, T0, "exp\t1", "control", None, 0.1, f"{1:016x}", 2.5, "predict_batch")
+    assert rows[-1][3:7] == (None, "champion", "champion", None)
+
+
+def test_request_ids_are_uuid7_in_time_order() -> None:
+    ids = []
+    for _ in range(5):
+        ids.append(new_request_id())
+        time.sleep(0.002)
+
+    assert all(value.version == 7 and value.variant == uuid.RFC_4122 for value in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert abs((ids[0].int >> 80) / 1000 - time.time()) < 5  # unix milliseconds first

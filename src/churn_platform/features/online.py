@@ -12,19 +12,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
+import redis
 from psycopg import sql
 
 from churn_platform import db
 from churn_platform.features import feast_repo
 from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.features.feast_redis import string_key_layout
+from churn_platform.features.feature_batch import FeatureBatch, FeatureVector, HashArranger, TimestampCache, ViewFields
 from churn_platform.features.snapshots import table_name
-from churn_platform.features.value_codec import CACHE_LIMIT, ValueDecoder
+from churn_platform.features.value_codec import ValueDecoder
 from churn_platform.settings import Settings
 
-Status = Literal["present", "missing", "stale"]
 LATEST_SNAPSHOT_SQL = "SELECT max(event_timestamp) FROM {table}"
 SAMPLE_LATEST_USERS_SQL = """
 SELECT user_id FROM {table} WHERE event_timestamp = (SELECT max(event_timestamp) FROM {table})
@@ -130,24 +131,6 @@ def feature_view_name(catalog: Catalog) -> str:
     return f"{catalog.name}_user_features"
 
 
-@dataclass(frozen=True)
-class FeatureVector:
-    """One user's online features, with each feature's status and the snapshot time they come from."""
-
-    user_id: str
-    values: dict[str, Any]
-    status: dict[str, Status]
-    snapshot_at: datetime | None
-
-
-@dataclass(frozen=True)
-class _ViewFields:
-    """Where one feature view's values live in a user's Redis hash (Feast's layout)."""
-
-    timestamp_field: bytes
-    features: tuple[tuple[str, bytes, bool], ...]  # (feature name, hash field, stored as a double)
-
-
 class OnlineFeatures:
     """Reads feature vectors from Feast's Redis online store; resolve once, read many times (the serving path).
 
@@ -176,7 +159,7 @@ class OnlineFeatures:
         for projection in self.service.feature_view_projections:
             stored_name = _versioned_fv_name(self.store.get_feature_view(projection.name), config)
             fields = tuple((f.name, _mmh3(f"{stored_name}:{f.name}"), f.dtype == Float64) for f in projection.features)
-            views.append(_ViewFields(f"_ts:{stored_name}".encode(), fields))
+            views.append(ViewFields(f"_ts:{stored_name}".encode(), fields))
         self._views = tuple(views)
         self.feature_names = [name for view in self._views for name, _, _ in view.features]
         if len(set(self.feature_names)) != len(self.feature_names):
@@ -185,40 +168,55 @@ class OnlineFeatures:
             config.project, "user_id", config.entity_key_serialization_version
         )
         self._decoder = ValueDecoder()
-        self._timestamps: dict[bytes, datetime] = {}
+        self._timestamps = TimestampCache()
+        self._arranger = HashArranger(
+            [view.timestamp_field for view in self._views]
+            + [field for view in self._views for _, field, _ in view.features]
+        )
 
     def read(self, user_ids: Sequence[str], *, now: datetime | None = None) -> list[FeatureVector]:
         """The feature vectors of `user_ids`, in order; older than `max_age` at `now` (default: now) is stale."""
-        if len(user_ids) == 1:
-            hashes = [self._client.hgetall(self.redis_key(user_ids[0]))]
-        else:
-            pipe = self._client.pipeline(transaction=False)
-            for user_id in user_ids:
-                pipe.hgetall(self.redis_key(user_id))
-            hashes = pipe.execute()
-        now = now or datetime.now(UTC)
-        values: list[dict[str, Any]] = [{} for _ in user_ids]
-        status: list[dict[str, Status]] = [{} for _ in user_ids]
-        snapshot_at: list[datetime | None] = [None] * len(user_ids)
-        for view in self._views:
-            # One state per user and view (Feast writes a view's features together), decoded a column at a time.
-            states: list[Status] = []
-            for i, stored in enumerate(hashes):
-                raw_timestamp = stored.get(view.timestamp_field)
-                if raw_timestamp is None:  # this view was never materialized for the user
-                    states.append("missing")
-                    continue
-                at = self._timestamp(raw_timestamp)
-                seen = snapshot_at[i]
-                snapshot_at[i] = at if seen is None else max(seen, at)
-                states.append("stale" if now - at > self.max_age else "present")
-            for name, field, doubles in view.features:
-                raws = [stored.get(field) for stored in hashes]
-                decoded = self._decoder.column(raws, doubles=doubles)
-                for i, (raw, value, state) in enumerate(zip(raws, decoded, states, strict=True)):
-                    values[i][name] = value
-                    status[i][name] = "missing" if raw is None else state
-        return [FeatureVector(user_id, values[i], status[i], snapshot_at[i]) for i, user_id in enumerate(user_ids)]
+        return self.read_batch(user_ids, now=now).vectors()
+
+    def read_batch(self, user_ids: Sequence[str], *, now: datetime | None = None) -> FeatureBatch:
+        """The features of `user_ids` as one batch, read in one round trip and decoded only as asked."""
+        stored = self._arranger.arrange(self._fetch([self.redis_key(user_id) for user_id in user_ids]))
+        return FeatureBatch(
+            user_ids, self._views, stored, now=now or datetime.now(UTC), max_age=self.max_age,
+            decoder=self._decoder, timestamps=self._timestamps,
+        )  # fmt: skip
+
+    def _fetch(self, keys: list[bytes]) -> list[Any]:
+        """Every key's HGETALL reply: one write of all the commands, then the replies (hiredis parses them).
+
+        A pipeline object would cost a Python-level command and reply object per key; the commands are written
+        here in RESP on one of the online store client's own connections (its auth, database and TLS). A dropped
+        connection is retried once on a fresh one: the read changes nothing.
+        """
+        client = self._client
+        if not isinstance(client, redis.Redis):  # a Redis Cluster spreads the keys: its own pipeline routes them
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return list(pipe.execute())
+        payload = b"".join([b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(key), key) for key in keys])
+        pool = client.connection_pool
+        for attempt in (1, 2):
+            connection: Any = pool.get_connection()
+            try:
+                connection.send_packed_command([payload], check_health=attempt > 1)
+                read = connection.read_response
+                return [read() for _ in keys]
+            except (redis.ConnectionError, redis.TimeoutError):
+                connection.disconnect()
+                if attempt > 1:
+                    raise
+            except BaseException:
+                connection.disconnect()  # replies may be left unread: never reuse the connection
+                raise
+            finally:
+                pool.release(connection)
+        raise AssertionError("unreachable")
 
     def ping(self) -> None:
         """Raise if the online store's Redis does not answer."""
@@ -228,17 +226,6 @@ class OnlineFeatures:
         """The Redis key of a user's hash: Feast's serialized entity key and project (layout checked at start)."""
         encoded = user_id.encode()
         return self._key_prefix + struct.pack("<I", len(encoded)) + encoded + self._key_suffix
-
-    def _timestamp(self, raw: bytes) -> datetime:
-        try:
-            return self._timestamps[raw]
-        except KeyError:
-            from google.protobuf.timestamp_pb2 import Timestamp
-
-            at: datetime = Timestamp.FromString(raw).ToDatetime(tzinfo=UTC)
-            if len(self._timestamps) < CACHE_LIMIT:
-                self._timestamps[raw] = at
-            return at
 
 
 def read_features(

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 DOUBLE_RECORD = np.dtype([("tag", "u1"), ("value", "<f8")])
 CACHE_LIMIT = 1_000_000  # distinct encodings kept: bounded memory for a long-lived reader
@@ -25,6 +26,7 @@ class ValueDecoder:
         from churn_platform.features.feast_redis import double_tag
 
         self._cache: dict[bytes, Any] = {b"": None}  # an empty Value is Feast's null
+        self._floats: dict[bytes | None, float] = {None: np.nan, b"": np.nan}  # for the model's matrix
         tag = double_tag()  # field 5 (double_val), wire type 1: checked against Feast's proto at start
         if len(tag) != 1:
             raise RuntimeError(f"Feast's double value layout changed: tag {tag!r}")
@@ -51,6 +53,38 @@ class ValueDecoder:
         one = self.one
         return [None if raw is None else one(raw) for raw in raws]
 
+    def double_floats(self, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64] | None:
+        """Stored doubles as a float64 array, NaN where a value is missing or null; None if any is not a double."""
+        if None in raws or b"" in raws:
+            present = np.fromiter((bool(raw) for raw in raws), bool, len(raws))
+            out = np.full(len(raws), np.nan)
+            if present.any():
+                values = self.double_floats([raw for raw in raws if raw])
+                if values is None:
+                    return None
+                out[present] = values
+            return out
+        joined = b"".join(raws)  # type: ignore[arg-type]  # no None left
+        if len(joined) != DOUBLE_RECORD.itemsize * len(raws):
+            return None
+        records = np.frombuffer(joined, dtype=DOUBLE_RECORD)
+        if not (records["tag"] == self._double_tag).all():
+            return None
+        return records["value"].astype(np.float64)
+
+    def floats(self, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64]:
+        """Stored numbers of any type as float64, NaN where missing or null; each distinct encoding decoded once."""
+        known = self._floats
+        try:
+            return np.fromiter(map(known.__getitem__, raws), np.float64, len(raws))
+        except KeyError:
+            pass
+        for raw in set(raws) - known.keys():
+            if len(known) >= CACHE_LIMIT:
+                break
+            known[raw] = _as_float(self.one(raw))  # type: ignore[arg-type]  # None is always known
+        return np.array([known[raw] if raw in known else _as_float(self.one(raw)) for raw in raws], np.float64)  # type: ignore[arg-type]
+
     def _doubles(self, raws: Sequence[bytes | None]) -> list[Any] | None:
         present = [raw for raw in raws if raw]
         if not present:
@@ -63,3 +97,7 @@ class ValueDecoder:
             return None
         values = iter(records["value"].tolist())
         return [next(values) if raw else None for raw in raws]
+
+
+def _as_float(value: Any) -> float:
+    return np.nan if value is None else float(value)

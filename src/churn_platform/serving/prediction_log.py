@@ -1,8 +1,10 @@
 """The prediction log: requests hand rows to a bounded in-memory buffer; one background thread COPYs them in batches.
 
-The request path never waits on PostgreSQL: `submit` appends to a deque under a lock nobody holds across I/O.
-The writer thread keeps one connection, COPYs each batch into a session temp table and moves it with
-`INSERT ... ON CONFLICT DO NOTHING`, so replaying a batch whose commit was uncertain writes nothing twice. While
+The request path never waits on PostgreSQL: rows arrive as lines of COPY text (formatted in bulk, a request's
+shared fields once) and are appended to a deque under a lock nobody holds across I/O. The writer thread keeps one
+connection and COPYs each batch straight into the table. A batch that meets rows already there (a replay of a
+batch whose commit was uncertain) goes through a session temp table and `INSERT ... ON CONFLICT DO NOTHING`
+instead, so it writes nothing twice. While
 PostgreSQL is unreachable the rows wait in the buffer (the oldest dropped beyond `max_buffer`, and counted) and the
 writer retries with exponential backoff. A batch refused for its content is retried row by row: the rows the table
 refuses are counted in `rejected` and logged, the others are written.
@@ -11,6 +13,8 @@ refuses are counted in `rejected` and logged, the others are written.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 import uuid
@@ -35,17 +39,67 @@ _COLUMN_LIST = ", ".join(COLUMNS)
 CREATE_STAGE_SQL = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS prediction_log_stage (LIKE serving.prediction_log) ON COMMIT DELETE ROWS"
 )
+COPY_SQL = f"COPY serving.prediction_log ({_COLUMN_LIST}) FROM STDIN"
 COPY_STAGE_SQL = f"COPY pg_temp.prediction_log_stage ({_COLUMN_LIST}) FROM STDIN"
 MOVE_STAGE_SQL = f"""
 INSERT INTO serving.prediction_log ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM pg_temp.prediction_log_stage
 ON CONFLICT (request_id, user_id) DO NOTHING
 """
-INSERT_ROW_SQL = f"""
-INSERT INTO serving.prediction_log ({_COLUMN_LIST}) VALUES ({", ".join(["%s"] * len(COLUMNS))})
-ON CONFLICT (request_id, user_id) DO NOTHING
-"""
 CONNECT_TIMEOUT_S = 5
 REJECTED_ROWS_LOGGED = 5  # per batch: a flood of bad rows must not flood the log too
+NULL = "\\N"  # COPY text's NULL
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_ESCAPED = re.compile(r"[\\\t\n\r]")
+
+
+def new_request_id() -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): unix milliseconds first, then 74 random bits, so request ids ascend in time and the
+    log's primary key grows at its right edge instead of at random pages."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
+    return uuid.UUID(int=value)
+
+
+def copy_text(value: str | None) -> str:
+    """A text value as a COPY text field (NULL for None); refuses anything else, as the table would."""
+    if value is None:
+        return NULL
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}: {value!r}")
+    return value.translate(_ESCAPES)
+
+
+def route_fields(experiment: str | None, arm: str, model_alias: str | None, model_version: str) -> str:
+    """The four routing columns of a row, formatted once per request and route."""
+    return "\t".join(copy_text(value) for value in (experiment, arm, model_alias, model_version))
+
+
+def copy_lines(
+    request_id: uuid.UUID,
+    predicted_at: datetime,
+    latency_ms: float,
+    endpoint: str,
+    rows: Sequence[tuple[str, str, float | None, str]],
+) -> list[str]:
+    """COPY text lines of one request's rows: (user id, `route_fields`, probability or None, hex feature hash).
+
+    The request's shared fields are formatted once; user ids are escaped only if one of them needs it.
+    """
+    head = f"{request_id}\t{predicted_at.isoformat()}\t"
+    tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}\n"
+    if _ESCAPED.search("".join([row[0] for row in rows])):
+        rows = [(copy_text(user_id), route, p, hashed) for user_id, route, p, hashed in rows]
+    return [
+        f"{head}{user_id}\t{route}\t{NULL if p is None else repr(p)}\t{hashed}{tail}"
+        for user_id, route, p, hashed in rows
+    ]
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool) or not isinstance(value, float | int):
+        raise TypeError(f"expected a number, got {type(value).__name__}: {value!r}")
+    return repr(float(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +120,17 @@ class PredictionRecord:
 
     def as_row(self) -> tuple[Any, ...]:
         return tuple(getattr(self, column) for column in COLUMNS)
+
+    def copy_line(self) -> str:
+        """This row as a line of COPY text; a value of the wrong type raises TypeError."""
+        if not isinstance(self.request_id, uuid.UUID) or not isinstance(self.predicted_at, datetime):
+            raise TypeError(f"request_id must be a UUID and predicted_at a datetime: {self!r}")
+        route = route_fields(self.experiment, self.arm, self.model_alias, self.model_version)
+        p = None if self.churn_probability is None else float(_number(self.churn_probability))
+        if not isinstance(self.user_id, str):
+            raise TypeError(f"user_id must be text: {self!r}")
+        row = (self.user_id, route, p, copy_text(self.feature_hash))  # copy_lines escapes user ids
+        return copy_lines(self.request_id, self.predicted_at, self.latency_ms, self.endpoint, [row])[0]
 
 
 @dataclass(frozen=True)
@@ -96,8 +161,8 @@ class PredictionLogWriter:
         self._retry_max_s = retry_max_s
         self._cond = threading.Condition()
         # Guarded by _cond. Each row carries its submission number, so flush() knows when its rows are out.
-        self._buffer: deque[tuple[int, PredictionRecord]] = deque()
-        self._in_flight: list[tuple[int, PredictionRecord]] = []
+        self._buffer: deque[tuple[int, str]] = deque()  # (submission number, COPY text line)
+        self._in_flight: list[tuple[int, str]] = []
         self._doomed = 0  # oldest in-flight rows past the bound: dropped if their write fails, kept if it succeeds
         self._next_seq = 0
         self._flush_waiters = 0
@@ -118,29 +183,53 @@ class PredictionLogWriter:
                 self._thread.start()
 
     def submit(self, record: PredictionRecord) -> None:
-        """Queue one row: O(1), no I/O, no exception. Beyond `max_buffer` rows the oldest are dropped and counted."""
+        """Queue one row: no I/O, no exception. Beyond `max_buffer` rows the oldest are dropped and counted."""
         self.submit_many((record,))
 
     def submit_many(self, records: Sequence[PredictionRecord]) -> None:
-        """Queue a request's rows under one lock acquisition (as `submit`, row by row)."""
-        with self._cond:
-            for record in records:
-                self._append(record)
+        """Queue rows; a row that cannot be written at all (a value of the wrong type) is counted as rejected."""
+        lines = []
+        refused = 0
+        for record in records:
+            try:
+                lines.append(record.copy_line())
+            except (TypeError, ValueError, AttributeError) as exc:
+                refused += 1
+                log.error("prediction log: row rejected (%r): %s", record, _first_line(exc))
+        if refused:
+            with self._cond:
+                self._rejected += refused
+        self.submit_lines(lines)
 
-    def _append(self, record: PredictionRecord) -> None:
-        if self._stopping:
-            self._dropped += 1
-            return
-        if len(self._buffer) + len(self._in_flight) - self._doomed >= self._max_buffer:
-            if self._doomed < len(self._in_flight):
-                self._doomed += 1  # the oldest rows are the ones being written: drop them if that fails
-            else:
-                self._buffer.popleft()
-                self._dropped += 1
-        self._buffer.append((self._next_seq, record))
-        self._next_seq += 1
-        if len(self._buffer) == self._batch_rows:  # a full batch waits: wake the writer (once, not per row)
-            self._cond.notify_all()
+    def submit_lines(self, lines: Sequence[str]) -> None:
+        """Queue rows already formatted as COPY text (`copy_lines`): one lock acquisition, no per-row work.
+
+        Beyond `max_buffer` rows the oldest are dropped and counted: first the rows being written (dropped only if
+        that write fails), then the oldest waiting, then, for a request larger than the whole buffer, its first rows.
+        """
+        with self._cond:
+            count = len(lines)
+            if self._stopping:
+                self._dropped += count
+                return
+            overflow = len(self._buffer) + len(self._in_flight) - self._doomed + count - self._max_buffer
+            if overflow > 0:
+                doom = min(overflow, len(self._in_flight) - self._doomed)
+                self._doomed += doom
+                overflow -= doom
+                old = min(overflow, len(self._buffer))
+                for _ in range(old):
+                    self._buffer.popleft()
+                self._dropped += old
+                overflow -= old
+            first = self._next_seq
+            self._next_seq += count
+            skip = max(overflow, 0)  # the buffer cannot hold this many: the request's own first rows go
+            self._dropped += skip
+            waiting = len(self._buffer)
+            self._buffer.extend(zip(range(first + skip, first + count), lines[skip:], strict=True))
+            if waiting < self._batch_rows <= len(self._buffer):  # a full batch waits: wake the writer once
+                self._cond.notify_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Write now, and wait until no row submitted before this call is pending (written, rejected or dropped)."""
@@ -202,7 +291,7 @@ class PredictionLogWriter:
         finally:
             self._disconnect()
 
-    def _take_batch(self) -> list[PredictionRecord] | None:
+    def _take_batch(self) -> list[str] | None:
         """Wait for a full batch, the interval's tick or a flush (and the end of any backoff); None when stopping."""
         with self._cond:
             while not self._stopping:
@@ -213,7 +302,7 @@ class PredictionLogWriter:
                     self._in_flight = [self._buffer.popleft() for _ in range(size)]
                     if size < self._batch_rows:
                         self._next_tick = now + self._interval
-                    return [record for _, record in self._in_flight]
+                    return [line for _, line in self._in_flight]
                 if not self._buffer:
                     wake_at = now + self._interval
                 else:
@@ -221,49 +310,61 @@ class PredictionLogWriter:
                 self._cond.wait(max(wake_at - now, 0.001))
             return None
 
-    def _write(self, records: list[PredictionRecord]) -> None:
+    def _write(self, lines: list[str]) -> None:
         try:
-            outcome = self._write_batch(self._connection(), records)
+            outcome = self._write_batch(self._connection(), lines)
         except Exception as exc:  # whatever broke, the rows go back: nothing submitted is lost to a bug or an outage
             self._disconnect()
             self._on_failure(exc)
         else:
             self._on_success(outcome)
 
-    def _write_batch(self, conn: psycopg.Connection, records: list[PredictionRecord]) -> _Outcome:
-        """One COPY into the stage and one INSERT in one transaction; row by row if the batch is refused."""
+    def _write_batch(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome:
+        """One COPY into the table; through the stage if some rows are there already; row by row if refused."""
+        text = "".join(lines)
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(COPY_STAGE_SQL) as copy:
-                    for record in records:
-                        copy.write_row(record.as_row())
-                cur.execute(MOVE_STAGE_SQL)
-                inserted = cur.rowcount
+            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+                copy.write(text)
+            return _Outcome(len(lines), 0, [])
+        except psycopg.errors.UniqueViolation:
+            pass  # a replay (or a request that named a user twice): skip what is there
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise  # the connection, not the rows: retry the batch
         except Exception as exc:
-            log.warning(
-                "prediction log: a batch of %d rows was refused (%s); row by row", len(records), _first_line(exc)
-            )
-            return self._write_rows(conn, records)
-        return _Outcome(inserted, len(records) - inserted, [])
+            return self._refused(conn, lines, exc)
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy(COPY_STAGE_SQL) as copy:
+                    copy.write(text)
+                cur.execute(MOVE_STAGE_SQL)
+                inserted = cur.rowcount
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except Exception as exc:
+            return self._refused(conn, lines, exc)
+        return _Outcome(inserted, len(lines) - inserted, [])
 
-    def _write_rows(self, conn: psycopg.Connection, records: list[PredictionRecord]) -> _Outcome:
+    def _refused(self, conn: psycopg.Connection, lines: list[str], exc: Exception) -> _Outcome:
+        log.warning("prediction log: a batch of %d rows was refused (%s); row by row", len(lines), _first_line(exc))
+        return self._write_rows(conn, lines)
+
+    def _write_rows(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome:
         """Each row under its own savepoint in one transaction: the rows the table refuses are set aside."""
         inserted = duplicates = 0
         rejected: list[tuple[Any, BaseException]] = []
-        with conn.transaction():
-            for record in records:
+        with conn.transaction(), conn.cursor() as cur:
+            for line in lines:
                 try:
-                    with conn.transaction():
-                        cur = conn.execute(INSERT_ROW_SQL, record.as_row())
+                    with conn.transaction(), cur.copy(COPY_SQL) as copy:
+                        copy.write(line)
+                except psycopg.errors.UniqueViolation:
+                    duplicates += 1
                 except Exception as exc:
                     if not _is_content_error(exc):
                         raise
-                    rejected.append((record, exc))
-                    continue
-                inserted += cur.rowcount
-                duplicates += 1 - cur.rowcount
+                    rejected.append((line, exc))
+                else:
+                    inserted += 1
         return _Outcome(inserted, duplicates, rejected)
 
     def _on_success(self, outcome: _Outcome) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,11 +22,12 @@ import psycopg
 
 from churn_platform import db, local_stack
 from churn_platform.features.catalog import catalog_from_settings
-from churn_platform.features.online import FeatureVector, OnlineFeatures, feature_view_name, last_materialized
-from churn_platform.serving import alerts
+from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
+from churn_platform.features.online import OnlineFeatures, feature_view_name, last_materialized
+from churn_platform.serving import alerts, prediction_log
 from churn_platform.serving.experiments import Experiment, running_experiment
 from churn_platform.serving.models import LoadedModel, ModelSet, Poller
-from churn_platform.serving.prediction_log import PredictionLogWriter, PredictionRecord
+from churn_platform.serving.prediction_log import PredictionLogWriter
 from churn_platform.settings import Settings
 from churn_platform.training.registry import CHALLENGER, CHAMPION
 
@@ -66,6 +66,46 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class BatchPrediction:
+    """One request's predictions as columns, one entry per user in request order."""
+
+    request_id: str
+    batch: FeatureBatch
+    routes: list[Route]
+    outcomes: list[Outcome]
+    probabilities: list[float | None]
+    risk_bands: list[str]
+    messages: list[str | None]
+
+    @property
+    def user_ids(self) -> Sequence[str]:
+        return self.batch.user_ids
+
+    def predictions(self) -> list[Prediction]:
+        """One `Prediction` per user, with their feature vectors (values decoded for display)."""
+        columns = zip(
+            self.batch.vectors(), self.routes, self.outcomes, self.probabilities, self.risk_bands, self.messages,
+            strict=True,
+        )  # fmt: skip
+        return [
+            Prediction(
+                self.request_id,
+                vector.user_id,
+                outcome,
+                p,
+                band,
+                route.model.version,
+                route.reference,
+                route.experiment,
+                route.arm,
+                vector,
+                message,
+            )
+            for vector, route, outcome, p, band, message in columns
+        ]
+
+
+@dataclass(frozen=True)
 class Route:
     """Which model answers a user, and why."""
 
@@ -79,12 +119,6 @@ def risk_band(probability: float | None, edges: tuple[float, float]) -> str:
     if probability is None:
         return "unknown"
     return "high" if probability >= edges[1] else "medium" if probability >= edges[0] else "low"
-
-
-def feature_hash(encoded: npt.NDArray[np.float64]) -> str:
-    """A short hash of the encoded feature vector the model scored (its exact float64 bytes), so log rows can be
-    grouped and joined by input; `NO_FEATURES_HASH` for a user that had none."""
-    return hashlib.blake2b(encoded.tobytes(), digest_size=8).hexdigest()
 
 
 class ChurnPredictor:
@@ -189,57 +223,56 @@ class ChurnPredictor:
     def predict(self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False) -> list[Prediction]:
         """Predictions for `user_ids`, in order; an unknown user is a result (`unknown_user`), or with
         `unknown_is_error` an UnknownUserError naming the first."""
+        return self.predict_batch(user_ids, endpoint=endpoint, unknown_is_error=unknown_is_error).predictions()
+
+    def predict_batch(
+        self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False
+    ) -> BatchPrediction:
+        """As `predict`, as columns: the batch endpoint builds its response from them without a dict per user."""
         started = time.perf_counter()
         models, experiment = self.models.current(), self.experiment  # this request's models, whatever moves
         if experiment is not None and not experiment.is_running(datetime.now(UTC)):
             experiment = None  # its planned end passed since the last poll
-        vectors = self.features.read(user_ids, now=self.feature_clock)
+        batch = self.features.read_batch(user_ids, now=self.feature_clock)
         if experiment is None:  # everyone gets the champion: one route for all
             routes = [self.route(user_ids[0], models, None)] * len(user_ids)
         else:
             routes = [self.route(user_id, models, experiment) for user_id in user_ids]
-        featureless = [_has_no_features(v) for v in vectors]
-        unknown = self._unknown_users([v.user_id for v, none in zip(vectors, featureless, strict=True) if none])
+        featureless = batch.featureless
+        unknown = self._unknown_users([user_ids[i] for i in np.flatnonzero(featureless).tolist()])
         if unknown and unknown_is_error:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
-        probabilities: list[float | None] = [None] * len(vectors)
-        hashes = [NO_FEATURES_HASH] * len(vectors)
-        by_model: dict[str, list[int]] = {}
-        for i, (none, route) in enumerate(zip(featureless, routes, strict=True)):
-            if not none:
-                by_model.setdefault(route.model.version, []).append(i)
-        for indices in by_model.values():
-            model = routes[indices[0]].model
-            matrix = model.encoder.transform_rows([vectors[i].values for i in indices])
-            for i, p, row in zip(indices, model.score(matrix).tolist(), matrix, strict=True):
+        probabilities: list[float | None] = [None] * len(user_ids)
+        hashes = [NO_FEATURES_HASH] * len(user_ids)
+        for rows in _rows_by_model(routes, featureless):
+            model = routes[rows[0]].model
+            matrix = model.encoder.transform_batch(batch, rows)
+            for i, p, hashed in zip(rows.tolist(), model.score(matrix).tolist(), row_hashes(matrix), strict=True):
                 probabilities[i] = p
-                hashes[i] = feature_hash(row)
-        request_id = uuid.uuid4()
-        now = datetime.now(UTC)
+                hashes[i] = hashed
+        outcomes, messages = _outcomes(batch, featureless, probabilities, unknown)
+        request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
-        predictions = []
-        records = []
-        bands = self.settings.serve_risk_bands
-        for vector, route, probability, hashed in zip(vectors, routes, probabilities, hashes, strict=True):
-            outcome, message = _outcome(vector, probability, unknown)
-            predictions.append(
-                Prediction(
-                    str(request_id), vector.user_id, outcome, probability, risk_band(probability, bands),
-                    route.model.version, route.reference, route.experiment, route.arm, vector, message,
+        route_text: dict[int, str] = {}
+        for route in routes:
+            if id(route) not in route_text:
+                route_text[id(route)] = prediction_log.route_fields(
+                    route.experiment, route.arm, route.reference, route.model.version
                 )
-            )  # fmt: skip
-            if outcome != "unknown_user":
-                records.append(
-                    PredictionRecord(
-                        request_id=request_id, predicted_at=now, user_id=vector.user_id,
-                        experiment=route.experiment, arm=route.arm, model_alias=route.reference,
-                        model_version=route.model.version, churn_probability=probability, feature_hash=hashed,
-                        latency_ms=latency_ms, endpoint=endpoint,
-                    )
-                )  # fmt: skip
-        self.log.submit_many(records)
-        return predictions
+        logged = [
+            (user_id, route_text[id(route)], p, hashed)
+            for user_id, route, p, hashed, outcome in zip(
+                user_ids, routes, probabilities, hashes, outcomes, strict=True
+            )
+            if outcome != "unknown_user"
+        ]
+        self.log.submit_lines(prediction_log.copy_lines(request_id, datetime.now(UTC), latency_ms, endpoint, logged))
+        bands = self.settings.serve_risk_bands
+        return BatchPrediction(
+            str(request_id), batch, routes, outcomes, probabilities, [risk_band(p, bands) for p in probabilities],
+            messages,
+        )  # fmt: skip
 
     def explain(self, user_id: str) -> tuple[Route, FeatureVector, Any]:
         """The model that answers this user, their features, and that model's explanation of its score."""
@@ -279,20 +312,48 @@ def _has_no_features(vector: FeatureVector) -> bool:
     return set(vector.status.values()) <= {"missing"}
 
 
-def _outcome(vector: FeatureVector, probability: float | None, unknown: set[str]) -> tuple[Outcome, str | None]:
-    if vector.user_id in unknown:
-        return "unknown_user", f"unknown user {vector.user_id!r}"
-    if probability is None:
-        return "no_features", (
-            f"user {vector.user_id!r} has no features in the online store (not materialized yet): no score"
-        )
-    states = set(vector.status.values())
-    if states == {"present"}:
-        return "ok", None  # the common case: nothing to say
-    stale = [name for name, state in vector.status.items() if state == "stale"]
-    if stale:
-        return "ok", f"{len(stale)} features are stale (snapshot {vector.snapshot_at:%Y-%m-%d %H:%M})"
-    missing = [name for name, state in vector.status.items() if state == "missing"]
-    if missing:
-        return "ok", f"features missing, scored as missing by the model: {missing}"
-    return "ok", None
+def _rows_by_model(routes: Sequence[Route], featureless: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.intp]]:
+    """The rows each model scores (users with features), grouped by model version."""
+    if len({id(route.model) for route in routes}) == 1:
+        rows = np.flatnonzero(~featureless)
+        return [rows] if len(rows) else []
+    groups: dict[str, list[int]] = {}
+    for i, (none, route) in enumerate(zip(featureless.tolist(), routes, strict=True)):
+        if not none:
+            groups.setdefault(route.model.version, []).append(i)
+    return [np.asarray(rows, dtype=np.intp) for rows in groups.values()]
+
+
+def row_hashes(matrix: npt.NDArray[np.float64]) -> list[str]:
+    """A short hash of each encoded feature vector the model scored (its exact float64 bytes), so log rows can be
+    grouped and joined by input; `NO_FEATURES_HASH` stands for a user that had none."""
+    rows = np.ascontiguousarray(matrix)
+    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in rows]
+
+
+def _outcomes(
+    batch: FeatureBatch, featureless: npt.NDArray[np.bool_], probabilities: list[float | None], unknown: set[str]
+) -> tuple[list[Outcome], list[str | None]]:
+    """Each user's outcome and message; only users with something to say are looked at one by one."""
+    outcomes: list[Outcome] = ["ok"] * len(batch)
+    messages: list[str | None] = [None] * len(batch)
+    states = batch.states
+    irregular = np.flatnonzero((states != PRESENT).any(axis=1) | featureless).tolist()
+    if not irregular:
+        return outcomes, messages
+    snapshots = batch.snapshot_times()
+    for i in irregular:
+        user_id = batch.user_ids[i]
+        if user_id in unknown:
+            outcomes[i], messages[i] = "unknown_user", f"unknown user {user_id!r}"
+        elif probabilities[i] is None:
+            outcomes[i] = "no_features"
+            messages[i] = f"user {user_id!r} has no features in the online store (not materialized yet): no score"
+        elif (states[i] == STALE).any():
+            messages[i] = (
+                f"{int((states[i] == STALE).sum())} features are stale (snapshot {snapshots[i]:%Y-%m-%d %H:%M})"
+            )
+        else:
+            missing = [name for name, state in zip(batch.names, states[i].tolist(), strict=True) if state == MISSING]
+            messages[i] = f"features missing, scored as missing by the model: {missing}"
+    return outcomes, messages

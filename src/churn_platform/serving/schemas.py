@@ -13,8 +13,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.responses import Response
 
-from churn_platform.features.online import FeatureVector
-from churn_platform.serving.predictor import Prediction, Route
+from churn_platform.features.feature_batch import FeatureVector
+from churn_platform.serving.predictor import BatchPrediction, Prediction, Route
 
 # As ingestion accepts them: non-empty text without NUL (PostgreSQL text cannot hold it).
 USER_ID_PATTERN = r"^[^\x00]+$"
@@ -125,6 +125,36 @@ def prediction_body(prediction: Prediction, *, with_features: bool = True) -> di
         "request_id": prediction.request_id,
         "message": prediction.message,
     }
+
+
+def batch_body(result: BatchPrediction, *, with_features: bool) -> dict[str, Any]:
+    """The `/predict_batch` body, straight from the prediction's columns (feature values decoded only if asked)."""
+    if with_features:
+        results = [prediction_body(p) for p in result.predictions()]
+    else:
+        request_id = result.request_id
+        columns = zip(
+            result.user_ids, result.outcomes, result.probabilities, result.risk_bands, result.routes,
+            result.batch.snapshot_times(), result.messages, strict=True,
+        )  # fmt: skip
+        results = [
+            {
+                "user_id": user_id,
+                "status": outcome,
+                "churn_probability": p,
+                "risk_band": band,
+                "model_version": route.model.version,
+                "model_alias": route.reference,
+                "experiment": route.experiment,
+                "arm": route.arm,
+                "features": None,
+                "snapshot_at": snapshot,
+                "request_id": request_id,
+                "message": message,
+            }
+            for user_id, outcome, p, band, route, snapshot, message in columns
+        ]
+    return {"request_id": result.request_id, "count": len(results), "results": results}
 
 
 def _plain(value: Any) -> float | int | str | None:

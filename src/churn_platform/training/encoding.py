@@ -2,19 +2,22 @@
 
 One encoder for training and serving: numeric features pass through (missing stays NaN, each model handles it),
 text features are one-hot encoded over the categories seen in training (an unseen category is all zeros). It
-takes a DataFrame (training, batch scoring) or a list of feature dicts (the serving path, with no DataFrame
-built per request).
+takes a DataFrame (training, batch scoring), a list of feature dicts, or an online `FeatureBatch` (the serving
+path: columns, with no DataFrame or dict built per request).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+
+if TYPE_CHECKING:
+    from churn_platform.features.feature_batch import FeatureBatch
 
 FloatMatrix = npt.NDArray[np.float64]
 
@@ -53,6 +56,16 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             positions = self._positions[name]
             codes = frame[name].map(lambda v, p=positions: p.get(str(v), -1) if v is not None else -1)
             blocks.append(_one_hot(codes.to_numpy(dtype=np.int64), len(positions)))
+        return np.hstack(blocks)
+
+    def transform_batch(self, batch: FeatureBatch, rows: npt.NDArray[np.intp] | None = None) -> FloatMatrix:
+        """The same encoding for an online feature batch's users (`rows` of it, or all): straight from its columns."""
+        blocks = [batch.numeric(self.numeric, rows)]
+        for name in self.categorical:
+            positions = self._positions[name]
+            values = batch.column(name, rows)
+            codes = np.fromiter((positions.get(str(value), -1) for value in values), np.int64, len(values))
+            blocks.append(_one_hot(codes, len(positions)))
         return np.hstack(blocks)
 
     def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
