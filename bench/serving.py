@@ -10,7 +10,8 @@ come from wrk's `--latency` distribution.
 - `/predict`: p50/p99 and req/s at each `--connections` count, the worker's resident memory after each run, and
   p99 at a paced ~200 req/s (wrk has no rate option: each of 8 connections waits between requests; the achieved
   rate is reported). Targets: p50 <= 2 ms at 1 connection, p99 <= 20 ms at ~200 req/s.
-- `/predict_batch`, 100 users per request: p50/p99 and predictions/s at 1 and 4 connections (target 50,000/s).
+- `/predict_batch`, 100 users per request: p50/p99 and predictions/s at 1 and 4 connections (target 50,000/s),
+  each next to the bare BentoML service answering 100 constants at the same settings (BentoML's own ceiling).
 - Peers, each run right after ours at the same connection count (the machine may be shared: its load moves the
   figures, so neighbours in time are compared): a bare BentoML service answering a constant with the same worker
   count (target: ours >= 0.7x its req/s), and the path a user would otherwise build, `feast serve` for the features
@@ -35,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.serving_peers.servers import FEAST_DEFAULT_MAX_REQUESTS, PeerServer, running_peers
+from bench.serving_peers.servers import BARE_PEER, FEAST_DEFAULT_MAX_REQUESTS, PeerServer, running_peers
 from bench.serving_peers.service_probes import logged_predictions, service_worker_rss_mib, wait_ready
 from bench.serving_peers.world import DAYS, BenchWorld, bench_settings, prepare_world, write_user_ids
 from bench.serving_peers.wrk import Load, WrkResult, measure
@@ -85,6 +86,7 @@ class ServiceFigures:
     paced: Point
     paced_delay_ms: int
     batch: list[Point]
+    bare_batch: list[WrkResult]  # the bare BentoML service's `/predict_batch`, after each of ours (none if skipped)
     peers: list[Peer]
 
     @property
@@ -102,8 +104,8 @@ def verdict(ok: bool) -> str:
 
 
 PEERS_LEGEND = """\
-  bare BentoML: stock BentoML, {workers} worker(s), one async API answering a constant (serving_peers/bare_service.py):
-    no timer fix, no gc.freeze.
+  bare BentoML: BentoML, {workers} worker(s), async APIs answering constants (serving_peers/bare_service.py), with
+    the service's access-log and tracing settings; no timer fix, no gc.freeze.
   peer path: `feast serve` (defaults: 1 worker, restarted every {max_requests:,} requests, --max-requests, plus up to
     50 of jitter) + `mlflow models serve -m models:/<name>@champion --env-manager local` (1 worker) + the gateway
     (serving_peers/gateway.py: Starlette under 1 uvicorn worker, httpx.AsyncClient, no access log).
@@ -151,17 +153,24 @@ def predict_table(points: Sequence[Point], paced: Point, paced_delay: int) -> Ta
     return table
 
 
-def batch_table(points: Sequence[Point]) -> Table:
+def batch_table(points: Sequence[Point], bare: Sequence[WrkResult]) -> Table:
+    """Ours at each connection count, then the bare BentoML service's constant answers at the same settings."""
     table = titled_table(
         f"/predict_batch ({BATCH_USERS} users per request)",
-        ("connections", "req/s", "predictions/s", *LATENCY_COLUMNS, "worker RSS after", "target"),
+        ("server", "connections", "req/s", "predictions/s", *LATENCY_COLUMNS, "worker RSS after", "target"),
     )
     for point in points:
         result = point.result
         per_s = result.ok_per_s * BATCH_USERS
         table.add_row(
-            str(result.connections), f"{result.ok_per_s:,.0f}", f"{per_s:,.0f}", *latency_cells(result),
+            "ours", str(result.connections), f"{result.ok_per_s:,.0f}", f"{per_s:,.0f}", *latency_cells(result),
             f"{point.rss_mib:,.0f} MiB", f">= 50,000/s: {verdict(per_s >= 50_000)}",
+        )  # fmt: skip
+    for point, theirs in zip(points, bare, strict=False):
+        ratio = point.result.ok_per_s / theirs.ok_per_s
+        table.add_row(
+            "bare BentoML", str(theirs.connections), f"{theirs.ok_per_s:,.0f}", f"{theirs.ok_per_s * BATCH_USERS:,.0f}",
+            *latency_cells(theirs), "", f"ours / this: {ratio:.2f}x",
         )  # fmt: skip
     return table
 
@@ -217,13 +226,20 @@ def paced_delay_ms(p50_ms: float) -> int:
     return max(1, round(PACED_CONNECTIONS * 1000 / PACED_RATE - p50_ms))
 
 
-def bench_batch(url: str, ids: Path, seconds: float, settings: Settings) -> list[Point]:
-    points = []
+def bench_batch(
+    url: str, ids: Path, seconds: float, settings: Settings, bare: PeerServer | None
+) -> tuple[list[Point], list[WrkResult]]:
+    """`/predict_batch` at each connection count: ours, then the bare BentoML service's right after it."""
+    points, theirs = [], []
     for count in BATCH_CONNECTIONS:
         progress(f"ours: /predict_batch, {count} connections")
         load = Load(f"{url}/predict_batch", ids, count, users_per_request=BATCH_USERS)
         points.append(measured_point(load, seconds, settings))
-    return points
+        if bare is not None:
+            progress(f"{bare.name}: /predict_batch, {count} connections")
+            bare_load = Load(f"{bare.url}/predict_batch", ids, count, users_per_request=BATCH_USERS)
+            theirs.append(measure(bare_load, seconds)[1])
+    return points, theirs
 
 
 def bench_service(url: str, ids: Path, args: argparse.Namespace, settings: Settings) -> ServiceFigures:
@@ -234,18 +250,19 @@ def bench_service(url: str, ids: Path, args: argparse.Namespace, settings: Setti
         progress("starting the peers")
     with no_peers if args.skip_peers else running_peers(settings) as peers:
         predict, peer_figures = bench_predict(url, ids, args.connections, args.seconds, settings, peers)
-    delay = paced_delay_ms(min(predict, key=lambda point: point.result.connections).result.p50_ms)
-    progress(f"ours: /predict paced at ~{PACED_RATE}/s")
-    paced = measured_point(Load(f"{url}/predict", ids, PACED_CONNECTIONS, delay_ms=delay), args.seconds, settings)
-    batch = bench_batch(url, ids, args.seconds, settings)
-    return ServiceFigures(rss_at_start, predict, paced, delay, batch, peer_figures)
+        delay = paced_delay_ms(min(predict, key=lambda point: point.result.connections).result.p50_ms)
+        progress(f"ours: /predict paced at ~{PACED_RATE}/s")
+        paced = measured_point(Load(f"{url}/predict", ids, PACED_CONNECTIONS, delay_ms=delay), args.seconds, settings)
+        bare = next((peer for peer in peers if peer.name == BARE_PEER), None)
+        batch, bare_batch = bench_batch(url, ids, args.seconds, settings, bare)
+    return ServiceFigures(rss_at_start, predict, paced, delay, batch, bare_batch, peer_figures)
 
 
 def print_figures(figures: ServiceFigures, database_url: str, settings: Settings) -> None:
     console.print(OTHERS_CPU_NOTE.format(cores=os.cpu_count()))
     console.print(predict_table(figures.predict, figures.paced, figures.paced_delay_ms))
     console.print(f"worker RSS after start-up, before the first warm-up: {figures.rss_at_start_mib:,.0f} MiB")
-    console.print(batch_table(figures.batch))
+    console.print(batch_table(figures.batch, figures.bare_batch))
     console.print(log_check(database_url, figures.answered))
     if figures.peers:
         console.print(peers_table([point.result for point in figures.predict], figures.peers))

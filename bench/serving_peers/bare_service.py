@@ -1,8 +1,12 @@
-"""The floor under our service: stock BentoML 1.4 with one API that returns a constant, no fixes applied.
+"""The floor under our service: BentoML 1.4 with one API that returns a constant, no fixes applied.
+
+It runs with the prediction service's access-log and tracing options (`observability_options`), so the two differ
+only in what the prediction service does per request.
 
 `bench/serving.py` serves it with `bentoml serve bare_service:BareService` in this folder, with the same worker
-count as the prediction service (BARE_SERVICE_WORKERS), and sends it the same requests as our `/predict`: the gap
-between the two is what reading features, predicting and logging cost on top of BentoML itself.
+count as the prediction service (BARE_SERVICE_WORKERS), and sends it the same requests as our `/predict` and
+`/predict_batch`: the gap between the two is what reading features, predicting and logging cost on top of BentoML
+itself.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import os
 from typing import Any
 
 import bentoml
+
+from churn_platform.serving.service_config import observability_options
+from churn_platform.settings import get_settings
 
 ANSWER: dict[str, Any] = {
     "user_id": "constant",
@@ -24,10 +31,17 @@ ANSWER: dict[str, Any] = {
 }
 
 
-@bentoml.service(name="bare", workers=int(os.environ.get("BARE_SERVICE_WORKERS", "1")))
+@bentoml.service(
+    name="bare", workers=int(os.environ.get("BARE_SERVICE_WORKERS", "1")), **observability_options(get_settings())
+)
 class BareService:
-    """One `/predict` route with the same input as ours (a user id), answering a constant dict."""
+    """`/predict` and `/predict_batch` with the same inputs as ours, answering constants."""
 
     @bentoml.api(route="/predict")  # type: ignore[untyped-decorator]
     async def predict(self, user_id: str) -> dict[str, Any]:
         return ANSWER
+
+    @bentoml.api(route="/predict_batch")  # type: ignore[untyped-decorator]
+    async def predict_batch(self, user_ids: list[str], include_features: bool = False) -> dict[str, Any]:
+        """The constant answer once per user id, in the shape of ours (what BentoML alone costs per batch)."""
+        return {"request_id": "constant", "count": len(user_ids), "results": [ANSWER] * len(user_ids)}

@@ -143,6 +143,9 @@ def peer_gateway(
     return peer_server(name, command, "/health", port, cwd=PEERS, env=env, logs=logs)
 
 
+BARE_PEER = "bare BentoML"
+
+
 @dataclass(frozen=True)
 class PeerServer:
     name: str
@@ -166,7 +169,7 @@ def running_peers(settings: Settings) -> Iterator[list[PeerServer]]:
             gateway = peer_gateway(f"gateway-{max_requests}", features, model, settings.feature_catalog, logs)
             gateways.append(stack.enter_context(gateway))
         yield [
-            PeerServer("bare BentoML", bare, 0.7),
+            PeerServer(BARE_PEER, bare, 0.7),
             PeerServer("peer path", gateways[0], 3.0),
             PeerServer("peer path, no restarts", gateways[1], 3.0),
         ]

@@ -19,6 +19,7 @@ from churn_platform.serving import schemas
 from churn_platform.serving.http_fixes import ApiContractMiddleware, cancel_request_timers, require_request_bodies
 from churn_platform.serving.metrics import prometheus_text
 from churn_platform.serving.predictor import ChurnPredictor, ServiceUnavailableError, UnknownUserError
+from churn_platform.serving.service_config import PREDICTION_ROUTES, service_options
 from churn_platform.settings import get_settings
 
 log = logging.getLogger("churn_platform.service")
@@ -31,7 +32,7 @@ threadpool_limits(limits=1)
 PredictBatchRequest = schemas.batch_request_model(settings.serve_max_batch)
 
 
-@bentoml.service(name="churn", workers=settings.serve_workers, traffic={"timeout": 60})
+@bentoml.service(**service_options(settings))
 class ChurnService:
     """Churn predictions by user id, with sticky A/B routing between the registry's champion and a variant."""
 
@@ -77,13 +78,10 @@ class ChurnService:
     async def predict_batch(self, user_ids: list[str], include_features: bool = False) -> Any:
         """One result per user (an unknown user is a result with status `unknown_user`, not an error)."""
         try:
-            predictions = self.predictor.predict(user_ids, endpoint="predict_batch")
+            result = self.predictor.predict_batch(user_ids, endpoint="predict_batch")
         except ServiceUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        results = [schemas.prediction_body(p, with_features=include_features) for p in predictions]
-        return schemas.json_response(
-            {"request_id": predictions[0].request_id, "count": len(results), "results": results}
-        )
+        return schemas.json_response(schemas.batch_body(result, with_features=include_features))
 
     @bentoml.api(route="/explain", input_spec=schemas.ExplainRequest, output_spec=schemas.ExplainResponse)
     def explain(self, user_id: str) -> Any:
@@ -98,6 +96,4 @@ class ChurnService:
 
 
 # @bentoml.service turned the class into a bentoml Service, which takes ASGI middleware.
-ChurnService.add_asgi_middleware(  # type: ignore[attr-defined]
-    ApiContractMiddleware, routes=("/predict", "/predict_batch", "/explain")
-)
+ChurnService.add_asgi_middleware(ApiContractMiddleware, routes=PREDICTION_ROUTES)  # type: ignore[attr-defined]

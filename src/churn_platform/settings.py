@@ -158,6 +158,14 @@ class Settings(BaseSettings):
         ge=1_000,
         description="Prediction-log rows a worker holds while PostgreSQL is unreachable; beyond it the oldest drop.",
     )
+    serve_access_log: bool = Field(
+        default=False,
+        description="BentoML's access-log line per request (the prediction log already records each prediction).",
+    )
+    serve_tracing: bool = Field(
+        default=False,
+        description="BentoML's OpenTelemetry spans for the prediction routes (exporter set in BentoML's config).",
+    )
     serve_start_timeout_s: float = Field(
         default=120.0, gt=0, description="How long `churn up` waits for the prediction service to become ready."
     )

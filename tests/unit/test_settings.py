@@ -38,3 +38,18 @@ def test_churn_must_be_defined_somehow(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(_env_file=None)  # type: ignore[call-arg]
     monkeypatch.setenv("CHURN_INACTIVITY_DAYS", "45")
     assert Settings(_env_file=None).inactivity_days == 45  # type: ignore[call-arg]
+
+
+def test_bentomls_access_log_and_tracing_are_off_on_the_prediction_routes_unless_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from churn_platform.serving.service_config import PREDICTION_ROUTES, service_options
+
+    options = service_options(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert options["logging"] == {"access": {"enabled": False}}
+    assert options["tracing"] == {"excluded_urls": list(PREDICTION_ROUTES)}
+
+    monkeypatch.setenv("CHURN_SERVE_ACCESS_LOG", "true")
+    monkeypatch.setenv("CHURN_SERVE_TRACING", "true")
+    options = service_options(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert options["logging"] == {"access": {"enabled": True}} and "tracing" not in options
