@@ -28,7 +28,6 @@ from churn_platform.serving.prediction_log import (
     PredictionRecord,
     copy_lines,
     new_request_id,
-    route_fields,
 )
 
 T0 = datetime(2025, 6, 1, 12, tzinfo=UTC)
@@ -372,7 +371,7 @@ def test_bulk_formatted_rows_read_back_exactly(
     database_url: str, make_writer: Callable[..., PredictionLogWriter]
 ) -> None:
     users = ["plain", "tab\there", "back\\slash", "new\nline", "carriage\rreturn", "ünïcødé ✓", "\\N", "  spaced  "]
-    route = route_fields("exp\t1", "control", None, "7")
+    route = ("exp\t1", "control", None, "7")
     request_id = new_request_id()
     lines = copy_lines(
         request_id, T0, 2.5, "predict_batch", [(u, route, i / 10, f"{i:016x}") for i, u in enumerate(users)]
@@ -382,12 +381,14 @@ def test_bulk_formatted_rows_read_back_exactly(
         T0,
         0.0,
         "predict",
-        [("no-score", route_fields(None, "champion", "champion", "7"), None, "no-features")],
+        [("no-score", (None, "champion", "champion", "7"), None, "no-features")],
     )
     writer = make_writer(database_url)
 
     writer.submit_lines(lines)
+    writer.submit_rows(new_request_id(), T0, 1.0, "predict", [("bad-route", (None, "champion", 7, "7"), 0.5, "ab")])  # type: ignore[list-item]
     assert writer.flush(timeout_s=20)
+    assert writer.stats()["rejected"] == 1  # a value of the wrong type: refused when formatted, not written
 
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(

@@ -138,3 +138,20 @@ def test_a_batch_of_nobody_has_no_features(reply: Any) -> None:
 
     assert batch.featureless.tolist() == [True, True]
     assert np.isnan(batch.numeric(["spend", "logins"])).all()
+
+
+def test_a_longest_hash_without_a_wanted_field_does_not_hide_it_from_the_others() -> None:
+    at = NOW - timedelta(hours=1)
+    other_views = [b"o1", b"x", b"o2", b"x", b"o3", b"x"]  # fields of views this service does not read
+    replies = [
+        flat(stored_hash(at, None, 5, None)) + other_views,  # the longest reply, lacking two wanted fields
+        flat(stored_hash(at, 1.0, 3, "pro")),
+        other_views,  # only other views: no feature of ours
+    ]
+
+    batch = make_batch(replies)
+
+    assert batch.column("spend") == [None, 1.0, None]
+    assert batch.column("plan") == [None, "pro", None]
+    assert batch.states.tolist() == [[MISSING, PRESENT, MISSING], [PRESENT] * 3, [MISSING] * 3]
+    assert batch.featureless.tolist() == [False, False, True]

@@ -51,8 +51,9 @@ class HashArranger:
     """Stored hashes (HGETALL replies) -> one column per wanted field: its stored bytes per user, None if absent.
 
     Feast writes a view's fields together, so nearly every hash lists its fields in one order: the arranger takes
-    the longest reply's order as the batch's, slices each reply's values in that order and transposes them in one
-    call; a hash in any other order (a view missing, written by another writer) goes through a dict.
+    the longest reply's order (with any wanted field it lacks appended) as the batch's, slices each reply's values
+    in that order and transposes them in one call; a hash in any other order or with other fields (a view missing,
+    another view's fields, another writer) goes through a dict.
     """
 
     def __init__(self, fields: Sequence[bytes]) -> None:
@@ -63,6 +64,8 @@ class HashArranger:
         replies = [reply if type(reply) is list else _pairs(reply) for reply in replies]
         longest: list[Any] = max(replies, key=len, default=[])
         order = longest[0::2]
+        listed = set(order)
+        order += [name for name in self.fields if name not in listed]  # so a hash lacking one takes the dict path
         nothing = [None] * len(order)
         rows = []
         for reply in replies:

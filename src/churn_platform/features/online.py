@@ -191,7 +191,7 @@ class OnlineFeatures:
 
         A pipeline object would cost a Python-level command and reply object per key; the commands are written
         here in RESP on one of the online store client's own connections (its auth, database and TLS). A dropped
-        connection is retried once on a fresh one: the read changes nothing.
+        connection is retried by the client's own retry policy: the read changes nothing.
         """
         client = self._client
         if not isinstance(client, redis.Redis):  # a Redis Cluster spreads the keys: its own pipeline routes them
@@ -201,22 +201,21 @@ class OnlineFeatures:
             return list(pipe.execute())
         payload = b"".join([b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(key), key) for key in keys])
         pool = client.connection_pool
-        for attempt in (1, 2):
-            connection: Any = pool.get_connection()
-            try:
-                connection.send_packed_command([payload], check_health=attempt > 1)
-                read = connection.read_response
-                return [read() for _ in keys]
-            except (redis.ConnectionError, redis.TimeoutError):
-                connection.disconnect()
-                if attempt > 1:
-                    raise
-            except BaseException:
-                connection.disconnect()  # replies may be left unread: never reuse the connection
-                raise
-            finally:
-                pool.release(connection)
-        raise AssertionError("unreachable")
+        connection: Any = pool.get_connection()
+
+        def exchange() -> list[Any]:
+            connection.send_packed_command([payload], check_health=False)
+            read = connection.read_response
+            return [read() for _ in keys]
+
+        try:  # the client's own retry policy for a dropped connection (it reconnects on the next send)
+            replies: list[Any] = connection.retry.call_with_retry(exchange, lambda _: connection.disconnect())
+            return replies
+        except BaseException:
+            connection.disconnect()  # replies may be left unread: never reuse the connection as it is
+            raise
+        finally:
+            pool.release(connection)
 
     def ping(self) -> None:
         """Raise if the online store's Redis does not answer."""

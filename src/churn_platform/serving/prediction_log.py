@@ -70,29 +70,27 @@ def copy_text(value: str | None) -> str:
     return value.translate(_ESCAPES)
 
 
-def route_fields(experiment: str | None, arm: str, model_alias: str | None, model_version: str) -> str:
-    """The four routing columns of a row, formatted once per request and route."""
-    return "\t".join(copy_text(value) for value in (experiment, arm, model_alias, model_version))
+RouteFields = tuple[str | None, str, str | None, str]  # experiment, arm, model alias, model version
+Row = tuple[str, RouteFields, float | None, str]  # user id, route, probability (None: no score), hex feature hash
 
 
 def copy_lines(
-    request_id: uuid.UUID,
-    predicted_at: datetime,
-    latency_ms: float,
-    endpoint: str,
-    rows: Sequence[tuple[str, str, float | None, str]],
+    request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str, rows: Sequence[Row]
 ) -> list[str]:
-    """COPY text lines of one request's rows: (user id, `route_fields`, probability or None, hex feature hash).
+    """COPY text lines of one request's rows; raises TypeError for a value the table could not hold.
 
-    The request's shared fields are formatted once; user ids are escaped only if one of them needs it.
+    The request's shared fields are formatted once, each distinct route once; user ids are escaped only if one of
+    them needs it. The feature hash is hex (nothing to escape).
     """
     head = f"{request_id}\t{predicted_at.isoformat()}\t"
     tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}\n"
-    if _ESCAPED.search("".join([row[0] for row in rows])):
-        rows = [(copy_text(user_id), route, p, hashed) for user_id, route, p, hashed in rows]
+    routes = {route: "\t".join(map(copy_text, route)) for route in {row[1] for row in rows}}
+    users = [row[0] for row in rows]
+    if _ESCAPED.search("".join(users)):
+        users = [copy_text(user_id) for user_id in users]
     return [
-        f"{head}{user_id}\t{route}\t{NULL if p is None else repr(p)}\t{hashed}{tail}"
-        for user_id, route, p, hashed in rows
+        f"{head}{user_id}\t{routes[route]}\t{NULL if p is None else repr(p)}\t{hashed}{tail}"
+        for user_id, (_, route, p, hashed) in zip(users, rows, strict=True)
     ]
 
 
@@ -125,7 +123,7 @@ class PredictionRecord:
         """This row as a line of COPY text; a value of the wrong type raises TypeError."""
         if not isinstance(self.request_id, uuid.UUID) or not isinstance(self.predicted_at, datetime):
             raise TypeError(f"request_id must be a UUID and predicted_at a datetime: {self!r}")
-        route = route_fields(self.experiment, self.arm, self.model_alias, self.model_version)
+        route = (self.experiment, self.arm, self.model_alias, self.model_version)
         p = None if self.churn_probability is None else float(_number(self.churn_probability))
         if not isinstance(self.user_id, str):
             raise TypeError(f"user_id must be text: {self!r}")
@@ -199,6 +197,24 @@ class PredictionLogWriter:
         if refused:
             with self._cond:
                 self._rejected += refused
+        self.submit_lines(lines)
+
+    def submit_rows(
+        self,
+        request_id: uuid.UUID,
+        predicted_at: datetime,
+        latency_ms: float,
+        endpoint: str,
+        rows: Sequence[Row],
+    ) -> None:
+        """Queue one request's rows (as `copy_lines` takes them); if they cannot be formatted they count as rejected."""
+        try:
+            lines = copy_lines(request_id, predicted_at, latency_ms, endpoint, rows)
+        except (TypeError, ValueError, AttributeError) as exc:
+            with self._cond:
+                self._rejected += len(rows)
+            log.error("prediction log: %d rows of request %s rejected: %s", len(rows), request_id, _first_line(exc))
+            return
         self.submit_lines(lines)
 
     def submit_lines(self, lines: Sequence[str]) -> None:

@@ -254,20 +254,14 @@ class ChurnPredictor:
         outcomes, messages = _outcomes(batch, featureless, probabilities, unknown)
         request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
-        route_text: dict[int, str] = {}
-        for route in routes:
-            if id(route) not in route_text:
-                route_text[id(route)] = prediction_log.route_fields(
-                    route.experiment, route.arm, route.reference, route.model.version
-                )
         logged = [
-            (user_id, route_text[id(route)], p, hashed)
+            (user_id, (route.experiment, route.arm, route.reference, route.model.version), p, hashed)
             for user_id, route, p, hashed, outcome in zip(
                 user_ids, routes, probabilities, hashes, outcomes, strict=True
             )
             if outcome != "unknown_user"
         ]
-        self.log.submit_lines(prediction_log.copy_lines(request_id, datetime.now(UTC), latency_ms, endpoint, logged))
+        self.log.submit_rows(request_id, datetime.now(UTC), latency_ms, endpoint, logged)
         bands = self.settings.serve_risk_bands
         return BatchPrediction(
             str(request_id), batch, routes, outcomes, probabilities, [risk_band(p, bands) for p in probabilities],

@@ -1,10 +1,11 @@
 """The prediction service's BentoML configuration, from the platform's settings.
 
-Two of BentoML's per-request layers are off unless asked for: its access log (the prediction log already records
-every prediction with its latency, and the service's log keeps warnings and errors) and its OpenTelemetry
-middleware on the prediction routes, which builds spans for every request and every response message even with no
-exporter configured. Together they cost about as much as reading 100 users' features (docs/serving.md, Speed).
-`CHURN_SERVE_ACCESS_LOG` and `CHURN_SERVE_TRACING` turn them back on; the exporter is BentoML's own setting.
+Two of BentoML's per-request layers are off unless asked for: its access log, on every route (the prediction log
+already records every prediction with its latency, and the service's log keeps warnings and errors), and its
+OpenTelemetry middleware on the prediction routes, which builds spans for every request and every response message
+even with no exporter configured. Together they cost about as much as reading 100 users' features
+(docs/serving.md). `CHURN_SERVE_ACCESS_LOG` and `CHURN_SERVE_TRACING` turn them back on; the exporter is
+BentoML's own setting.
 """
 
 from __future__ import annotations
