@@ -11,10 +11,11 @@ come from wrk's `--latency` distribution.
   p99 at a paced ~200 req/s (wrk has no rate option: each of 8 connections waits between requests; the achieved
   rate is reported). Targets: p50 <= 2 ms at 1 connection, p99 <= 20 ms at ~200 req/s.
 - `/predict_batch`, 100 users per request: p50/p99 and predictions/s at 1 and 4 connections (target 50,000/s),
-  each next to the bare BentoML service answering 100 constants at the same settings (BentoML's own ceiling).
+  each next to the bare BentoML services answering 100 constants at the same settings (BentoML's own ceiling).
 - Peers, each run right after ours at the same connection count (the machine may be shared: its load moves the
   figures, so neighbours in time are compared): a bare BentoML service answering a constant with the same worker
-  count (target: ours >= 0.7x its req/s), and the path a user would otherwise build, `feast serve` for the features
+  count, stock (target: ours >= 0.7x its req/s) and with the service's access-log and tracing settings (the same
+  BentoML layers as ours, for comparison), and the path a user would otherwise build, `feast serve` for the features
   plus `mlflow models serve` for the champion behind a small Starlette gateway (`serving_peers/gateway.py`; target:
   ours >= 3x), with `feast serve`'s default worker restart every 1,000 requests and with restarts turned off.
 Each run also reports the CPU that processes outside the bench took meanwhile.
@@ -36,7 +37,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.serving_peers.servers import BARE_PEER, FEAST_DEFAULT_MAX_REQUESTS, PeerServer, running_peers
+from bench.serving_peers.servers import (
+    BARE_PEER,
+    FEAST_DEFAULT_MAX_REQUESTS,
+    STOCK_PEER,
+    PeerServer,
+    running_peers,
+)
 from bench.serving_peers.service_probes import logged_predictions, service_worker_rss_mib, wait_ready
 from bench.serving_peers.world import DAYS, BenchWorld, bench_settings, prepare_world, write_user_ids
 from bench.serving_peers.wrk import Load, WrkResult, measure
@@ -74,7 +81,7 @@ class Peer:
 
     name: str
     results: list[WrkResult]
-    target: float  # ours / peer at least this
+    target: float | None  # ours / peer at least this (None: for comparison only)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class ServiceFigures:
     paced: Point
     paced_delay_ms: int
     batch: list[Point]
-    bare_batch: list[WrkResult]  # the bare BentoML service's `/predict_batch`, after each of ours (none if skipped)
+    bare_batch: list[Peer]  # the bare BentoML services' `/predict_batch`, after each of ours (none if skipped)
     peers: list[Peer]
 
     @property
@@ -104,8 +111,9 @@ def verdict(ok: bool) -> str:
 
 
 PEERS_LEGEND = """\
-  bare BentoML: BentoML, {workers} worker(s), async APIs answering constants (serving_peers/bare_service.py), with
-    the service's access-log and tracing settings; no timer fix, no gc.freeze.
+  bare BentoML, stock: BentoML with its defaults, {workers} worker(s), async APIs answering constants
+    (serving_peers/bare_service.py); no timer fix, no gc.freeze.
+  bare BentoML: the same with the service's access-log and tracing settings (both off): BentoML's own cost.
   peer path: `feast serve` (defaults: 1 worker, restarted every {max_requests:,} requests, --max-requests, plus up to
     50 of jitter) + `mlflow models serve -m models:/<name>@champion --env-manager local` (1 worker) + the gateway
     (serving_peers/gateway.py: Starlette under 1 uvicorn worker, httpx.AsyncClient, no access log).
@@ -153,8 +161,8 @@ def predict_table(points: Sequence[Point], paced: Point, paced_delay: int) -> Ta
     return table
 
 
-def batch_table(points: Sequence[Point], bare: Sequence[WrkResult]) -> Table:
-    """Ours at each connection count, then the bare BentoML service's constant answers at the same settings."""
+def batch_table(points: Sequence[Point], bare: Sequence[Peer]) -> Table:
+    """Ours at each connection count, then each bare BentoML service's constant answers at the same settings."""
     table = titled_table(
         f"/predict_batch ({BATCH_USERS} users per request)",
         ("server", "connections", "req/s", "predictions/s", *LATENCY_COLUMNS, "worker RSS after", "target"),
@@ -166,12 +174,13 @@ def batch_table(points: Sequence[Point], bare: Sequence[WrkResult]) -> Table:
             "ours", str(result.connections), f"{result.ok_per_s:,.0f}", f"{per_s:,.0f}", *latency_cells(result),
             f"{point.rss_mib:,.0f} MiB", f">= 50,000/s: {verdict(per_s >= 50_000)}",
         )  # fmt: skip
-    for point, theirs in zip(points, bare, strict=False):
-        ratio = point.result.ok_per_s / theirs.ok_per_s
-        table.add_row(
-            "bare BentoML", str(theirs.connections), f"{theirs.ok_per_s:,.0f}", f"{theirs.ok_per_s * BATCH_USERS:,.0f}",
-            *latency_cells(theirs), "", f"ours / this: {ratio:.2f}x",
-        )  # fmt: skip
+    for peer in bare:
+        for point, theirs in zip(points, peer.results, strict=True):
+            ratio = point.result.ok_per_s / theirs.ok_per_s
+            table.add_row(
+                peer.name, str(theirs.connections), f"{theirs.ok_per_s:,.0f}",
+                f"{theirs.ok_per_s * BATCH_USERS:,.0f}", *latency_cells(theirs), "", f"ours / this: {ratio:.2f}x",
+            )  # fmt: skip
     return table
 
 
@@ -186,7 +195,7 @@ def peers_table(ours: Sequence[WrkResult], peers: Sequence[Peer]) -> Table:
     for peer in peers:
         for mine, theirs in zip(ours, peer.results, strict=True):
             ratio = mine.ok_per_s / theirs.ok_per_s
-            target = f">= {peer.target:g}x: {verdict(ratio >= peer.target)}"
+            target = "" if peer.target is None else f">= {peer.target:g}x: {verdict(ratio >= peer.target)}"
             table.add_row(
                 peer.name, str(theirs.connections), f"{theirs.ok_per_s:,.0f}", *latency_cells(theirs),
                 f"{ratio:.2f}x", target,
@@ -227,19 +236,19 @@ def paced_delay_ms(p50_ms: float) -> int:
 
 
 def bench_batch(
-    url: str, ids: Path, seconds: float, settings: Settings, bare: PeerServer | None
-) -> tuple[list[Point], list[WrkResult]]:
-    """`/predict_batch` at each connection count: ours, then the bare BentoML service's right after it."""
-    points, theirs = [], []
+    url: str, ids: Path, seconds: float, settings: Settings, bare: Sequence[PeerServer]
+) -> tuple[list[Point], list[Peer]]:
+    """`/predict_batch` at each connection count: ours, then each bare BentoML service's right after it."""
+    points, theirs = [], {peer.name: list[WrkResult]() for peer in bare}
     for count in BATCH_CONNECTIONS:
         progress(f"ours: /predict_batch, {count} connections")
         load = Load(f"{url}/predict_batch", ids, count, users_per_request=BATCH_USERS)
         points.append(measured_point(load, seconds, settings))
-        if bare is not None:
-            progress(f"{bare.name}: /predict_batch, {count} connections")
-            bare_load = Load(f"{bare.url}/predict_batch", ids, count, users_per_request=BATCH_USERS)
-            theirs.append(measure(bare_load, seconds)[1])
-    return points, theirs
+        for peer in bare:
+            progress(f"{peer.name}: /predict_batch, {count} connections")
+            bare_load = Load(f"{peer.url}/predict_batch", ids, count, users_per_request=BATCH_USERS)
+            theirs[peer.name].append(measure(bare_load, seconds)[1])
+    return points, [Peer(peer.name, theirs[peer.name], None) for peer in bare]
 
 
 def bench_service(url: str, ids: Path, args: argparse.Namespace, settings: Settings) -> ServiceFigures:
@@ -253,7 +262,7 @@ def bench_service(url: str, ids: Path, args: argparse.Namespace, settings: Setti
         delay = paced_delay_ms(min(predict, key=lambda point: point.result.connections).result.p50_ms)
         progress(f"ours: /predict paced at ~{PACED_RATE}/s")
         paced = measured_point(Load(f"{url}/predict", ids, PACED_CONNECTIONS, delay_ms=delay), args.seconds, settings)
-        bare = next((peer for peer in peers if peer.name == BARE_PEER), None)
+        bare = [peer for peer in peers if peer.name in (STOCK_PEER, BARE_PEER)]
         batch, bare_batch = bench_batch(url, ids, args.seconds, settings, bare)
     return ServiceFigures(rss_at_start, predict, paced, delay, batch, bare_batch, peer_figures)
 

@@ -1,7 +1,8 @@
 """The floor under our service: BentoML 1.4 with one API that returns a constant, no fixes applied.
 
-It runs with the prediction service's access-log and tracing options (`observability_options`), so the two differ
-only in what the prediction service does per request.
+The bench runs it twice: stock (BARE_SERVICE_STOCK=1: BentoML's default access log and tracing, the floor a user
+would start from) and with the prediction service's access-log and tracing options (`observability_options`), so
+that the two differ only in what the prediction service does per request.
 
 `bench/serving.py` serves it with `bentoml serve bare_service:BareService` in this folder, with the same worker
 count as the prediction service (BARE_SERVICE_WORKERS), and sends it the same requests as our `/predict` and
@@ -31,8 +32,13 @@ ANSWER: dict[str, Any] = {
 }
 
 
+STOCK = os.environ.get("BARE_SERVICE_STOCK") == "1"
+
+
 @bentoml.service(
-    name="bare", workers=int(os.environ.get("BARE_SERVICE_WORKERS", "1")), **observability_options(get_settings())
+    name="bare",
+    workers=int(os.environ.get("BARE_SERVICE_WORKERS", "1")),
+    **({} if STOCK else observability_options(get_settings())),
 )
 class BareService:
     """`/predict` and `/predict_batch` with the same inputs as ours, answering constants."""
