@@ -55,22 +55,13 @@ class ValueDecoder:
 
     def double_floats(self, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64] | None:
         """Stored doubles as a float64 array, NaN where a value is missing or null; None if any is not a double."""
-        if None in raws or b"" in raws:
-            present = np.fromiter((bool(raw) for raw in raws), bool, len(raws))
-            out = np.full(len(raws), np.nan)
-            if present.any():
-                values = self.double_floats([raw for raw in raws if raw])
-                if values is None:
-                    return None
-                out[present] = values
-            return out
-        joined = b"".join(raws)  # type: ignore[arg-type]  # no None left
-        if len(joined) != DOUBLE_RECORD.itemsize * len(raws):
-            return None
-        records = np.frombuffer(joined, dtype=DOUBLE_RECORD)
-        if not (records["tag"] == self._double_tag).all():
-            return None
-        return records["value"].astype(np.float64)
+        present = [raw for raw in raws if raw]
+        values = self._unpack_doubles(present)
+        if values is None or len(present) == len(raws):
+            return values
+        out = np.full(len(raws), np.nan)
+        out[np.fromiter((bool(raw) for raw in raws), bool, len(raws))] = values
+        return out
 
     def floats(self, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64]:
         """Stored numbers of any type as float64, NaN where missing or null; each distinct encoding decoded once."""
@@ -87,16 +78,21 @@ class ValueDecoder:
 
     def _doubles(self, raws: Sequence[bytes | None]) -> list[Any] | None:
         present = [raw for raw in raws if raw]
-        if not present:
-            return [None] * len(raws)
+        values = self._unpack_doubles(present)
+        if values is None:
+            return None  # not all doubles: the general path decides
+        unpacked = iter(values.tolist())
+        return [next(unpacked) if raw else None for raw in raws]
+
+    def _unpack_doubles(self, present: list[bytes]) -> npt.NDArray[np.float64] | None:
+        """Non-empty stored values as float64 from their fixed wire layout; None unless every one is a double."""
         joined = b"".join(present)
         if len(joined) != DOUBLE_RECORD.itemsize * len(present):
-            return None  # not all doubles: the general path decides
+            return None
         records = np.frombuffer(joined, dtype=DOUBLE_RECORD)
         if not (records["tag"] == self._double_tag).all():
             return None
-        values = iter(records["value"].tolist())
-        return [next(values) if raw else None for raw in raws]
+        return records["value"].astype(np.float64)
 
 
 def _as_float(value: Any) -> float:

@@ -111,20 +111,12 @@ def features_body(vector: FeatureVector) -> dict[str, dict[str, Any]]:
 
 def prediction_body(prediction: Prediction, *, with_features: bool = True) -> dict[str, Any]:
     vector = prediction.features
-    return {
-        "user_id": prediction.user_id,
-        "status": prediction.outcome,
-        "churn_probability": prediction.churn_probability,
-        "risk_band": prediction.risk_band,
-        "model_version": prediction.model_version,
-        "model_alias": prediction.model_alias,
-        "experiment": prediction.experiment,
-        "arm": prediction.arm,
-        "features": features_body(vector) if with_features else None,
-        "snapshot_at": vector.snapshot_at,
-        "request_id": prediction.request_id,
-        "message": prediction.message,
-    }
+    return _result(
+        prediction.user_id, prediction.outcome, prediction.churn_probability, prediction.risk_band,
+        prediction.model_version, prediction.model_alias, prediction.experiment, prediction.arm,
+        features_body(vector) if with_features else None, vector.snapshot_at, prediction.request_id,
+        prediction.message,
+    )  # fmt: skip
 
 
 def batch_body(result: BatchPrediction, *, with_features: bool) -> dict[str, Any]:
@@ -132,29 +124,50 @@ def batch_body(result: BatchPrediction, *, with_features: bool) -> dict[str, Any
     if with_features:
         results = [prediction_body(p) for p in result.predictions()]
     else:
-        request_id = result.request_id
         columns = zip(
             result.user_ids, result.outcomes, result.probabilities, result.risk_bands, result.routes,
             result.batch.snapshot_times(), result.messages, strict=True,
         )  # fmt: skip
         results = [
-            {
-                "user_id": user_id,
-                "status": outcome,
-                "churn_probability": p,
-                "risk_band": band,
-                "model_version": route.model.version,
-                "model_alias": route.reference,
-                "experiment": route.experiment,
-                "arm": route.arm,
-                "features": None,
-                "snapshot_at": snapshot,
-                "request_id": request_id,
-                "message": message,
-            }
+            _result(
+                user_id,
+                outcome,
+                p,
+                band,
+                route.model.version,
+                route.reference,
+                route.experiment,
+                route.arm,
+                None,
+                snapshot,
+                result.request_id,
+                message,
+            )
             for user_id, outcome, p, band, route, snapshot, message in columns
         ]
     return {"request_id": result.request_id, "count": len(results), "results": results}
+
+
+def _result(
+    user_id: str, status: str, probability: float | None, band: str, version: str, alias: str,
+    experiment: str | None, arm: str, features: dict[str, Any] | None, snapshot_at: datetime | None,
+    request_id: str, message: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """One prediction under the documented keys (PredictResponse)."""
+    return {
+        "user_id": user_id,
+        "status": status,
+        "churn_probability": probability,
+        "risk_band": band,
+        "model_version": version,
+        "model_alias": alias,
+        "experiment": experiment,
+        "arm": arm,
+        "features": features,
+        "snapshot_at": snapshot_at,
+        "request_id": request_id,
+        "message": message,
+    }
 
 
 def _plain(value: Any) -> float | int | str | None:
