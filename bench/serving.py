@@ -14,13 +14,18 @@ come from wrk's `--latency` distribution.
   each next to the bare BentoML services answering 100 constants at the same settings (BentoML's own ceiling).
 - Peers, each run right after ours at the same connection count (the machine may be shared: its load moves the
   figures, so neighbours in time are compared): a bare BentoML service answering a constant with the same worker
-  count, stock (target: ours >= 0.7x its req/s) and with the service's access-log and tracing settings (the same
-  BentoML layers as ours, for comparison), and the path a user would otherwise build, `feast serve` for the features
-  plus `mlflow models serve` for the champion behind a small Starlette gateway (`serving_peers/gateway.py`; target:
-  ours >= 3x), with `feast serve`'s default worker restart every 1,000 requests and with restarts turned off.
+  count, stock (target: ours >= 0.7x its req/s) and with the service's BentoML choices (access log and tracing
+  off, its request models, answers encoded by orjson: the same BentoML layers as ours, for comparison), and the
+  path a user would otherwise build, `feast serve` for the features plus `mlflow models serve` for the champion
+  behind a small Starlette gateway (`serving_peers/gateway.py`; target: ours >= 3x), with `feast serve`'s default
+  worker restart every 1,000 requests and with restarts turned off.
 Each run also reports the CPU that processes outside the bench took meanwhile.
 
     uv run python -m bench.serving [--seconds 60] [--connections 1 4 16] [--users 5000] [--rebuild] [--skip-peers]
+        [--batch-only] [--batch-connections 1 4]
+
+The service runs with `CHURN_SERVE_WORKERS` workers (default 1), and the bare BentoML peers with as many; e.g.
+`CHURN_SERVE_WORKERS=2 uv run python -m bench.serving --batch-only --batch-connections 4 8`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from bench.serving_peers.servers import (
     FEAST_DEFAULT_MAX_REQUESTS,
     STOCK_PEER,
     PeerServer,
+    running_bare_peers,
     running_peers,
 )
 from bench.serving_peers.service_probes import logged_predictions, service_worker_rss_mib, wait_ready
@@ -90,7 +96,7 @@ class ServiceFigures:
 
     rss_at_start_mib: float
     predict: list[Point]
-    paced: Point
+    paced: Point | None  # None with --batch-only, as `predict` is empty
     paced_delay_ms: int
     batch: list[Point]
     bare_batch: list[Peer]  # the bare BentoML services' `/predict_batch`, after each of ours (none if skipped)
@@ -99,7 +105,7 @@ class ServiceFigures:
     @property
     def answered(self) -> int:
         """Predictions of ours wrk saw answered, warm-ups included."""
-        singles = sum(point.answered for point in [*self.predict, self.paced])
+        singles = sum(point.answered for point in [*self.predict, *([self.paced] if self.paced else [])])
         return singles + BATCH_USERS * sum(point.answered for point in self.batch)
 
 
@@ -113,7 +119,8 @@ def verdict(ok: bool) -> str:
 PEERS_LEGEND = """\
   bare BentoML, stock: BentoML with its defaults, {workers} worker(s), async APIs answering constants
     (serving_peers/bare_service.py); no timer fix, no gc.freeze.
-  bare BentoML: the same with the service's access-log and tracing settings (both off): BentoML's own cost.
+  bare BentoML: the same constants with the service's BentoML choices (access log and tracing off, its request
+    models, answers encoded once by orjson): what BentoML itself costs ours per request.
   peer path: `feast serve` (defaults: 1 worker, restarted every {max_requests:,} requests, --max-requests, plus up to
     50 of jitter) + `mlflow models serve -m models:/<name>@champion --env-manager local` (1 worker) + the gateway
     (serving_peers/gateway.py: Starlette under 1 uvicorn worker, httpx.AsyncClient, no access log).
@@ -236,11 +243,11 @@ def paced_delay_ms(p50_ms: float) -> int:
 
 
 def bench_batch(
-    url: str, ids: Path, seconds: float, settings: Settings, bare: Sequence[PeerServer]
+    url: str, ids: Path, args: argparse.Namespace, settings: Settings, bare: Sequence[PeerServer]
 ) -> tuple[list[Point], list[Peer]]:
     """`/predict_batch` at each connection count: ours, then each bare BentoML service's right after it."""
-    points, theirs = [], {peer.name: list[WrkResult]() for peer in bare}
-    for count in BATCH_CONNECTIONS:
+    points, theirs, seconds = [], {peer.name: list[WrkResult]() for peer in bare}, args.seconds
+    for count in args.batch_connections:
         progress(f"ours: /predict_batch, {count} connections")
         load = Load(f"{url}/predict_batch", ids, count, users_per_request=BATCH_USERS)
         points.append(measured_point(load, seconds, settings))
@@ -252,24 +259,32 @@ def bench_batch(
 
 
 def bench_service(url: str, ids: Path, args: argparse.Namespace, settings: Settings) -> ServiceFigures:
-    """`/predict` (with the peers unless skipped), then paced at ~200 req/s, then `/predict_batch`."""
+    """`/predict` (with the peers unless skipped), then paced at ~200 req/s, then `/predict_batch` (alone, next to
+    the bare BentoML services, with --batch-only)."""
     rss_at_start = service_worker_rss_mib(settings)
-    no_peers: contextlib.AbstractContextManager[list[PeerServer]] = contextlib.nullcontext([])
+    peers_context: contextlib.AbstractContextManager[list[PeerServer]] = contextlib.nullcontext([])
     if not args.skip_peers:
         progress("starting the peers")
-    with no_peers if args.skip_peers else running_peers(settings) as peers:
-        predict, peer_figures = bench_predict(url, ids, args.connections, args.seconds, settings, peers)
-        delay = paced_delay_ms(min(predict, key=lambda point: point.result.connections).result.p50_ms)
-        progress(f"ours: /predict paced at ~{PACED_RATE}/s")
-        paced = measured_point(Load(f"{url}/predict", ids, PACED_CONNECTIONS, delay_ms=delay), args.seconds, settings)
+        peers_context = running_bare_peers(settings) if args.batch_only else running_peers(settings)
+    with peers_context as peers:
+        predict: list[Point] = []
+        peer_figures: list[Peer] = []
+        paced, delay = None, 0
+        if not args.batch_only:
+            predict, peer_figures = bench_predict(url, ids, args.connections, args.seconds, settings, peers)
+            delay = paced_delay_ms(min(predict, key=lambda point: point.result.connections).result.p50_ms)
+            progress(f"ours: /predict paced at ~{PACED_RATE}/s")
+            paced_load = Load(f"{url}/predict", ids, PACED_CONNECTIONS, delay_ms=delay)
+            paced = measured_point(paced_load, args.seconds, settings)
         bare = [peer for peer in peers if peer.name in (STOCK_PEER, BARE_PEER)]
-        batch, bare_batch = bench_batch(url, ids, args.seconds, settings, bare)
+        batch, bare_batch = bench_batch(url, ids, args, settings, bare)
     return ServiceFigures(rss_at_start, predict, paced, delay, batch, bare_batch, peer_figures)
 
 
 def print_figures(figures: ServiceFigures, database_url: str, settings: Settings) -> None:
     console.print(OTHERS_CPU_NOTE.format(cores=os.cpu_count()))
-    console.print(predict_table(figures.predict, figures.paced, figures.paced_delay_ms))
+    if figures.paced is not None:
+        console.print(predict_table(figures.predict, figures.paced, figures.paced_delay_ms))
     console.print(f"worker RSS after start-up, before the first warm-up: {figures.rss_at_start_mib:,.0f} MiB")
     console.print(batch_table(figures.batch, figures.bare_batch))
     console.print(log_check(database_url, figures.answered))
@@ -320,6 +335,12 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5_000, help="users in the bench world")
     parser.add_argument("--rebuild", action="store_true", help="build the world again even if it exists")
     parser.add_argument("--skip-peers", action="store_true", help="measure only the platform's service")
+    parser.add_argument(
+        "--batch-only", action="store_true", help="measure only /predict_batch (next to the bare BentoML services)"
+    )
+    parser.add_argument(
+        "--batch-connections", type=int, nargs="+", default=list(BATCH_CONNECTIONS), help="for /predict_batch"
+    )
     run(parser.parse_args())
 
 

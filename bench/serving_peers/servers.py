@@ -161,6 +161,14 @@ class PeerServer:
 
 
 @contextlib.contextmanager
+def running_bare_peers(settings: Settings) -> Iterator[list[PeerServer]]:
+    """Only the two bare BentoML services (for `/predict_batch` alone)."""
+    logs = settings.data_dir / "peers"
+    with bare_bentoml(settings, logs, stock=True) as stock, bare_bentoml(settings, logs, stock=False) as bare:
+        yield [PeerServer(STOCK_PEER, stock, 0.7), PeerServer(BARE_PEER, bare, None)]
+
+
+@contextlib.contextmanager
 def running_peers(settings: Settings) -> Iterator[list[PeerServer]]:
     """Every peer, up before the first `/predict` run and stopped after the last, so each runs right after ours.
 

@@ -67,7 +67,7 @@ class ChurnService:
     async def predict(self, user_id: str) -> Any:
         """Churn probability, risk band and the features used for one user; which model and arm answered."""
         try:
-            prediction = self.predictor.predict([user_id], endpoint="predict", unknown_is_error=True)[0]
+            prediction = (await self.predictor.predict_async([user_id], endpoint="predict", unknown_is_error=True))[0]
         except UnknownUserError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         except ServiceUnavailableError as exc:
@@ -78,7 +78,7 @@ class ChurnService:
     async def predict_batch(self, user_ids: list[str], include_features: bool = False) -> Any:
         """One result per user (an unknown user is a result with status `unknown_user`, not an error)."""
         try:
-            result = self.predictor.predict_batch(user_ids, endpoint="predict_batch")
+            result = await self.predictor.predict_batch_async(user_ids, endpoint="predict_batch")
         except ServiceUnavailableError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         return schemas.json_response(schemas.batch_body(result, with_features=include_features))

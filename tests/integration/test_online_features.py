@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
 import redis
+import uvloop
 from tests.integration.feature_worlds import platform_settings, redis_db_url, small_world_with_snapshots
 
 from churn_platform.data import world
@@ -15,6 +17,7 @@ from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots
 from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.features.feature_batch import FeatureVector
 from churn_platform.settings import Settings
 
 ONLINE_DB = 12  # a Redis database of its own: flushed by these tests
@@ -152,3 +155,27 @@ def test_a_replaced_world_replaces_the_online_values(
             assert [v.values["tenure_days"] for v in vectors] == pytest.approx([offline[u] for u in users])
             readings.append([v.values["tenure_days"] for v in vectors])
         assert readings[0] != readings[1], "the two worlds differ"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", "thread"])
+def test_the_event_loop_read_equals_the_blocking_read(world_settings: Settings, loop: str) -> None:
+    # Given a materialized world, and users with and without features
+    online.materialize(world_settings)
+    catalog = catalog_from_settings(world_settings)
+    latest = online.latest_snapshot_time(world_settings.database_url or "", catalog)
+    users = [f"u{i:07d}" for i in range(150)] + ["nobody"]
+    reader = online.OnlineFeatures(world_settings)
+    assert reader._async_reader is not None, "a plain Redis URL is read on the event loop, not on a thread"
+    if loop == "thread":
+        reader._async_reader = None  # as for a store it cannot open itself (TLS, Sentinel, a cluster)
+
+    # When the service's path reads them on an event loop, twice (the second on a pooled connection)
+    async def read_twice() -> list[list[FeatureVector]]:
+        batches = [await reader.read_batch_async(users, now=latest) for _ in range(2)]
+        return [batch.vectors() for batch in batches]
+
+    first, again = uvloop.run(read_twice()) if loop == "uvloop" else asyncio.run(read_twice())
+
+    # Then it gives what the blocking read gives
+    assert first == again == reader.read(users, now=latest)
+    assert set(first[-1].status.values()) == {"missing"}

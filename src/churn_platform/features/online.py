@@ -7,6 +7,7 @@ check is ours.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from churn_platform.features import feast_repo
 from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.features.feast_redis import string_key_layout
 from churn_platform.features.feature_batch import FeatureBatch, FeatureVector, HashArranger, TimestampCache, ViewFields
+from churn_platform.features.redis_async import AsyncHashReader, hgetall_payload
 from churn_platform.features.snapshots import table_name
 from churn_platform.features.value_codec import ValueDecoder
 from churn_platform.settings import Settings
@@ -155,6 +157,7 @@ class OnlineFeatures:
         if not isinstance(online_store, RedisOnlineStore):
             raise TypeError(f"the online store must be Feast's Redis store, not {type(online_store).__name__}")
         self._client = online_store._get_client(config.online_store)
+        self._async_reader = AsyncHashReader.for_client(self._client)
         views = []
         for projection in self.service.feature_view_projections:
             stored_name = _versioned_fv_name(self.store.get_feature_view(projection.name), config)
@@ -180,10 +183,21 @@ class OnlineFeatures:
 
     def read_batch(self, user_ids: Sequence[str], *, now: datetime | None = None) -> FeatureBatch:
         """The features of `user_ids` as one batch, read in one round trip and decoded only as asked."""
-        stored = self._arranger.arrange(self._fetch([self.redis_key(user_id) for user_id in user_ids]))
+        return self._batch(user_ids, self._fetch(self.redis_keys(user_ids)), now)
+
+    async def read_batch_async(self, user_ids: Sequence[str], *, now: datetime | None = None) -> FeatureBatch:
+        """`read_batch` on an event loop: the loop serves other requests while Redis answers."""
+        keys = self.redis_keys(user_ids)
+        if self._async_reader is None:
+            replies = await asyncio.to_thread(self._fetch, keys)
+        else:
+            replies = await self._async_reader.hgetall(keys)
+        return self._batch(user_ids, replies, now)
+
+    def _batch(self, user_ids: Sequence[str], replies: list[Any], now: datetime | None) -> FeatureBatch:
         return FeatureBatch(
-            user_ids, self._views, stored, now=now or datetime.now(UTC), max_age=self.max_age,
-            decoder=self._decoder, timestamps=self._timestamps,
+            user_ids, self._views, self._arranger.arrange(replies), now=now or datetime.now(UTC),
+            max_age=self.max_age, decoder=self._decoder, timestamps=self._timestamps,
         )  # fmt: skip
 
     def _fetch(self, keys: list[bytes]) -> list[Any]:
@@ -199,7 +213,7 @@ class OnlineFeatures:
             for key in keys:
                 pipe.hgetall(key)
             return list(pipe.execute())
-        payload = b"".join([b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(key), key) for key in keys])
+        payload = hgetall_payload(keys)
         pool = client.connection_pool
         connection: Any = pool.get_connection()
 
@@ -220,6 +234,14 @@ class OnlineFeatures:
     def ping(self) -> None:
         """Raise if the online store's Redis does not answer."""
         self._client.ping()
+
+    def close(self) -> None:
+        """Close the connections of the event-loop reader (the store's client keeps its own pool)."""
+        if self._async_reader is not None:
+            self._async_reader.close()
+
+    def redis_keys(self, user_ids: Sequence[str]) -> list[bytes]:
+        return [self.redis_key(user_id) for user_id in user_ids]
 
     def redis_key(self, user_id: str) -> bytes:
         """The Redis key of a user's hash: Feast's serialized entity key and project (layout checked at start)."""

@@ -7,6 +7,7 @@ features from Redis in one round trip and calls the classifier on a numpy matrix
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -148,9 +149,13 @@ class ChurnPredictor:
     def close(self) -> None:
         self._poller.stop()
         self.log.close(timeout_s=10)
-        with self._users_lock:
-            if self._users_conn is not None:
-                self._users_conn.close()
+        try:
+            if self._features is not None:
+                self._features.close()
+        finally:
+            with self._users_lock:
+                if self._users_conn is not None:
+                    self._users_conn.close()
 
     @property
     def features(self) -> OnlineFeatures:
@@ -204,13 +209,17 @@ class ChurnPredictor:
             return False, f"the online store (Redis) does not answer: {exc}"
         return True, "ready"
 
-    def route(self, user_id: str, models: Mapping[str, LoadedModel], experiment: Experiment | None) -> Route:
+    def champion(self, models: Mapping[str, LoadedModel]) -> LoadedModel:
         champion = models.get(CHAMPION)
         if champion is None:
             raise ServiceUnavailableError(
                 f"no {CHAMPION} version of model {self.settings.model_name!r} is loaded yet: train one (`churn train`)"
                 " or wait for the registry"
             )
+        return champion
+
+    def route(self, user_id: str, models: Mapping[str, LoadedModel], experiment: Experiment | None) -> Route:
+        champion = self.champion(models)
         if experiment is None:
             return Route(CHAMPION, champion, None, NO_EXPERIMENT_ARM)
         arm = experiment.arm_for(user_id)
@@ -225,24 +234,58 @@ class ChurnPredictor:
         `unknown_is_error` an UnknownUserError naming the first."""
         return self.predict_batch(user_ids, endpoint=endpoint, unknown_is_error=unknown_is_error).predictions()
 
+    async def predict_async(
+        self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False
+    ) -> list[Prediction]:
+        """`predict` on an event loop (the service's path): nothing waits on Redis or PostgreSQL in the loop."""
+        batch = await self.predict_batch_async(user_ids, endpoint=endpoint, unknown_is_error=unknown_is_error)
+        return batch.predictions()
+
     def predict_batch(
         self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False
     ) -> BatchPrediction:
         """As `predict`, as columns: the batch endpoint builds its response from them without a dict per user."""
         started = time.perf_counter()
-        models, experiment = self.models.current(), self.experiment  # this request's models, whatever moves
+        models, experiment = self._request_state()
+        batch = self.features.read_batch(user_ids, now=self.feature_clock)
+        unknown = self._unknown_users(_featureless_ids(batch))
+        return self._score(batch, unknown, models, experiment, started, endpoint, unknown_is_error)
+
+    async def predict_batch_async(
+        self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False
+    ) -> BatchPrediction:
+        """`predict_batch` on an event loop: the loop serves other requests while Redis (or, for users without
+        features, PostgreSQL) answers."""
+        started = time.perf_counter()
+        models, experiment = self._request_state()
+        batch = await self.features.read_batch_async(user_ids, now=self.feature_clock)
+        featureless = _featureless_ids(batch)
+        unknown = await asyncio.to_thread(self._unknown_users, featureless) if featureless else set()
+        return self._score(batch, unknown, models, experiment, started, endpoint, unknown_is_error)
+
+    def _request_state(self) -> tuple[Mapping[str, LoadedModel], Experiment | None]:
+        """This request's models and experiment, whatever moves while it runs (503 before anything is read when
+        no champion is loaded)."""
+        models, experiment = self.models.current(), self.experiment
+        self.champion(models)
         if experiment is not None and not experiment.is_running(datetime.now(UTC)):
             experiment = None  # its planned end passed since the last poll
-        batch = self.features.read_batch(user_ids, now=self.feature_clock)
+        return models, experiment
+
+    def _score(
+        self, batch: FeatureBatch, unknown: set[str], models: Mapping[str, LoadedModel], experiment: Experiment | None,
+        started: float, endpoint: str, unknown_is_error: bool,
+    ) -> BatchPrediction:  # fmt: skip
+        """Route, score and log a batch whose features are read and whose unknown users are known."""
+        user_ids = batch.user_ids
         if experiment is None:  # everyone gets the champion: one route for all
             routes = [self.route(user_ids[0], models, None)] * len(user_ids)
         else:
             routes = [self.route(user_id, models, experiment) for user_id in user_ids]
-        featureless = batch.featureless
-        unknown = self._unknown_users([user_ids[i] for i in np.flatnonzero(featureless).tolist()])
         if unknown and unknown_is_error:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
+        featureless = batch.featureless
         probabilities: list[float | None] = [None] * len(user_ids)
         hashes = [NO_FEATURES_HASH] * len(user_ids)
         for rows in _rows_by_model(routes, featureless):
@@ -300,6 +343,11 @@ class ChurnPredictor:
             alerts.record_alert(self.database_url, kind, subject, message)
         except psycopg.Error as exc:
             log.error("could not record the alert %s (%s: %s): %s", kind, subject, message, exc)
+
+
+def _featureless_ids(batch: FeatureBatch) -> list[str]:
+    """The users of a batch without any stored feature (unknown, or known but not materialized yet)."""
+    return [batch.user_ids[i] for i in np.flatnonzero(batch.featureless).tolist()]
 
 
 def _has_no_features(vector: FeatureVector) -> bool:
