@@ -11,7 +11,7 @@ import pytest
 import redis
 from tests.integration.feature_worlds import redis_db_url
 
-from churn_platform.features.redis_async import AsyncHashReader
+from churn_platform.features.redis_async import AsyncHashReader, RespConnection
 from churn_platform.settings import Settings
 
 DB = 9  # keys of their own (a random prefix), removed after
@@ -67,6 +67,30 @@ def test_a_connection_the_server_dropped_is_replaced(server: tuple[redis.Redis, 
         return await reader.hgetall(keys[:1])
 
     assert asyncio.run(read_kill_read()) == [[b"f1", b"\x00\x01", b"f2", b"two"]]
+
+
+def test_a_burst_of_reads_shares_a_bounded_number_of_connections(server: tuple[redis.Redis, list[bytes]]) -> None:
+    client, keys = server
+    kwargs = client.connection_pool.connection_kwargs
+    reader = AsyncHashReader(kwargs["host"], kwargs["port"], db=DB, max_connections=3)
+    opened = []
+    connect = reader._connect
+
+    async def counted_connect(loop: asyncio.AbstractEventLoop) -> RespConnection:
+        connection = await connect(loop)
+        opened.append(connection)
+        return connection
+
+    reader._connect = counted_connect  # type: ignore[method-assign]
+
+    async def burst() -> list[list[object]]:
+        return await asyncio.gather(*(reader.hgetall(keys[i % 2 : i % 2 + 1]) for i in range(40)))
+
+    replies = asyncio.run(burst())
+
+    expected = {key: [item for pair in client.hgetall(key).items() for item in pair] for key in keys[:2]}
+    assert replies == [[expected[keys[i % 2]]] for i in range(40)]
+    assert 1 <= len(opened) <= 3
 
 
 def test_an_error_reply_is_raised_and_the_connection_stays_usable(server: tuple[redis.Redis, list[bytes]]) -> None:

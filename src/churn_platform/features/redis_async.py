@@ -18,7 +18,7 @@ import hiredis
 import redis
 
 DEFAULT_TIMEOUT_S = 10.0  # when the store's client sets none: a request must not wait on Redis forever
-MAX_IDLE_CONNECTIONS = 8
+MAX_CONNECTIONS = 8  # per event loop: a burst of requests queues for a connection instead of opening hundreds
 
 
 class RespConnection(asyncio.Protocol):
@@ -112,10 +112,11 @@ class AsyncHashReader:
 
     def __init__(
         self, host: str, port: int, *, db: int = 0, username: Any = None, password: Any = None,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
     ) -> None:  # fmt: skip
         self.host, self.port, self.db = host, port, db
         self.timeout_s = timeout_s
+        self.max_connections = max_connections
         handshake = []
         if username or password:  # as redis-py: AUTH only with credentials (a numeric password is a password)
             secret = b"" if password is None else str(password).encode()
@@ -125,6 +126,7 @@ class AsyncHashReader:
         self._handshake, self._handshake_replies = b"".join(handshake), len(handshake)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[RespConnection] = []
+        self._slots = asyncio.Semaphore(max_connections)  # connections in use on this loop
 
     @classmethod
     def for_client(cls, client: Any) -> AsyncHashReader | None:
@@ -153,12 +155,20 @@ class AsyncHashReader:
         if not keys:
             return []
         payload = hgetall_payload(keys)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # connections (and the queue for them) belong to the loop that opened them
+            self.close()
+            self._loop, self._slots = loop, asyncio.Semaphore(self.max_connections)
+        async with self._slots:
+            return await self._read(payload, len(keys))
+
+    async def _read(self, payload: bytes, replies_expected: int) -> list[Any]:
         for attempt in (1, 2):
             connection: RespConnection | None = None
             try:
                 connection = await self._acquire()
                 async with asyncio.timeout(self.timeout_s):
-                    replies = await connection.exchange(payload, len(keys))
+                    replies = await connection.exchange(payload, replies_expected)
             except (OSError, TimeoutError, redis.ConnectionError) as exc:
                 if connection is not None:
                     connection.close()
@@ -176,15 +186,11 @@ class AsyncHashReader:
         raise AssertionError("unreachable")
 
     async def _acquire(self) -> RespConnection:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # connections belong to the loop that opened them
-            self.close()
-            self._loop = loop
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
                 return connection
-        return await self._connect(loop)
+        return await self._connect(asyncio.get_running_loop())
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> RespConnection:
         async with asyncio.timeout(self.timeout_s):
@@ -198,7 +204,7 @@ class AsyncHashReader:
         return connection
 
     def _release(self, connection: RespConnection) -> None:
-        if connection.loop is self._loop and len(self._idle) < MAX_IDLE_CONNECTIONS and not connection.closed:
+        if connection.loop is self._loop and not connection.closed:
             self._idle.append(connection)
         else:
             connection.close()
