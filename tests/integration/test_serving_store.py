@@ -373,20 +373,18 @@ def test_bulk_formatted_rows_read_back_exactly(
     users = ["plain", "tab\there", "back\\slash", "new\nline", "carriage\rreturn", "ünïcødé ✓", "\\N", "  spaced  "]
     route = ("exp\t1", "control", None, "7")
     request_id = new_request_id()
-    lines = copy_lines(
-        request_id, T0, 2.5, "predict_batch", [(u, route, i / 10, f"{i:016x}") for i, u in enumerate(users)]
-    )
-    lines += copy_lines(
-        new_request_id(),
-        T0,
-        0.0,
-        "predict",
-        [("no-score", (None, "champion", "champion", "7"), None, "no-features")],
-    )
+    other = ("exp\t1", "variant", "challenger", "8")
+    routes = [route if i % 3 else other for i in range(len(users))]
+    scores = [i / 10 for i in range(len(users))]
+    hashes = [f"{i:016x}" for i in range(len(users))]
+    lines = copy_lines(request_id, T0, 2.5, "predict_batch", users, routes, scores, hashes)
+    no_score = (None, "champion", "champion", "7")
+    lines += copy_lines(new_request_id(), T0, 0.0, "predict", ["no-score"], [no_score], [None], ["no-features"])
     writer = make_writer(database_url)
 
     writer.submit_lines(lines)
-    writer.submit_rows(new_request_id(), T0, 1.0, "predict", [("bad-route", (None, "champion", 7, "7"), 0.5, "ab")])  # type: ignore[list-item]
+    bad_route = (None, "champion", 7, "7")
+    writer.submit_rows(new_request_id(), T0, 1.0, "predict", ["bad-route"], [bad_route], [0.5], ["ab"])  # type: ignore[list-item]
     assert writer.flush(timeout_s=20)
     assert writer.stats()["rejected"] == 1  # a value of the wrong type: refused when formatted, not written
 
@@ -398,6 +396,7 @@ def test_bulk_formatted_rows_read_back_exactly(
     assert [row[0] for row in rows] == [*users, "no-score"]
     first = rows[1]
     assert first[1:] == (request_id, T0, "exp\t1", "control", None, 0.1, f"{1:016x}", 2.5, "predict_batch")
+    assert [row[3:6] for row in rows[:-1:3]] == [("exp\t1", "variant", "challenger")] * 3  # the other route's rows
     assert rows[-1][3:7] == (None, "champion", "champion", None)
 
 

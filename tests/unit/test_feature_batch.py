@@ -155,3 +155,21 @@ def test_a_longest_hash_without_a_wanted_field_does_not_hide_it_from_the_others(
     assert batch.column("plan") == [None, "pro", None]
     assert batch.states.tolist() == [[MISSING, PRESENT, MISSING], [PRESENT] * 3, [MISSING] * 3]
     assert batch.featureless.tolist() == [False, False, True]
+
+
+def test_one_layout_throughout_and_names_out_of_step_read_the_same() -> None:
+    fresh = NOW - timedelta(hours=1)
+    users = [stored_hash(fresh, 1.5 * i, i, "pro" if i % 2 else "basic") for i in range(4)]
+    uniform = [flat(user) for user in users]
+    # As long as the others, but with its fields in another order: the names disagree at the same position.
+    shuffled = [*uniform[:3], flat(users[3], [b"f-logins", TS, b"f-plan", b"f-spend"])]
+    # As long as the others, but one field is another view's: a wanted field is absent for that user.
+    foreign = [*uniform[:3], [*flat(users[3])[:-2], b"other-view-field", b"x"]]
+
+    for replies in (uniform, shuffled):
+        batch = make_batch(replies)
+        assert batch.column("spend") == [1.5 * i for i in range(4)]
+        assert batch.column("plan") == ["basic", "pro", "basic", "pro"]
+    batch = make_batch(foreign)
+    assert batch.column("plan") == ["basic", "pro", "basic", None]
+    assert batch.states[3].tolist() == [PRESENT, PRESENT, MISSING]

@@ -9,7 +9,7 @@ shows them. States (present / stale / missing) are judged per user and feature v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -63,6 +63,10 @@ class HashArranger:
     def arrange(self, replies: Sequence[Any]) -> list[Column]:
         replies = [reply if type(reply) is list else _pairs(reply) for reply in replies]
         longest: list[Any] = max(replies, key=len, default=[])
+        if longest and all(len(reply) == len(longest) for reply in replies):
+            arranged = self._arrange_uniform(replies)
+            if arranged is not None:
+                return arranged
         order = longest[0::2]
         listed = set(order)
         order += [name for name in self.fields if name not in listed]  # so a hash lacking one takes the dict path
@@ -77,6 +81,18 @@ class HashArranger:
                 stored = dict(zip(reply[0::2], reply[1::2], strict=True))
                 rows.append([stored.get(name) for name in order])
         columns = list(zip(*rows, strict=True)) if order else []
+        columns.append((None,) * len(replies))  # what an absent field reads as
+        return [columns[i] for i in self._take(order)]
+
+    def _arrange_uniform(self, replies: list[list[Any]]) -> list[Column] | None:
+        """The common case, every user's hash in one layout: transpose all replies at once, then check that each
+        name column holds one name throughout (None if not: the general path sorts it out)."""
+        transposed = list(zip(*replies, strict=True))
+        names = transposed[0::2]
+        if any(column.count(column[0]) != len(column) for column in names):
+            return None
+        order = [column[0] for column in names]
+        columns = transposed[1::2]
         columns.append((None,) * len(replies))  # what an absent field reads as
         return [columns[i] for i in self._take(order)]
 
@@ -167,6 +183,16 @@ class FeatureBatch:
         raws = self._values[i]
         picked = list(raws) if rows is None else [raws[k] for k in rows.tolist()]
         return self._decoder.column(picked, doubles=self._doubles[i])
+
+    def codes(
+        self, name: str, positions: Mapping[str, int], cache: dict[bytes | None, int],
+        rows: npt.NDArray[np.intp] | None = None,
+    ) -> npt.NDArray[np.int64]:  # fmt: skip
+        """One feature's values as their positions in `positions` (keyed by `str(value)`; -1 for any other value),
+        without decoding each value: `cache` remembers each stored encoding's position (see ValueDecoder.codes)."""
+        raws = self._values[self._column[name]]
+        picked = raws if rows is None else [raws[k] for k in rows.tolist()]
+        return self._decoder.codes(picked, positions, cache)
 
     def snapshot_times(self) -> list[datetime | None]:
         """Per user, the newest snapshot time among the views materialized for them (None for none)."""

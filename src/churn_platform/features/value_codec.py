@@ -9,7 +9,7 @@ encoding and is cached. Anything unexpected falls back to Feast's conversion, so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,27 @@ class ValueDecoder:
                 return decoded
         one = self.one
         return [None if raw is None else one(raw) for raw in raws]
+
+    def codes(
+        self, raws: Sequence[bytes | None], positions: Mapping[str, int], cache: dict[bytes | None, int]
+    ) -> npt.NDArray[np.int64]:
+        """Stored values as their positions in `positions`, which is keyed by the value as text (`str(value)`, as
+        the encoder keys its categories); -1 for a value not there. `cache` holds each distinct encoding's
+        position for this `positions`: the caller keeps it as long as `positions` lives."""
+        try:
+            return np.fromiter(map(cache.__getitem__, raws), np.int64, len(raws))
+        except KeyError:
+            pass
+        for raw in set(raws) - cache.keys():
+            if len(cache) >= CACHE_LIMIT:
+                break
+            cache[raw] = positions.get(str(self._value(raw)), -1)
+        return np.array(
+            [cache[raw] if raw in cache else positions.get(str(self._value(raw)), -1) for raw in raws], np.int64
+        )
+
+    def _value(self, raw: bytes | None) -> Any:
+        return None if raw is None else self.one(raw)
 
     def double_floats(self, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64] | None:
         """Stored doubles as a float64 array, NaN where a value is missing or null; None if any is not a double."""

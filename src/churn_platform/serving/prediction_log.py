@@ -12,6 +12,7 @@ refuses are counted in `rejected` and logged, the others are written.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,27 +72,35 @@ def copy_text(value: str | None) -> str:
 
 
 RouteFields = tuple[str | None, str, str | None, str]  # experiment, arm, model alias, model version
-Row = tuple[str, RouteFields, float | None, str]  # user id, route, probability (None: no score), hex feature hash
 
 
 def copy_lines(
-    request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str, rows: Sequence[Row]
-) -> list[str]:
-    """COPY text lines of one request's rows; raises TypeError for a value the table could not hold.
+    request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str, user_ids: Sequence[str],
+    routes: Sequence[RouteFields], probabilities: Sequence[float | None], hashes: Sequence[str],
+) -> list[str]:  # fmt: skip
+    """COPY text lines of one request's rows, given as columns (a probability of None: no score; a hash in hex);
+    raises TypeError for a value the table could not hold.
 
-    The request's shared fields are formatted once, each distinct route once; user ids are escaped only if one of
-    them needs it. The feature hash is hex (nothing to escape).
+    The request's shared fields are formatted once, and each distinct route once (rows routed alike share one
+    tuple); user ids are escaped only if one of them needs it.
     """
     head = f"{request_id}\t{predicted_at.isoformat()}\t"
     tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}\n"
-    routes = {route: "\t".join(map(copy_text, route)) for route in {row[1] for row in rows}}
-    users = [row[0] for row in rows]
-    if _ESCAPED.search("".join(users)):
-        users = [copy_text(user_id) for user_id in users]
-    return [
-        f"{head}{user_id}\t{routes[route]}\t{NULL if p is None else repr(p)}\t{hashed}{tail}"
-        for user_id, (_, route, p, hashed) in zip(users, rows, strict=True)
-    ]
+    distinct = {id(route): route for route in routes}
+    texts = {key: "\t" + "\t".join(map(copy_text, route)) + "\t" for key, route in distinct.items()}
+    if len(texts) == 1:
+        middles: Iterable[str] = itertools.repeat(next(iter(texts.values())), len(routes))
+    else:
+        middles = [texts[id(route)] for route in routes]
+    if _ESCAPED.search("".join(user_ids)):
+        user_ids = [copy_text(user_id) for user_id in user_ids]
+    scores = map(repr, probabilities) if None not in probabilities else [_score(p) for p in probabilities]
+    columns = zip(user_ids, middles, scores, hashes, strict=True)
+    return [f"{head}{user_id}{middle}{score}\t{hashed}{tail}" for user_id, middle, score, hashed in columns]
+
+
+def _score(probability: float | None) -> str:
+    return NULL if probability is None else repr(probability)
 
 
 def _number(value: float) -> str:
@@ -127,8 +136,10 @@ class PredictionRecord:
         p = None if self.churn_probability is None else float(_number(self.churn_probability))
         if not isinstance(self.user_id, str):
             raise TypeError(f"user_id must be text: {self!r}")
-        row = (self.user_id, route, p, copy_text(self.feature_hash))  # copy_lines escapes user ids
-        return copy_lines(self.request_id, self.predicted_at, self.latency_ms, self.endpoint, [row])[0]
+        hashed = copy_text(self.feature_hash)  # copy_lines escapes user ids
+        return copy_lines(
+            self.request_id, self.predicted_at, self.latency_ms, self.endpoint, [self.user_id], [route], [p], [hashed]
+        )[0]
 
 
 @dataclass(frozen=True)
@@ -200,20 +211,17 @@ class PredictionLogWriter:
         self.submit_lines(lines)
 
     def submit_rows(
-        self,
-        request_id: uuid.UUID,
-        predicted_at: datetime,
-        latency_ms: float,
-        endpoint: str,
-        rows: Sequence[Row],
-    ) -> None:
+        self, request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str,
+        user_ids: Sequence[str], routes: Sequence[RouteFields], probabilities: Sequence[float | None],
+        hashes: Sequence[str],
+    ) -> None:  # fmt: skip
         """Queue one request's rows (as `copy_lines` takes them); if they cannot be formatted they count as rejected."""
         try:
-            lines = copy_lines(request_id, predicted_at, latency_ms, endpoint, rows)
+            lines = copy_lines(request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes)
         except (TypeError, ValueError, AttributeError) as exc:
             with self._cond:
-                self._rejected += len(rows)
-            log.error("prediction log: %d rows of request %s rejected: %s", len(rows), request_id, _first_line(exc))
+                self._rejected += len(user_ids)
+            log.error("prediction log: %d rows of request %s rejected: %s", len(user_ids), request_id, _first_line(exc))
             return
         self.submit_lines(lines)
 

@@ -8,7 +8,6 @@ features from Redis in one round trip and calls the classifier on a numpy matrix
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import mmh3
 import numpy as np
 import numpy.typing as npt
 import psycopg
@@ -222,7 +222,10 @@ class ChurnPredictor:
         champion = self.champion(models)
         if experiment is None:
             return Route(CHAMPION, champion, None, NO_EXPERIMENT_ARM)
-        arm = experiment.arm_for(user_id)
+        return self._arm_route(experiment.arm_for(user_id), models, experiment)
+
+    def _arm_route(self, arm: str, models: Mapping[str, LoadedModel], experiment: Experiment) -> Route:
+        champion = self.champion(models)
         reference = experiment.variant if arm == "variant" else experiment.control
         model = models.get(reference)
         if model is None:
@@ -280,8 +283,10 @@ class ChurnPredictor:
         user_ids = batch.user_ids
         if experiment is None:  # everyone gets the champion: one route for all
             routes = [self.route(user_ids[0], models, None)] * len(user_ids)
-        else:
-            routes = [self.route(user_id, models, experiment) for user_id in user_ids]
+        else:  # one Route per arm, shared by its users
+            arms = [experiment.arm_for(user_id) for user_id in user_ids]
+            by_arm = {arm: self._arm_route(arm, models, experiment) for arm in set(arms)}
+            routes = [by_arm[arm] for arm in arms]
         if unknown and unknown_is_error:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
@@ -297,14 +302,19 @@ class ChurnPredictor:
         outcomes, messages = _outcomes(batch, featureless, probabilities, unknown)
         request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
-        logged = [
-            (user_id, (route.experiment, route.arm, route.reference, route.model.version), p, hashed)
-            for user_id, route, p, hashed, outcome in zip(
-                user_ids, routes, probabilities, hashes, outcomes, strict=True
-            )
-            if outcome != "unknown_user"
-        ]
-        self.log.submit_rows(request_id, datetime.now(UTC), latency_ms, endpoint, logged)
+        fields = {id(route): (route.experiment, route.arm, route.reference, route.model.version) for route in routes}
+        if len(fields) == 1:  # one route for all: every row shares its fields
+            route_fields = [next(iter(fields.values()))] * len(routes)
+        else:
+            route_fields = [fields[id(route)] for route in routes]
+        logged_ids, logged_ps = user_ids, probabilities
+        if unknown:  # an unknown user gets an answer but no log row
+            kept = [i for i, outcome in enumerate(outcomes) if outcome != "unknown_user"]
+            logged_ids, logged_ps = [user_ids[i] for i in kept], [probabilities[i] for i in kept]
+            route_fields, hashes = [route_fields[i] for i in kept], [hashes[i] for i in kept]
+        self.log.submit_rows(
+            request_id, datetime.now(UTC), latency_ms, endpoint, logged_ids, route_fields, logged_ps, hashes
+        )
         bands = self.settings.serve_risk_bands
         return BatchPrediction(
             str(request_id), batch, routes, outcomes, probabilities, [risk_band(p, bands) for p in probabilities],
@@ -367,10 +377,14 @@ def _rows_by_model(routes: Sequence[Route], featureless: npt.NDArray[np.bool_]) 
 
 
 def row_hashes(matrix: npt.NDArray[np.float64]) -> list[str]:
-    """A short hash of each encoded feature vector the model scored (its exact float64 bytes), so log rows can be
-    grouped and joined by input; `NO_FEATURES_HASH` stands for a user that had none."""
-    rows = np.ascontiguousarray(matrix)
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).hexdigest() for row in rows]
+    """A short hash of each encoded feature vector the model scored, so log rows can be grouped and joined by
+    input: the first 8 bytes of MurmurHash3 (x64, 128 bits, seed 0) of the row's float64 bytes, as 16 hex digits.
+    `NO_FEATURES_HASH` stands for a user that had none. Not a cryptographic hash: nothing relies on it being hard
+    to forge."""
+    raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
+    width = matrix.shape[1] * 8
+    hash_bytes = mmh3.hash_bytes
+    return [hash_bytes(raw[start : start + width])[:8].hex() for start in range(0, len(raw), width)]
 
 
 def _outcomes(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from churn_platform.features.feature_batch import FeatureBatch
 
 FloatMatrix = npt.NDArray[np.float64]
+_STORED_CODES = "_stored_codes"  # the serving path's cache, kept out of the pickled encoder
 
 
 class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -61,12 +62,17 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def transform_batch(self, batch: FeatureBatch, rows: npt.NDArray[np.intp] | None = None) -> FloatMatrix:
         """The same encoding for an online feature batch's users (`rows` of it, or all): straight from its columns."""
         blocks = [batch.numeric(self.numeric, rows)]
+        caches = self.__dict__.setdefault(_STORED_CODES, {})  # stored encoding -> category position, per feature
         for name in self.categorical:
             positions = self._positions[name]
-            values = batch.column(name, rows)
-            codes = np.fromiter((positions.get(str(value), -1) for value in values), np.int64, len(values))
+            codes = batch.codes(name, positions, caches.setdefault(name, {}), rows)
             blocks.append(_one_hot(codes, len(positions)))
         return np.hstack(blocks)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()
+        state.pop(_STORED_CODES, None)  # a serving cache, never part of the fitted encoder
+        return state
 
     def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
         """The same encoding for feature dicts (None = missing), without building a DataFrame."""
