@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -89,6 +91,19 @@ def test_the_schema_applies_twice_and_admits_one_unstopped_experiment(database_u
         conn.execute(insert, ("first",))
         with pytest.raises(psycopg.errors.UniqueViolation, match="experiments_one_running"):
             conn.execute(insert, ("second",))
+
+
+def test_the_schema_drops_the_primary_key_of_an_earlier_log(database_url: str) -> None:
+    primary_keys = (
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 'serving.prediction_log'::regclass AND contype = 'p'"
+    )
+    with psycopg.connect(database_url) as conn:
+        conn.execute("ALTER TABLE serving.prediction_log ADD PRIMARY KEY (request_id, user_id)")  # as it was made
+
+    db.init_schema(database_url)
+
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(primary_keys).fetchone() == (0,)
 
 
 def test_an_experiment_starts_routes_and_stops(database_url: str) -> None:
@@ -318,24 +333,71 @@ def test_a_batch_cut_off_mid_write_is_replayed_without_duplicates(
     assert "terminating connection" in str(stats["last_error"])
 
 
-def test_rows_already_committed_count_as_written_once(
+class LostCommitProxy:
+    """A TCP proxy to PostgreSQL that lets the first COMMIT through, then cuts the connection before the server's
+    answer comes back: the batch is committed, and its writer never hears so."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut = threading.Event()  # set once the COMMIT is through: nothing more goes back to that client
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            first = not self.cut.is_set()
+            threading.Thread(target=self._to_server, args=(client, server, first), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client, first), daemon=True).start()
+
+    def _to_server(self, client: socket.socket, server: socket.socket, cut: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if cut and not self.cut.is_set() and b"COMMIT" in data:
+                    self.cut.set()
+                    server.sendall(data)
+                    time.sleep(0.5)  # the server commits; its answer is swallowed below
+                    break
+                server.sendall(data)
+        for end in (client, server):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def _to_client(self, server: socket.socket, client: socket.socket, cut: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if cut and self.cut.is_set():
+                    return
+                client.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_batch_committed_without_acknowledgment_is_not_written_again(
     database_url: str, make_writer: Callable[..., PredictionLogWriter]
 ) -> None:
-    # An earlier attempt committed the first half, but the writer never heard back: it sends everything again.
-    records = [_record(f"u{i:04d}") for i in range(1_000)]
-    with psycopg.connect(database_url) as conn, conn.cursor().copy(
-        "COPY serving.prediction_log FROM STDIN"
-    ) as copy:  # fmt: skip
-        for record in records[:500]:
-            copy.write_row(record.as_row())
-    writer = make_writer(database_url, batch_rows=300)
-    for record in records:
-        writer.submit(record)
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    proxy = LostCommitProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    try:
+        writer = make_writer(psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=proxy.port))
+        writer.submit_many([_record(f"u{i:04d}") for i in range(1_000)])  # one batch
 
-    assert writer.flush(timeout_s=20)
+        assert writer.flush(timeout_s=20)
+    finally:
+        proxy.close()
 
-    assert _logged_users(database_url) == [f"u{i:04d}" for i in range(1_000)]
-    assert (writer.stats()["written"], writer.stats()["duplicates"]) == (1_000, 500)
+    assert proxy.cut.is_set()
+    assert _logged_users(database_url) == [f"u{i:04d}" for i in range(1_000)]  # each once
+    stats = writer.stats()
+    assert (stats["written"], stats["duplicates"], stats["rejected"]) == (1_000, 1_000, 0)
+    assert stats["last_error"] is not None  # the broken connection was seen and recovered from
 
 
 def test_rows_the_table_refuses_are_rejected_and_the_rest_written(

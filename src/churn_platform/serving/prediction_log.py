@@ -2,12 +2,13 @@
 
 The request path never waits on PostgreSQL: rows arrive as lines of COPY text (formatted in bulk, a request's
 shared fields once) and are appended to a deque under a lock nobody holds across I/O. The writer thread keeps one
-connection and COPYs each batch straight into the table. A batch that meets rows already there (a replay of a
-batch whose commit was uncertain) goes through a session temp table and `INSERT ... ON CONFLICT DO NOTHING`
-instead, so it writes nothing twice. While
-PostgreSQL is unreachable the rows wait in the buffer (the oldest dropped beyond `max_buffer`, and counted) and the
-writer retries with exponential backoff. A batch refused for its content is retried row by row: the rows the table
-refuses are counted in `rejected` and logged, the others are written.
+connection and COPYs each batch straight into the table, in a transaction whose id it asks for first. If the
+connection breaks, the batch stays in flight; before writing it again on a new connection, the writer asks
+PostgreSQL whether that transaction committed (`pg_xact_status`), so a batch whose commit went through but was
+never acknowledged is not written twice, and one that was rolled back is written once. While PostgreSQL is
+unreachable new rows wait in the buffer (the oldest dropped beyond `max_buffer`, and counted) and the writer retries
+with exponential backoff. A batch refused for its content is retried row by row: the rows the table refuses are
+counted in `rejected` and logged, the others are written.
 """
 
 from __future__ import annotations
@@ -36,16 +37,9 @@ COLUMNS = (
     "churn_probability", "feature_hash", "latency_ms", "endpoint",
 )  # fmt: skip
 _COLUMN_LIST = ", ".join(COLUMNS)
-# Temp tables live per session, so the stage is created once per connection; ON COMMIT DELETE ROWS empties it.
-CREATE_STAGE_SQL = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS prediction_log_stage (LIKE serving.prediction_log) ON COMMIT DELETE ROWS"
-)
 COPY_SQL = f"COPY serving.prediction_log ({_COLUMN_LIST}) FROM STDIN"
-COPY_STAGE_SQL = f"COPY pg_temp.prediction_log_stage ({_COLUMN_LIST}) FROM STDIN"
-MOVE_STAGE_SQL = f"""
-INSERT INTO serving.prediction_log ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM pg_temp.prediction_log_stage
-ON CONFLICT (request_id, user_id) DO NOTHING
-"""
+XACT_ID_SQL = "SELECT pg_current_xact_id()::text"  # the transaction's id (assigned now, not at commit)
+XACT_STATUS_SQL = "SELECT pg_xact_status(%(xid)s::xid8)"  # committed / aborted / in progress / NULL (forgotten)
 CONNECT_TIMEOUT_S = 5
 REJECTED_ROWS_LOGGED = 5  # per batch: a flood of bad rows must not flood the log too
 NULL = "\\N"  # COPY text's NULL
@@ -177,6 +171,7 @@ class PredictionLogWriter:
         self._flush_waiters = 0
         self._written = self._duplicates = self._dropped = self._rejected = 0
         self._dropped_reported = 0
+        self._unconfirmed: str | None = None  # the id of the in-flight batch's transaction, if it may have committed
         self._failures = 0
         self._retry_at = self._next_tick = 0.0
         self._last_error: str | None = None
@@ -294,7 +289,8 @@ class PredictionLogWriter:
         return flushed
 
     def stats(self) -> dict[str, Any]:
-        """Counters for health checks: written (duplicates included), dropped, rejected, pending, last error."""
+        """Counters for health checks: written (duplicates included: rows whose commit went through without being
+        acknowledged, found written on the next connection), dropped, rejected, pending, last error."""
         with self._cond:
             return {
                 "written": self._written, "duplicates": self._duplicates, "dropped": self._dropped,
@@ -316,80 +312,92 @@ class PredictionLogWriter:
             self._disconnect()
 
     def _take_batch(self) -> list[str] | None:
-        """Wait for a full batch, the interval's tick or a flush (and the end of any backoff); None when stopping."""
+        """The batch to write: the one in flight again after a failure (once the backoff ends), else the next rows
+        once a batch is full, the interval ticks or someone flushes; None when stopping."""
         with self._cond:
             while not self._stopping:
                 now = time.monotonic()
+                if self._in_flight:  # a failed batch: retried as it was, since it may have been written
+                    if now >= self._retry_at:
+                        return [line for _, line in self._in_flight]
+                    self._cond.wait(max(self._retry_at - now, 0.001))
+                    continue
                 due = len(self._buffer) >= self._batch_rows or now >= self._next_tick or self._flush_waiters > 0
-                if self._buffer and now >= self._retry_at and due:
+                if self._buffer and due:
                     size = min(self._batch_rows, len(self._buffer))
                     self._in_flight = [self._buffer.popleft() for _ in range(size)]
                     if size < self._batch_rows:
                         self._next_tick = now + self._interval
                     return [line for _, line in self._in_flight]
-                if not self._buffer:
-                    wake_at = now + self._interval
-                else:
-                    wake_at = self._retry_at if now < self._retry_at else self._next_tick
+                wake_at = now + self._interval if not self._buffer else self._next_tick
                 self._cond.wait(max(wake_at - now, 0.001))
             return None
 
     def _write(self, lines: list[str]) -> None:
         try:
-            outcome = self._write_batch(self._connection(), lines)
-        except Exception as exc:  # whatever broke, the rows go back: nothing submitted is lost to a bug or an outage
+            conn = self._connection()
+            outcome = self._confirmed(conn, lines) or self._write_batch(conn, lines)
+        except Exception as exc:  # whatever broke, the rows stay: nothing submitted is lost to a bug or an outage
             self._disconnect()
             self._on_failure(exc)
         else:
             self._on_success(outcome)
 
+    def _confirmed(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome | None:
+        """After a broken connection: the batch's outcome if its transaction committed after all, None if it must
+        be written (rolled back, or nothing sent)."""
+        if self._unconfirmed is None:
+            return None
+        status = conn.execute(XACT_STATUS_SQL, {"xid": self._unconfirmed}).fetchone()
+        state = None if status is None else status[0]
+        if state == "in progress":  # its backend has not noticed the broken connection yet
+            raise psycopg.OperationalError(f"transaction {self._unconfirmed} of the last batch is still in progress")
+        if state is None:
+            log.warning(
+                "prediction log: the outcome of transaction %s is unknown; writing its batch", self._unconfirmed
+            )
+        self._unconfirmed = None
+        return _Outcome(0, len(lines), []) if state == "committed" else None
+
     def _write_batch(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome:
-        """One COPY into the table; through the stage if some rows are there already; row by row if refused."""
-        text = "".join(lines)
-        try:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-                copy.write(text)
-            return _Outcome(len(lines), 0, [])
-        except psycopg.errors.UniqueViolation:
-            pass  # a replay (or a request that named a user twice): skip what is there
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise  # the connection, not the rows: retry the batch
-        except Exception as exc:
-            return self._refused(conn, lines, exc)
+        """One COPY into the table; row by row if the table refuses the batch."""
         try:
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy(COPY_STAGE_SQL) as copy:
-                    copy.write(text)
-                cur.execute(MOVE_STAGE_SQL)
-                inserted = cur.rowcount
+                self._begin(cur)
+                with cur.copy(COPY_SQL) as copy:
+                    copy.write("".join(lines))
         except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
+            raise  # the connection, not the rows: retry the batch (`_unconfirmed` says whether it may be in)
         except Exception as exc:
-            return self._refused(conn, lines, exc)
-        return _Outcome(inserted, len(lines) - inserted, [])
+            self._unconfirmed = None  # the server refused it: rolled back
+            log.warning("prediction log: a batch of %d rows was refused (%s); row by row", len(lines), _first_line(exc))
+            return self._write_rows(conn, lines)
+        self._unconfirmed = None
+        return _Outcome(len(lines), 0, [])
 
-    def _refused(self, conn: psycopg.Connection, lines: list[str], exc: Exception) -> _Outcome:
-        log.warning("prediction log: a batch of %d rows was refused (%s); row by row", len(lines), _first_line(exc))
-        return self._write_rows(conn, lines)
+    def _begin(self, cur: psycopg.Cursor[Any]) -> None:
+        """Note the transaction's id before anything in it can commit: a broken connection leaves it to ask about."""
+        row = cur.execute(XACT_ID_SQL).fetchone()
+        self._unconfirmed = None if row is None else row[0]
 
     def _write_rows(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome:
         """Each row under its own savepoint in one transaction: the rows the table refuses are set aside."""
-        inserted = duplicates = 0
+        inserted = 0
         rejected: list[tuple[Any, BaseException]] = []
         with conn.transaction(), conn.cursor() as cur:
+            self._begin(cur)
             for line in lines:
                 try:
                     with conn.transaction(), cur.copy(COPY_SQL) as copy:
                         copy.write(line)
-                except psycopg.errors.UniqueViolation:
-                    duplicates += 1
                 except Exception as exc:
                     if not _is_content_error(exc):
                         raise
                     rejected.append((line, exc))
                 else:
                     inserted += 1
-        return _Outcome(inserted, duplicates, rejected)
+        self._unconfirmed = None
+        return _Outcome(inserted, 0, rejected)
 
     def _on_success(self, outcome: _Outcome) -> None:
         with self._cond:
@@ -400,26 +408,28 @@ class PredictionLogWriter:
             self._failures, self._retry_at = 0, 0.0
             self._cond.notify_all()
         if outcome.duplicates:
-            log.info("prediction log: %d rows were already written (a replayed batch)", outcome.duplicates)
+            log.info(
+                "prediction log: %d rows were written before the connection broke (not written again)",
+                outcome.duplicates,
+            )
         for record, exc in outcome.rejected[:REJECTED_ROWS_LOGGED]:
             log.error("prediction log: row rejected (%r): %s", record, _first_line(exc))
         if len(outcome.rejected) > REJECTED_ROWS_LOGGED:
             log.error("prediction log: %d more rows rejected", len(outcome.rejected) - REJECTED_ROWS_LOGGED)
 
     def _on_failure(self, exc: Exception) -> None:
-        """Put the batch back at the front in order, drop the oldest beyond the bound, and back off."""
+        """Keep the batch in flight and back off; its rows past the bound are dropped unless it may be written."""
         message = f"{type(exc).__name__}: {_first_line(exc)}"
         with self._cond:
-            self._buffer.extendleft(reversed(self._in_flight))
-            self._in_flight, self._doomed = [], 0
-            while len(self._buffer) > self._max_buffer:
-                self._buffer.popleft()
-                self._dropped += 1
+            if self._unconfirmed is None and self._doomed:  # certainly not written: the overflow goes now
+                del self._in_flight[: self._doomed]
+                self._dropped += self._doomed
+                self._doomed = 0
             self._failures += 1
             delay = min(self._retry_max_s, self._interval * 2 ** min(self._failures - 1, 30))
             self._retry_at = time.monotonic() + delay
             self._last_error = message
-            pending = len(self._buffer)
+            pending = len(self._buffer) + len(self._in_flight)
             self._cond.notify_all()
         log.warning("prediction log: write failed (%s); %d rows wait, retry in %.2fs", message, pending, delay)
 
@@ -431,13 +441,7 @@ class PredictionLogWriter:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            conn = db.connect(self._conninfo, autocommit=True)
-            try:
-                conn.execute(CREATE_STAGE_SQL)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = db.connect(self._conninfo, autocommit=True)
         return self._conn
 
     def _disconnect(self) -> None:
