@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS serving.experiments (
 -- At most one experiment not stopped: every user is in at most one experiment, so arms never mix two tests.
 CREATE UNIQUE INDEX IF NOT EXISTS experiments_one_running ON serving.experiments ((true)) WHERE stopped_at IS NULL;
 
--- One row per user per request (a batch request writes one row per user, all with its request_id), written by the
+-- One row per answered prediction (a batch request writes one row per user, all with its request_id; a user named
+-- twice in a batch is answered, and logged, twice), written by the
 -- service's background writer. arm is 'control' or 'variant' inside an experiment, 'fallback' when the user's arm
 -- had no loaded model and the champion answered instead, and 'champion' when no experiment was running.
 -- churn_probability is NULL when the user had no features to score. No foreign key to experiments: a log row is

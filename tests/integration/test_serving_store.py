@@ -335,10 +335,13 @@ def test_a_batch_cut_off_mid_write_is_replayed_without_duplicates(
 
 class LostCommitProxy:
     """A TCP proxy to PostgreSQL that lets the first COMMIT through, then cuts the connection before the server's
-    answer comes back: the batch is committed, and its writer never hears so."""
+    answer comes back: the batch is committed, and its writer never hears so. With `hold`, it keeps the COMMIT
+    and the server's side of the connection instead: the transaction stays open, as after a network partition."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, hold: bool = False) -> None:
         self.upstream = (host, port)
+        self.hold = hold
+        self.held: list[socket.socket] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cut = threading.Event()  # set once the COMMIT is through: nothing more goes back to that client
@@ -360,11 +363,14 @@ class LostCommitProxy:
             while data := client.recv(65536):
                 if cut and not self.cut.is_set() and b"COMMIT" in data:
                     self.cut.set()
+                    if self.hold:
+                        self.held.append(server)
+                        break
                     server.sendall(data)
                     time.sleep(0.5)  # the server commits; its answer is swallowed below
                     break
                 server.sendall(data)
-        for end in (client, server):
+        for end in (client,) if server in self.held else (client, server):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
@@ -378,6 +384,8 @@ class LostCommitProxy:
 
     def close(self) -> None:
         self.listener.close()
+        for server in self.held:
+            server.close()
 
 
 def test_a_batch_committed_without_acknowledgment_is_not_written_again(
@@ -398,6 +406,25 @@ def test_a_batch_committed_without_acknowledgment_is_not_written_again(
     stats = writer.stats()
     assert (stats["written"], stats["duplicates"], stats["rejected"]) == (1_000, 1_000, 0)
     assert stats["last_error"] is not None  # the broken connection was seen and recovered from
+
+
+def test_a_batch_left_open_by_a_lost_connection_is_ended_and_written_once(
+    database_url: str, make_writer: Callable[..., PredictionLogWriter]
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    proxy = LostCommitProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432), hold=True)
+    try:
+        writer = make_writer(psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=proxy.port))
+        writer.submit_many([_record(f"u{i:04d}") for i in range(1_000)])
+
+        assert writer.flush(timeout_s=20)
+    finally:
+        proxy.close()
+
+    assert proxy.cut.is_set()
+    assert _logged_users(database_url) == [f"u{i:04d}" for i in range(1_000)]
+    stats = writer.stats()
+    assert (stats["written"], stats["duplicates"], stats["rejected"]) == (1_000, 0, 0)
 
 
 def test_rows_the_table_refuses_are_rejected_and_the_rest_written(

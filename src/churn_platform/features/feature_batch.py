@@ -3,8 +3,9 @@
 `OnlineFeatures.read_batch` fetches every user's Redis hash with one pipelined HGETALL and arranges the stored
 bytes in a users x features array. A `FeatureBatch` decodes from it only what its caller asks for: a float matrix
 of the numeric features for a model (all doubles in one numpy call, other numbers through a cache of their
-encodings), a text column for the encoder, or per-user `FeatureVector`s with Python values for a response that
-shows them. States (present / stale / missing) are judged per user and feature view, as arrays.
+encodings), a categorical column as positions among the encoder's categories, or per-user `FeatureVector`s with
+Python values for a response that shows them. States (present / stale / missing) are judged per user and feature
+view, as arrays.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ COLUMNS = (
 )  # fmt: skip
 _COLUMN_LIST = ", ".join(COLUMNS)
 COPY_SQL = f"COPY serving.prediction_log ({_COLUMN_LIST}) FROM STDIN"
-XACT_ID_SQL = "SELECT pg_current_xact_id()::text"  # the transaction's id (assigned now, not at commit)
+XACT_ID_SQL = "SELECT pg_current_xact_id()::text, pg_backend_pid()"  # the transaction's id, assigned now
 XACT_STATUS_SQL = "SELECT pg_xact_status(%(xid)s::xid8)"  # committed / aborted / in progress / NULL (forgotten)
 CONNECT_TIMEOUT_S = 5
 REJECTED_ROWS_LOGGED = 5  # per batch: a flood of bad rows must not flood the log too
@@ -48,8 +48,8 @@ _ESCAPED = re.compile(r"[\\\t\n\r]")
 
 
 def new_request_id() -> uuid.UUID:
-    """A UUIDv7 (RFC 9562): unix milliseconds first, then 74 random bits, so request ids ascend in time and the
-    log's primary key grows at its right edge instead of at random pages."""
+    """A UUIDv7 (RFC 9562): unix milliseconds first, then 74 random bits, so request ids ascend in time and a
+    BRIN index on them finds a request's rows."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10
@@ -166,12 +166,15 @@ class PredictionLogWriter:
         # Guarded by _cond. Each row carries its submission number, so flush() knows when its rows are out.
         self._buffer: deque[tuple[int, str]] = deque()  # (submission number, COPY text line)
         self._in_flight: list[tuple[int, str]] = []
-        self._doomed = 0  # oldest in-flight rows past the bound: dropped if their write fails, kept if it succeeds
+        self._doomed = 0  # oldest in-flight rows past the bound: dropped if their write surely failed, else kept
         self._next_seq = 0
         self._flush_waiters = 0
         self._written = self._duplicates = self._dropped = self._rejected = 0
         self._dropped_reported = 0
-        self._unconfirmed: str | None = None  # the id of the in-flight batch's transaction, if it may have committed
+        # The in-flight batch's transaction, while it may have committed: its id, its backend, what it wrote.
+        self._unconfirmed: str | None = None
+        self._unconfirmed_pid = 0
+        self._unconfirmed_outcome: _Outcome | None = None
         self._failures = 0
         self._retry_at = self._next_tick = 0.0
         self._last_error: str | None = None
@@ -223,8 +226,9 @@ class PredictionLogWriter:
     def submit_lines(self, lines: Sequence[str]) -> None:
         """Queue rows already formatted as COPY text (`copy_lines`): one lock acquisition, no per-row work.
 
-        Beyond `max_buffer` rows the oldest are dropped and counted: first the rows being written (dropped only if
-        that write fails), then the oldest waiting, then, for a request larger than the whole buffer, its first rows.
+        Beyond `max_buffer` rows the oldest are dropped and counted: first the rows being written (dropped only once
+        that write has surely failed), then the oldest waiting, then, for a request larger than the whole buffer,
+        its first rows.
         """
         with self._cond:
             count = len(lines)
@@ -285,7 +289,8 @@ class PredictionLogWriter:
             self._buffer.clear()
             self._in_flight = []
         if lost:
-            log.error("prediction log closed with %d rows not written (%s)", lost, self._last_error)
+            maybe = " (the last batch's commit was not confirmed: it may be in the table)" if self._unconfirmed else ""
+            log.error("prediction log closed with %d rows not written%s (%s)", lost, maybe, self._last_error)
         return flushed
 
     def stats(self) -> dict[str, Any]:
@@ -323,13 +328,16 @@ class PredictionLogWriter:
                     self._cond.wait(max(self._retry_at - now, 0.001))
                     continue
                 due = len(self._buffer) >= self._batch_rows or now >= self._next_tick or self._flush_waiters > 0
-                if self._buffer and due:
+                if self._buffer and due and now >= self._retry_at:
                     size = min(self._batch_rows, len(self._buffer))
                     self._in_flight = [self._buffer.popleft() for _ in range(size)]
                     if size < self._batch_rows:
                         self._next_tick = now + self._interval
                     return [line for _, line in self._in_flight]
-                wake_at = now + self._interval if not self._buffer else self._next_tick
+                if not self._buffer:
+                    wake_at = now + self._interval
+                else:
+                    wake_at = self._retry_at if now < self._retry_at else self._next_tick
                 self._cond.wait(max(wake_at - now, 0.001))
             return None
 
@@ -348,16 +356,25 @@ class PredictionLogWriter:
         be written (rolled back, or nothing sent)."""
         if self._unconfirmed is None:
             return None
-        status = conn.execute(XACT_STATUS_SQL, {"xid": self._unconfirmed}).fetchone()
+        xid = self._unconfirmed
+        try:
+            status = conn.execute(XACT_STATUS_SQL, {"xid": xid}).fetchone()
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # ask again on the next connection
+        except psycopg.Error as exc:  # e.g. an id "in the future": another cluster (restored, failed over)
+            log.warning("prediction log: cannot tell whether transaction %s committed (%s)", xid, _first_line(exc))
+            status = None
         state = None if status is None else status[0]
-        if state == "in progress":  # its backend has not noticed the broken connection yet
-            raise psycopg.OperationalError(f"transaction {self._unconfirmed} of the last batch is still in progress")
+        if state == "in progress":  # its backend has not noticed the broken connection: end it, then ask again
+            conn.execute("SELECT pg_terminate_backend(%(pid)s)", {"pid": self._unconfirmed_pid})
+            raise psycopg.OperationalError(f"transaction {xid} of the last batch was still in progress")
         if state is None:
-            log.warning(
-                "prediction log: the outcome of transaction %s is unknown; writing its batch", self._unconfirmed
-            )
-        self._unconfirmed = None
-        return _Outcome(0, len(lines), []) if state == "committed" else None
+            log.warning("prediction log: the outcome of transaction %s is unknown; writing its batch again", xid)
+        outcome = self._unconfirmed_outcome or _Outcome(0, len(lines), [])
+        self._unconfirmed, self._unconfirmed_outcome = None, None
+        if state != "committed":
+            return None
+        return _Outcome(0, outcome.inserted + outcome.duplicates, outcome.rejected)
 
     def _write_batch(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome:
         """One COPY into the table; row by row if the table refuses the batch."""
@@ -378,7 +395,8 @@ class PredictionLogWriter:
     def _begin(self, cur: psycopg.Cursor[Any]) -> None:
         """Note the transaction's id before anything in it can commit: a broken connection leaves it to ask about."""
         row = cur.execute(XACT_ID_SQL).fetchone()
-        self._unconfirmed = None if row is None else row[0]
+        self._unconfirmed, self._unconfirmed_pid = (None, 0) if row is None else row
+        self._unconfirmed_outcome = None  # a whole batch
 
     def _write_rows(self, conn: psycopg.Connection, lines: list[str]) -> _Outcome:
         """Each row under its own savepoint in one transaction: the rows the table refuses are set aside."""
@@ -396,6 +414,7 @@ class PredictionLogWriter:
                     rejected.append((line, exc))
                 else:
                     inserted += 1
+            self._unconfirmed_outcome = _Outcome(inserted, 0, rejected)  # what the commit writes, if it goes through
         self._unconfirmed = None
         return _Outcome(inserted, 0, rejected)
 

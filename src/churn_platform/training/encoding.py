@@ -70,7 +70,7 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return np.hstack(blocks)
 
     def __getstate__(self) -> dict[str, Any]:
-        state: dict[str, Any] = super().__getstate__()
+        state: dict[str, Any] = dict(super().__getstate__())  # a copy: BaseEstimator may hand out __dict__ itself
         state.pop(_STORED_CODES, None)  # a serving cache, never part of the fitted encoder
         return state
 
