@@ -34,11 +34,13 @@ import argparse
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -50,9 +52,14 @@ from bench.serving_peers.servers import (
     running_bare_peers,
     running_peers,
 )
-from bench.serving_peers.service_probes import logged_predictions, service_worker_rss_mib, wait_ready
+from bench.serving_peers.service_probes import (
+    logged_predictions,
+    service_worker_connections,
+    service_worker_rss_mib,
+    wait_ready,
+)
 from bench.serving_peers.world import DAYS, BenchWorld, bench_settings, prepare_world, write_user_ids
-from bench.serving_peers.wrk import Load, WrkResult, measure
+from bench.serving_peers.wrk import WARMUP_S, Load, WrkResult, measure
 from churn_platform import local_stack
 from churn_platform.settings import Settings, get_settings
 
@@ -74,6 +81,7 @@ class Point:
     warmup: WrkResult
     result: WrkResult
     rss_mib: float
+    connections_per_worker: list[int]  # sampled mid-run, most first (empty if the sample failed)
 
     @property
     def answered(self) -> int:
@@ -172,20 +180,30 @@ def batch_table(points: Sequence[Point], bare: Sequence[Peer]) -> Table:
     """Ours at each connection count, then each bare BentoML service's constant answers at the same settings."""
     table = titled_table(
         f"/predict_batch ({BATCH_USERS} users per request)",
-        ("server", "connections", "req/s", "predictions/s", *LATENCY_COLUMNS, "worker RSS after", "target"),
+        (
+            "server",
+            "connections",
+            "per worker",
+            "req/s",
+            "predictions/s",
+            *LATENCY_COLUMNS,
+            "worker RSS after",
+            "target",
+        ),
     )
     for point in points:
         result = point.result
         per_s = result.ok_per_s * BATCH_USERS
+        split = "+".join(map(str, point.connections_per_worker)) or "?"
         table.add_row(
-            "ours", str(result.connections), f"{result.ok_per_s:,.0f}", f"{per_s:,.0f}", *latency_cells(result),
+            "ours", str(result.connections), split, f"{result.ok_per_s:,.0f}", f"{per_s:,.0f}", *latency_cells(result),
             f"{point.rss_mib:,.0f} MiB", f">= 50,000/s: {verdict(per_s >= 50_000)}",
         )  # fmt: skip
     for peer in bare:
         for point, theirs in zip(points, peer.results, strict=True):
             ratio = point.result.ok_per_s / theirs.ok_per_s
             table.add_row(
-                peer.name, str(theirs.connections), f"{theirs.ok_per_s:,.0f}",
+                peer.name, str(theirs.connections), "", f"{theirs.ok_per_s:,.0f}",
                 f"{theirs.ok_per_s * BATCH_USERS:,.0f}", *latency_cells(theirs), "", f"ours / this: {ratio:.2f}x",
             )  # fmt: skip
     return table
@@ -219,8 +237,22 @@ def progress(what: str) -> None:
 
 
 def measured_point(load: Load, seconds: float, settings: Settings) -> Point:
-    warmup, result = measure(load, seconds)
-    return Point(warmup, result, service_worker_rss_mib(settings))
+    """One point of ours, with the workers' share of wrk's connections sampled halfway through the measured run."""
+    split: list[list[int]] = []
+    sampler = threading.Timer(min(WARMUP_S, seconds) + seconds / 2, lambda: split.append(worker_split(settings)))
+    sampler.start()
+    try:
+        warmup, result = measure(load, seconds)
+    finally:
+        sampler.cancel()
+    return Point(warmup, result, service_worker_rss_mib(settings), split[0] if split else [])
+
+
+def worker_split(settings: Settings) -> list[int]:
+    try:
+        return service_worker_connections(settings)
+    except (psutil.Error, RuntimeError):
+        return []
 
 
 def bench_predict(

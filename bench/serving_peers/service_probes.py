@@ -22,6 +22,21 @@ def wait_ready(url: str, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def service_worker_connections(settings: Settings) -> list[int]:
+    """Open client connections of each service worker, most first: BentoML's workers accept from one shared socket,
+    so a few long-lived wrk connections can land unevenly (all on one worker, at worst)."""
+    recorded = local_stack.StackRecord(settings.data_dir).read().get("service")
+    if not recorded:
+        raise RuntimeError("the prediction service is not running")
+    counts = []
+    for child in psutil.Process(int(str(recorded["pid"]))).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "_bentoml_impl.worker.service" in child.cmdline():
+                established = [c for c in child.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED]
+                counts.append(sum(1 for c in established if c.laddr and c.laddr.port == settings.serve_port))
+    return sorted(counts, reverse=True)
+
+
 def service_worker_rss_mib(settings: Settings) -> float:
     """Resident memory of the service's worker processes (BentoML's workers, not its supervisor), in MiB.
 
