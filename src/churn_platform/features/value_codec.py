@@ -9,7 +9,7 @@ encoding and is cached. Anything unexpected falls back to Feast's conversion, so
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,17 +59,7 @@ class ValueDecoder:
         """Stored values as their positions in `positions`, which is keyed by the value as text (`str(value)`, as
         the encoder keys its categories); -1 for a value not there. `cache` holds each distinct encoding's
         position for this `positions`: the caller keeps it as long as `positions` lives."""
-        try:
-            return np.fromiter(map(cache.__getitem__, raws), np.int64, len(raws))
-        except KeyError:
-            pass
-        for raw in set(raws) - cache.keys():
-            if len(cache) >= CACHE_LIMIT:
-                break
-            cache[raw] = positions.get(str(self._value(raw)), -1)
-        return np.array(
-            [cache[raw] if raw in cache else positions.get(str(self._value(raw)), -1) for raw in raws], np.int64
-        )
+        return _through_cache(raws, cache, lambda raw: positions.get(str(self._value(raw)), -1), np.int64)
 
     def _value(self, raw: bytes | None) -> Any:
         return None if raw is None else self.one(raw)
@@ -86,16 +76,7 @@ class ValueDecoder:
 
     def floats(self, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64]:
         """Stored numbers of any type as float64, NaN where missing or null; each distinct encoding decoded once."""
-        known = self._floats
-        try:
-            return np.fromiter(map(known.__getitem__, raws), np.float64, len(raws))
-        except KeyError:
-            pass
-        for raw in set(raws) - known.keys():
-            if len(known) >= CACHE_LIMIT:
-                break
-            known[raw] = _as_float(self.one(raw))  # type: ignore[arg-type]  # None is always known
-        return np.array([known[raw] if raw in known else _as_float(self.one(raw)) for raw in raws], np.float64)  # type: ignore[arg-type]
+        return _through_cache(raws, self._floats, lambda raw: _as_float(self._value(raw)), np.float64)
 
     def _doubles(self, raws: Sequence[bytes | None]) -> list[Any] | None:
         present = [raw for raw in raws if raw]
@@ -114,6 +95,22 @@ class ValueDecoder:
         if not (records["tag"] == self._double_tag).all():
             return None
         return records["value"].astype(np.float64)
+
+
+def _through_cache(
+    raws: Sequence[bytes | None], cache: dict[bytes | None, Any], convert: Callable[[bytes | None], Any], dtype: Any
+) -> npt.NDArray[Any]:
+    """`convert(raw)` of each stored value as an array, each distinct encoding converted once and kept in `cache`
+    (up to CACHE_LIMIT encodings: beyond, the rest are converted on every call)."""
+    try:
+        return np.fromiter(map(cache.__getitem__, raws), dtype, len(raws))
+    except KeyError:
+        pass
+    for raw in set(raws) - cache.keys():
+        if len(cache) >= CACHE_LIMIT:
+            break
+        cache[raw] = convert(raw)
+    return np.array([cache[raw] if raw in cache else convert(raw) for raw in raws], dtype)
 
 
 def _as_float(value: Any) -> float:
