@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -28,12 +29,13 @@ def service_worker_connections(settings: Settings) -> list[int]:
     recorded = local_stack.StackRecord(settings.data_dir).read().get("service")
     if not recorded:
         raise RuntimeError("the prediction service is not running")
+    port = urlsplit(str(recorded["url"])).port
     counts = []
     for child in psutil.Process(int(str(recorded["pid"]))).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if "_bentoml_impl.worker.service" in child.cmdline():
                 established = [c for c in child.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED]
-                counts.append(sum(1 for c in established if c.laddr and c.laddr.port == settings.serve_port))
+                counts.append(sum(1 for c in established if c.laddr and c.laddr.port == port))
     return sorted(counts, reverse=True)
 
 
