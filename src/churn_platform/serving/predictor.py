@@ -11,10 +11,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import mmh3
 import numpy as np
@@ -39,6 +39,7 @@ NO_EXPERIMENT_ARM = "champion"  # the arm of every request while no experiment r
 FALLBACK_ARM = "fallback"  # assigned to the variant, but the variant's model is not loaded: the champion answered
 KNOWN_USERS_SQL = "SELECT user_id FROM raw.users WHERE user_id = ANY(%(ids)s)"
 NO_FEATURES_HASH = "no-features"
+T = TypeVar("T")
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -219,9 +220,8 @@ class ChurnPredictor:
         return champion
 
     def route(self, user_id: str, models: Mapping[str, LoadedModel], experiment: Experiment | None) -> Route:
-        champion = self.champion(models)
         if experiment is None:
-            return Route(CHAMPION, champion, None, NO_EXPERIMENT_ARM)
+            return Route(CHAMPION, self.champion(models), None, NO_EXPERIMENT_ARM)
         return self._arm_route(experiment.arm_for(user_id), models, experiment)
 
     def _arm_route(self, arm: str, models: Mapping[str, LoadedModel], experiment: Experiment) -> Route:
@@ -302,11 +302,9 @@ class ChurnPredictor:
         outcomes, messages = _outcomes(batch, featureless, probabilities, unknown)
         request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
-        fields = {id(route): (route.experiment, route.arm, route.reference, route.model.version) for route in routes}
-        if len(fields) == 1:  # one route for all: every row shares its fields
-            route_fields = [next(iter(fields.values()))] * len(routes)
-        else:
-            route_fields = [fields[id(route)] for route in routes]
+        route_fields = per_route(
+            routes, lambda route: (route.experiment, route.arm, route.reference, route.model.version)
+        )
         logged_ids, logged_ps = user_ids, probabilities
         if unknown:  # an unknown user gets an answer but no log row
             kept = [i for i, outcome in enumerate(outcomes) if outcome != "unknown_user"]
@@ -353,6 +351,13 @@ class ChurnPredictor:
             alerts.record_alert(self.database_url, kind, subject, message)
         except psycopg.Error as exc:
             log.error("could not record the alert %s (%s: %s): %s", kind, subject, message, exc)
+
+
+def per_route(routes: Sequence[Route], fields: Callable[[Route], T]) -> list[T]:
+    """`fields(route)` for each row, computed once per distinct Route (rows routed alike share one object)."""
+    distinct = {id(route): route for route in routes}
+    computed = {key: fields(route) for key, route in distinct.items()}
+    return [computed[id(route)] for route in routes]
 
 
 def _featureless_ids(batch: FeatureBatch) -> list[str]:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.responses import Response
 
 from churn_platform.features.feature_batch import FeatureVector
-from churn_platform.serving.predictor import BatchPrediction, Prediction, Route
+from churn_platform.serving.predictor import BatchPrediction, Prediction, Route, per_route
 
 # As ingestion accepts them: non-empty text without NUL (PostgreSQL text cannot hold it).
 USER_ID_PATTERN = r"^[^\x00]+$"
@@ -129,11 +129,10 @@ def batch_body(result: BatchPrediction, *, with_features: bool) -> dict[str, Any
         features = [features_body(vector) for vector in vectors]
     else:
         features = itertools.repeat(None, len(result.routes))
-    distinct = {id(route): route for route in result.routes}  # rows routed alike share one Route
-    fields = {key: (r.model.version, r.reference, r.experiment, r.arm) for key, r in distinct.items()}
+    routes = per_route(result.routes, lambda route: (route.model.version, route.reference, route.experiment, route.arm))
     results = _results(
-        result.request_id, result.user_ids, result.outcomes, result.probabilities, result.risk_bands,
-        [fields[id(route)] for route in result.routes], features, result.batch.snapshot_times(), result.messages,
+        result.request_id, result.user_ids, result.outcomes, result.probabilities, result.risk_bands, routes,
+        features, result.batch.snapshot_times(), result.messages,
     )  # fmt: skip
     return {"request_id": result.request_id, "count": len(results), "results": results}
 
