@@ -333,13 +333,30 @@ def test_a_batch_cut_off_mid_write_is_replayed_without_duplicates(
     assert "terminating connection" in str(stats["last_error"])
 
 
-class LostCommitProxy:
-    """A TCP proxy to PostgreSQL that lets the first COMMIT through, then cuts the connection before the server's
-    answer comes back: the batch is committed, and its writer never hears so. With `hold`, it keeps the COMMIT
-    and the server's side of the connection instead: the transaction stays open, as after a network partition."""
+def _server_address(database_url: str) -> str | tuple[str, int]:
+    """Where a libpq URL's server listens: its unix socket file (the embedded server's only listener), or host and
+    port."""
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    host, port = str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
 
-    def __init__(self, host: str, port: int, *, hold: bool = False) -> None:
-        self.upstream = (host, port)
+
+def _connect(address: str | tuple[str, int]) -> socket.socket:
+    if isinstance(address, tuple):
+        return socket.create_connection(address)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.connect(address)
+    return unix
+
+
+class LostCommitProxy:
+    """A TCP proxy to PostgreSQL (over TCP or its unix socket) that lets the first COMMIT through, then cuts the
+    connection before the server's answer comes back: the batch is committed, and its writer never hears so. With
+    `hold`, it keeps the COMMIT and the server's side of the connection instead: the transaction stays open, as
+    after a network partition."""
+
+    def __init__(self, database_url: str, *, hold: bool = False) -> None:
+        self.upstream = _server_address(database_url)
         self.hold = hold
         self.held: list[socket.socket] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -353,7 +370,7 @@ class LostCommitProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(self.upstream)
+            server = _connect(self.upstream)
             first = not self.cut.is_set()
             threading.Thread(target=self._to_server, args=(client, server, first), daemon=True).start()
             threading.Thread(target=self._to_client, args=(server, client, first), daemon=True).start()
@@ -391,8 +408,7 @@ class LostCommitProxy:
 def test_a_batch_committed_without_acknowledgment_is_not_written_again(
     database_url: str, make_writer: Callable[..., PredictionLogWriter]
 ) -> None:
-    params = psycopg.conninfo.conninfo_to_dict(database_url)
-    proxy = LostCommitProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+    proxy = LostCommitProxy(database_url)
     try:
         writer = make_writer(psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=proxy.port))
         writer.submit_many([_record(f"u{i:04d}") for i in range(1_000)])  # one batch
@@ -411,8 +427,7 @@ def test_a_batch_committed_without_acknowledgment_is_not_written_again(
 def test_a_batch_left_open_by_a_lost_connection_is_ended_and_written_once(
     database_url: str, make_writer: Callable[..., PredictionLogWriter]
 ) -> None:
-    params = psycopg.conninfo.conninfo_to_dict(database_url)
-    proxy = LostCommitProxy(str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432), hold=True)
+    proxy = LostCommitProxy(database_url, hold=True)
     try:
         writer = make_writer(psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=proxy.port))
         writer.submit_many([_record(f"u{i:04d}") for i in range(1_000)])
