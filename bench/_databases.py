@@ -9,14 +9,14 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from churn_platform import db, local_stack
+from churn_platform import db, stack
 from churn_platform.settings import Settings
 
 
 @contextlib.contextmanager
 def fresh_database(prefix: str = "churn_bench") -> Iterator[str]:
     """A new database with the platform schema, dropped on exit."""
-    server = local_stack.database_url(Settings())
+    server = stack.database_url(Settings())
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = psycopg.conninfo.make_conninfo(server, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:

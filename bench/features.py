@@ -30,11 +30,11 @@ import psycopg
 import redis
 
 from bench._databases import fresh_database
-from churn_platform import local_stack
-from churn_platform.data import world
+from churn_platform import stack
 from churn_platform.data.labels import ChurnDefinition
-from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, online, snapshots, training
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.features import feast_repo, online, snapshots, training_sets
 from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.settings import Settings, get_settings
 
@@ -114,12 +114,12 @@ def hand_written_training_set(url: str, catalog: Catalog, settings: Settings, tt
 def bench_training_set(url: str, settings: Settings, catalog: Catalog, repeats: int) -> None:
     store = feast_repo.open_store(settings)
     ttl = store.get_feature_view(online.feature_view_name(catalog)).ttl
-    ours = statistics.median(timed(repeats, lambda: training.training_set(settings)))
+    ours = statistics.median(timed(repeats, lambda: training_sets.training_set(settings)))
     peer = statistics.median(timed(repeats, lambda: hand_written_training_set(url, catalog, settings, ttl)))
     stock = statistics.median(
-        timed(repeats, lambda: training.training_set(settings, store=feast_repo.open_stock_store(settings)))
+        timed(repeats, lambda: training_sets.training_set(settings, store=feast_repo.open_stock_store(settings)))
     )
-    rows = len(training.training_set(settings).frame)
+    rows = len(training_sets.training_set(settings).frame)
     print(f"  training set, {rows:,} labelled rows ({SNAPSHOTS_PER_USER} per user):")
     print(ratio_line("hand-written LATERAL query", peer, "hand-written", peer))
     print(ratio_line("Feast, our offline store", ours, "hand-written", peer, " (target 1.5x)"))
@@ -201,7 +201,7 @@ def bench_online_reads(settings: Settings, catalog: Catalog, client: redis.Redis
 def run(users: int, days: int, reads: int, repeats: int) -> None:
     print(f"\n{users:,} users x {days} days")
     with fresh_database() as url:
-        server_redis = local_stack.redis_url(Settings())
+        server_redis = stack.redis_url(Settings())
         redis_url = server_redis.rsplit("/", 1)[0] + f"/{ONLINE_DB}"
         client = redis.Redis.from_url(redis_url)
         client.flushdb()

@@ -18,8 +18,8 @@ import pandas as pd
 import psycopg
 
 from bench._databases import fresh_database
-from churn_platform.data import synthetic, world, world_model
-from churn_platform.data.world_model import WorldConfig
+from churn_platform.data.synthetic import simulator, world, world_model
+from churn_platform.data.synthetic.world_model import WorldConfig
 
 TARGET_EVENTS_PER_S = 500_000
 
@@ -35,8 +35,8 @@ def measure_pandas_peer(config: WorldConfig) -> tuple[int, float]:
     """Simulate the same world, then load its events the way a pandas user would: to_csv, then COPY."""
     with fresh_database() as url:
         started = time.perf_counter()
-        state = synthetic.new_world(config)
-        events = synthetic.simulate(config, state, config.days).events
+        state = simulator.new_world(config)
+        events = simulator.simulate(config, state, config.days).events
         frame = pd.DataFrame(
             {
                 "user_id": [f"u{i:07d}" for i in events.user_index],

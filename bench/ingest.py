@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._databases import fresh_database
-from churn_platform.data.ingest import LoadSummary, ingest_events
+from churn_platform.data.ingest.loads import LoadSummary, ingest_events
 
 TARGET_EVENTS_PER_S = 500_000
 EVENTS = 1_400_000

@@ -60,7 +60,7 @@ from bench.serving_peers.service_probes import (
 )
 from bench.serving_peers.world import DAYS, BenchWorld, bench_settings, prepare_world, write_user_ids
 from bench.serving_peers.wrk import WARMUP_S, Load, WrkResult, measure
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.settings import Settings, get_settings
 
 BATCH_USERS = 100
@@ -337,7 +337,7 @@ def log_check(database_url: str, answered: int) -> str:
 def run(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     base = Settings()
-    bench = BenchWorld(args.users, local_stack.database_url(base), local_stack.redis_url(base))
+    bench = BenchWorld(args.users, stack.database_url(base), stack.redis_url(base))
     settings = bench_settings(bench)
     console.print(f"[bold]serving bench[/bold]: {bench.users:,} users x {DAYS} days, database {bench.name}")
     console.print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")
@@ -346,15 +346,15 @@ def run(args: argparse.Namespace) -> None:
         console.print(f"world: {prepare_world(bench, settings, args.rebuild)}")
         ids = settings.data_dir / "user_ids.txt"
         console.print(f"wrk cycles through {write_user_ids(settings, ids, bench.users):,} users of the latest snapshot")
-        local_stack.up(settings)
-        url = local_stack.service_url(settings)
+        stack.up(settings)
+        url = stack.service_url(settings)
         wait_ready(url, settings.serve_start_timeout_s)
         console.print(f"service: {url}, {settings.serve_workers} worker(s); log {settings.data_dir / 'service'}")
 
         figures = bench_service(url, ids, args, settings)
         print_figures(figures, bench.database_url, settings)
     finally:
-        local_stack.down(settings)
+        stack.down(settings)
         get_settings.cache_clear()
     console.print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     console.print(f"whole run: {time.perf_counter() - began:.0f} s")

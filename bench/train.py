@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from bench._databases import fresh_database
-from churn_platform.data import world
-from churn_platform.data.world_model import WorldConfig
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import feast_repo, snapshots
 from churn_platform.settings import get_settings
 

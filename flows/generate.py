@@ -7,8 +7,8 @@ from datetime import date
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from churn_platform.data import world
-from churn_platform.data.world_model import WorldConfig
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
 from flows.common import platform_database
 
 

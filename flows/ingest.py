@@ -7,23 +7,23 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from churn_platform.data import ingest
+from churn_platform.data.ingest import loads
 from churn_platform.settings import get_settings
 from flows.common import platform_database
 
 
 @task
-def load_events(url: str, path: str, timezone: str | None) -> ingest.LoadSummary:
-    return ingest.ingest_events(url, Path(path), timezone=timezone, chunk_rows=get_settings().ingest_chunk_rows)
+def load_events(url: str, path: str, timezone: str | None) -> loads.LoadSummary:
+    return loads.ingest_events(url, Path(path), timezone=timezone, chunk_rows=get_settings().ingest_chunk_rows)
 
 
 @task
-def load_users(url: str, path: str, timezone: str | None) -> ingest.LoadSummary:
-    return ingest.ingest_users(url, Path(path), timezone=timezone, chunk_rows=get_settings().ingest_chunk_rows)
+def load_users(url: str, path: str, timezone: str | None) -> loads.LoadSummary:
+    return loads.ingest_users(url, Path(path), timezone=timezone, chunk_rows=get_settings().ingest_chunk_rows)
 
 
 @task
-def publish(summary: ingest.LoadSummary) -> None:
+def publish(summary: loads.LoadSummary) -> None:
     get_run_logger().info(
         "%s load %s of %s: %s rows read, %s loaded, %s duplicates, %s quarantined in %.1f s",
         summary.kind, summary.load_id, summary.source, f"{summary.rows_read:,}", f"{summary.rows_loaded:,}",
@@ -35,7 +35,7 @@ def publish(summary: ingest.LoadSummary) -> None:
 
 
 @flow(name="ingest-events")
-def ingest_events_flow(path: str, timezone: str | None = None) -> ingest.LoadSummary:
+def ingest_events_flow(path: str, timezone: str | None = None) -> loads.LoadSummary:
     """Load an events file (CSV or Parquet) into raw.events; bad rows go to raw.quarantine."""
     summary = load_events(platform_database(), path, timezone)
     publish(summary)
@@ -43,7 +43,7 @@ def ingest_events_flow(path: str, timezone: str | None = None) -> ingest.LoadSum
 
 
 @flow(name="ingest-users")
-def ingest_users_flow(path: str, timezone: str | None = None) -> ingest.LoadSummary:
+def ingest_users_flow(path: str, timezone: str | None = None) -> loads.LoadSummary:
     """Upsert a users file (CSV or Parquet) into raw.users; bad rows go to raw.quarantine."""
     summary = load_users(platform_database(), path, timezone)
     publish(summary)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from churn_platform import db, local_stack
+from churn_platform import db, stack
 from churn_platform.settings import Settings
 
 
@@ -28,8 +28,8 @@ def _with_database(url: str, database: str) -> str:
 def _up_or_fail(settings: Settings, names: tuple[str, ...]) -> None:
     """Start (or check) the named components; fail the test, naming each server, if one is not healthy."""
     try:
-        statuses = local_stack.up(settings, only=names)
-    except local_stack.StackError as exc:
+        statuses = stack.up(settings, only=names)
+    except stack.StackError as exc:
         pytest.fail(f"required servers are not reachable: {exc}", pytrace=False)
     unhealthy = [s for s in statuses if not s.healthy]
     if unhealthy:
@@ -57,7 +57,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         _up_or_fail(settings, ("postgres", "redis"))
         yield settings
     finally:
-        local_stack.down(settings)  # stops only what this session started
+        stack.down(settings)  # stops only what this session started
         if settings.database_url:  # an embedded PostgreSQL goes away with the temporary folder
             _drop_database(settings.database_url, settings.mlflow_database)
 
@@ -66,7 +66,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 def mlflow_server(stack_settings: Settings) -> str:
     """URL of the session's MLflow tracking server (a real `mlflow server` started by the local-stack code)."""
     _up_or_fail(stack_settings, ("mlflow",))
-    return local_stack.mlflow_tracking_uri(stack_settings)
+    return stack.mlflow_tracking_uri(stack_settings)
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def _drop_database(server_url: str, database: str) -> None:
 @pytest.fixture(scope="session")
 def server_url(stack_settings: Settings) -> str:
     """URL of the PostgreSQL server the tests create their databases on."""
-    return local_stack.database_url(stack_settings)
+    return stack.database_url(stack_settings)
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import psutil
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.features import feast_repo
-from churn_platform.local_stack.base import free_loopback_port, stop_process_group
 from churn_platform.settings import Settings
+from churn_platform.stack.base import free_loopback_port, stop_process_group
 from churn_platform.training import registry
 
 PEERS = Path(__file__).resolve().parent
@@ -127,7 +127,7 @@ def mlflow_model_server(settings: Settings, logs: Path) -> contextlib.AbstractCo
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": local_stack.mlflow_tracking_uri(settings)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri(settings)}
     return peer_server("mlflow-models-serve", command, "/ping", port, cwd=logs, env=env, logs=logs)
 
 

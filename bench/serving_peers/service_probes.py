@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from churn_platform import db, local_stack
+from churn_platform import db, stack
 from churn_platform.settings import Settings
 
 LOG_SETTLE_S = 15.0
@@ -17,7 +17,7 @@ COUNT_LOG_SQL = "SELECT count(*) FROM serving.prediction_log"
 
 def wait_ready(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while local_stack.service_health(url) != (True, "ready"):
+    while stack.service_health(url) != (True, "ready"):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the prediction service at {url} was not ready within {timeout_s:.0f} s")
         time.sleep(0.2)
@@ -26,7 +26,7 @@ def wait_ready(url: str, timeout_s: float) -> None:
 def service_worker_connections(settings: Settings) -> list[int]:
     """Open client connections of each service worker, most first: BentoML's workers accept from one shared socket,
     so a few long-lived wrk connections can land unevenly (all on one worker, at worst)."""
-    recorded = local_stack.StackRecord(settings.data_dir).read().get("service")
+    recorded = stack.StackRecord(settings.data_dir).read().get("service")
     if not recorded:
         raise RuntimeError("the prediction service is not running")
     port = urlsplit(str(recorded["url"])).port
@@ -45,7 +45,7 @@ def service_worker_rss_mib(settings: Settings) -> float:
     The supervisor leads the process group the local stack started; its workers run in sessions of their own, so
     they are found as its children.
     """
-    recorded = local_stack.StackRecord(settings.data_dir).read().get("service")
+    recorded = stack.StackRecord(settings.data_dir).read().get("service")
     if not recorded:
         raise RuntimeError("the prediction service is not running")
     total = 0

@@ -18,9 +18,9 @@ import psycopg
 import redis
 from psycopg import sql
 
-from churn_platform import db, local_stack
-from churn_platform.data import world
-from churn_platform.data.world_model import WorldConfig
+from churn_platform import db, stack
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings, get_settings
@@ -108,7 +108,7 @@ def has_champion(settings: Settings) -> bool:
     artifacts = settings.data_dir / "mlflow" / "artifacts"
     if not artifacts.is_dir() or not any(artifacts.iterdir()):
         return False
-    uri = local_stack.mlflow_tracking_uri(settings)
+    uri = stack.mlflow_tracking_uri(settings)
     try:
         MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
             settings.model_name, registry.CHAMPION
@@ -124,7 +124,7 @@ def world_is_built(bench: BenchWorld, settings: Settings) -> bool:
 
 def drop_world(bench: BenchWorld, settings: Settings) -> None:
     """Stop the world's servers and delete everything it stored: both databases, its data folder, Redis db 10."""
-    local_stack.down(settings)
+    stack.down(settings)
     admin = psycopg.conninfo.make_conninfo(bench.server_url, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         for name in (bench.name, bench.mlflow_database):
@@ -141,7 +141,7 @@ def build_world(bench: BenchWorld, settings: Settings) -> str:
     assert until is not None
     snapshots.refresh(bench.database_url, settings, until)
     feast_repo.apply(settings)
-    local_stack.up(settings, only=("postgres", "redis", "mlflow"))
+    stack.up(settings, only=("postgres", "redis", "mlflow"))
     trained = pipeline.train(settings).trained  # the first version of a model becomes its champion
     return f"{trained.candidate}, test AUC {trained.evaluation.roc_auc:.3f}"
 

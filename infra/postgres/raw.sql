@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS raw.users (
 );
 
 -- event_key is the idempotency key: a 128-bit hash of the source's event_id when it has one, else of the row's
--- content (see churn_platform.data.event_key). Loading the same event twice can never make two rows.
+-- content (see churn_platform.data.ingest.event_key). Loading the same event twice can never make two rows.
 CREATE TABLE IF NOT EXISTS raw.events (
     event_key       uuid PRIMARY KEY,
     user_id         text COLLATE "C" NOT NULL CHECK (user_id <> ''),

@@ -1,5 +1,5 @@
 -- A/B experiments: which share of users the service sends to the variant instead of the control. A user's arm is a
--- salted hash of (salt, experiment, user_id) (churn_platform.serving.assignment), so it is sticky for the whole
+-- salted hash of (salt, experiment, user_id) (churn_platform.experiments.assignment), so it is sticky for the whole
 -- experiment and reproducible here: the first 8 bytes of sha256(salt || '\x00' || name || '\x00' || user_id).
 CREATE TABLE IF NOT EXISTS serving.experiments (
     name          text PRIMARY KEY CHECK (name <> ''),

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,12 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
 
 def platform_url(settings: Settings) -> str:
     """The platform database URL, starting the embedded server when none is configured."""
-    return local_stack.database_url(settings)
+    return stack.database_url(settings)
 
 
 def init_schema(url: str) -> list[str]:
     """Create the database if needed and apply every schema file in one transaction; return the files applied."""
-    local_stack.ensure_database(url)
+    stack.ensure_database(url)
     folder = schema_dir()
     with connect(url) as conn:
         # Two processes initialising at once would race on CREATE ... IF NOT EXISTS; serialise them.

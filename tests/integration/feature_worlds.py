@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from churn_platform import local_stack
-from churn_platform.data import world
+from churn_platform import stack
 from churn_platform.data.labels import ChurnDefinition
-from churn_platform.data.world_model import WorldConfig
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import snapshots
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings, get_settings
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def redis_db_url(stack_settings: Settings, db: int) -> str:
     """The session's Redis server, database `db`."""
-    return local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{db}"
+    return stack.redis_url(stack_settings).rsplit("/", 1)[0] + f"/{db}"
 
 
 @contextlib.contextmanager

@@ -21,8 +21,8 @@ from typing import Any
 
 from tests.integration.feature_worlds import labelled_world
 
-from churn_platform import local_stack
-from churn_platform.data.world_model import WorldConfig
+from churn_platform import stack
+from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import online
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
@@ -68,7 +68,7 @@ def environment(mlflow_server: str) -> dict[str, str]:
 @contextlib.contextmanager
 def running_service(settings: Settings) -> Iterator[str]:
     """`bentoml serve` of the platform's service, started and stopped by the local-stack code; yields its URL."""
-    component = local_stack.components(settings)[-1]
+    component = stack.components(settings)[-1]
     assert component.name == "service" and component.embedded
     url = component.start()
     try:
@@ -80,7 +80,7 @@ def running_service(settings: Settings) -> Iterator[str]:
 
 def wait_ready(url: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while local_stack.service_health(url) != (True, "ready"):
+    while stack.service_health(url) != (True, "ready"):
         if time.monotonic() > deadline:
             raise AssertionError(f"the prediction service at {url} was not ready within {timeout_s} s")
         time.sleep(0.2)

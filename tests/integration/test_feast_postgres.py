@@ -25,7 +25,7 @@ from feast.value_type import ValueType
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.features import feast_repo, snapshots
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.feast_postgres import ChurnPostgreSQLOfflineStore, CopyRetrievalJob
@@ -98,7 +98,7 @@ def feast_settings(make_database: Callable[[], str], stack_settings: Settings) -
             patch.setenv(name, value)
         url = make_database()
         patch.setenv("CHURN_DATABASE_URL", url)
-        patch.setenv("CHURN_REDIS_URL", local_stack.redis_url(stack_settings))
+        patch.setenv("CHURN_REDIS_URL", stack.redis_url(stack_settings))
         get_settings.cache_clear()
         current = get_settings()
         with psycopg.connect(url) as conn:

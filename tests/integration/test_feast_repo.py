@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.features import feast_repo
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
@@ -33,7 +33,7 @@ def test_apply_registers_the_versioned_feature_service_in_the_sql_registry(
     # Given a fresh platform database and the repo's definitions
     settings = Settings(
         database_url=make_database(),
-        redis_url=local_stack.redis_url(stack_settings),
+        redis_url=stack.redis_url(stack_settings),
         feature_repo=REPO / "feature_repo",
         _env_file=None,  # type: ignore[call-arg]
     )

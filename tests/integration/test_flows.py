@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.settings import Settings, get_settings
 
 
@@ -84,7 +84,7 @@ def test_the_features_flow_computes_snapshots_and_materializes(
     prefect_server: None, flow_database: str, monkeypatch: pytest.MonkeyPatch, stack_settings: Settings
 ) -> None:
     # Given a small world, a Redis database of its own for the online store, and the repository's definitions
-    redis_url = local_stack.redis_url(stack_settings).rsplit("/", 1)[0] + "/11"
+    redis_url = stack.redis_url(stack_settings).rsplit("/", 1)[0] + "/11"
     redis.Redis.from_url(redis_url).flushdb()
     monkeypatch.setenv("CHURN_REDIS_URL", redis_url)
     monkeypatch.setenv("CHURN_FEATURE_REPO", str(Path(__file__).resolve().parents[2] / "feature_repo"))

@@ -27,7 +27,7 @@ from tests.integration.ingest_files import (
 from typer.testing import CliRunner
 
 from churn_platform import cli, db
-from churn_platform.data.ingest import ContractError, LoadSummary, ingest_events, ingest_users
+from churn_platform.data.ingest.loads import ContractError, LoadSummary, ingest_events, ingest_users
 from churn_platform.settings import get_settings
 
 

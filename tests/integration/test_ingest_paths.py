@@ -26,8 +26,8 @@ from tests.integration.ingest_files import (
 )
 
 from churn_platform import db
-from churn_platform.data.event_loads import stored_events_at_most
-from churn_platform.data.ingest import LoadSummary, ingest_events
+from churn_platform.data.ingest.event_loads import stored_events_at_most
+from churn_platform.data.ingest.loads import LoadSummary, ingest_events
 
 # --- atomicity ---------------------------------------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ KILLED_LOAD = """
 import sys, time
 from datetime import datetime, UTC
 from pathlib import Path
-from churn_platform.data.ingest import ingest_events
+from churn_platform.data.ingest.loads import ingest_events
 
 def stall(rows):
     print("staged", rows, flush=True)

@@ -16,18 +16,18 @@ import sklearn
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.settings import Settings
 
 
 def _mlflow_database(settings: Settings) -> str:
-    return psycopg.conninfo.make_conninfo(local_stack.database_url(settings), dbname=settings.mlflow_database)
+    return psycopg.conninfo.make_conninfo(stack.database_url(settings), dbname=settings.mlflow_database)
 
 
 def test_the_server_answers_and_status_lists_it(stack_settings: Settings, mlflow_server: str) -> None:
     # Given the session's embedded server, when asked for its health and for the stack's status
-    healthy, detail = local_stack.mlflow_health(mlflow_server)
-    statuses = {s.name: s for s in local_stack.status(stack_settings)}
+    healthy, detail = stack.mlflow_health(mlflow_server)
+    statuses = {s.name: s for s in stack.status(stack_settings)}
 
     # Then it answers with its version, and `churn status` lists it as a healthy embedded component at that URL
     assert healthy and detail == f"MLflow {mlflow.__version__}"
@@ -105,8 +105,8 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
             data_dir=tmp_path,
         )
         # Then starting MLflow fails at once, naming the port and the settings that fix it
-        with pytest.raises(local_stack.StackError, match=rf"port {port} .* taken: set CHURN_MLFLOW_PORT"):
-            local_stack.up(settings, only=("mlflow",))
+        with pytest.raises(stack.StackError, match=rf"port {port} .* taken: set CHURN_MLFLOW_PORT"):
+            stack.up(settings, only=("mlflow",))
     assert not (tmp_path / "mlflow").exists()
 
 
@@ -120,7 +120,7 @@ def _fake_python(folder: Path, body: str, monkeypatch: pytest.MonkeyPatch) -> No
 
 def _failing_settings(stack_settings: Settings, data_dir: Path, timeout_s: float = 120.0) -> Settings:
     return Settings(
-        database_url=local_stack.database_url(stack_settings),
+        database_url=stack.database_url(stack_settings),
         mlflow_tracking_uri=None,
         mlflow_port=0,
         mlflow_database=stack_settings.mlflow_database,
@@ -139,9 +139,9 @@ def test_a_server_that_exits_is_reported_with_its_log(
     # Then `up` fails with the exit code, the log file and the log's last line, and records nothing
     log = (tmp_path / "data" / "mlflow" / "mlflow.log").resolve()
     expected = rf"embedded MLflow server exited with code 3; log: {re.escape(str(log))}: Error: the backend store"
-    with pytest.raises(local_stack.StackError, match=expected):
-        local_stack.up(settings, only=("mlflow",))
-    assert "mlflow" not in local_stack.StackRecord(settings.data_dir).read()
+    with pytest.raises(stack.StackError, match=expected):
+        stack.up(settings, only=("mlflow",))
+    assert "mlflow" not in stack.StackRecord(settings.data_dir).read()
 
 
 def test_a_server_that_never_answers_is_stopped_with_its_children(
@@ -153,12 +153,12 @@ def test_a_server_that_never_answers_is_stopped_with_its_children(
     settings = _failing_settings(stack_settings, tmp_path / "data", timeout_s=1.0)
 
     # Then `up` gives up after the timeout, naming the setting, and stops the whole process group
-    with pytest.raises(local_stack.StackError, match=r"did not answer within 1 s \(CHURN_MLFLOW_START_TIMEOUT_S\)"):
-        local_stack.up(settings, only=("mlflow",))
+    with pytest.raises(stack.StackError, match=r"did not answer within 1 s \(CHURN_MLFLOW_START_TIMEOUT_S\)"):
+        stack.up(settings, only=("mlflow",))
     child_pid = int(child_pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
-    assert "mlflow" not in local_stack.StackRecord(settings.data_dir).read()
+    assert "mlflow" not in stack.StackRecord(settings.data_dir).read()
 
 
 def test_a_recorded_pid_that_is_not_our_server_is_never_trusted(tmp_path: Path) -> None:
@@ -166,8 +166,8 @@ def test_a_recorded_pid_that_is_not_our_server_is_never_trusted(tmp_path: Path) 
     settings = Settings(mlflow_tracking_uri=None, data_dir=tmp_path)
     tmp_path.mkdir(exist_ok=True)
     record = {"pid": os.getpid(), "started": 0.0, "url": "http://127.0.0.1:1", "artifacts": "x", "log": "x"}
-    local_stack.StackRecord(tmp_path).put("mlflow", record)
-    component = local_stack.EmbeddedMlflow(settings, local_stack.ExternalPostgres("postgresql://127.0.0.1:1/x"))
+    stack.StackRecord(tmp_path).put("mlflow", record)
+    component = stack.EmbeddedMlflow(settings, stack.ExternalPostgres("postgresql://127.0.0.1:1/x"))
 
     # Then it is not reported as running and `stop` signals nothing (this test process survives to assert it)
     assert not component.status().healthy

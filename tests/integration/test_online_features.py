@@ -12,9 +12,9 @@ import redis
 import uvloop
 from tests.integration.feature_worlds import platform_settings, redis_db_url, small_world_with_snapshots
 
-from churn_platform.data import world
 from churn_platform.data.labels import ChurnDefinition
-from churn_platform.data.world_model import WorldConfig
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.feature_batch import FeatureVector

@@ -28,9 +28,10 @@ from tests.integration.served_world import (
     running_service,
 )
 
+from churn_platform.experiments import records
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.online import OnlineFeatures
-from churn_platform.serving import experiments, schemas
+from churn_platform.serving import schemas
 from churn_platform.settings import Settings
 
 SERVING_DB = 13  # a Redis database of its own
@@ -279,7 +280,7 @@ def _arms(served: ServedWorld, user_ids: list[str]) -> dict[str, str]:
 
 def test_ab_assignment_is_sticky_across_restarts_and_splits_as_configured(served: ServedWorld, tmp_path: Path) -> None:
     name = f"ab-{uuid.uuid4().hex[:8]}"
-    experiments.start_experiment(served.database_url, name, served.versions["gradient_boosting"], 0.3)
+    records.start_experiment(served.database_url, name, served.versions["gradient_boosting"], 0.3)
     try:
         deadline = time.monotonic() + 2 * POLL_INTERVAL_S + 5
         while post(served.url, "/predict", {"user_id": served.users[0]})[1]["experiment"] != name:
@@ -309,7 +310,7 @@ def test_ab_assignment_is_sticky_across_restarts_and_splits_as_configured(served
         assert {u: again[u] for u in served.users} == {r["user_id"]: r["arm"] for r in first}
         assert all(again[u] == arms[u] for u in many[:5_000])
     finally:
-        experiments.stop_experiment(served.database_url, name)
+        records.stop_experiment(served.database_url, name)
 
 
 def test_the_prediction_log_has_one_row_per_answered_prediction(served: ServedWorld) -> None:

@@ -16,8 +16,8 @@ import pytest
 from psycopg import sql
 
 from churn_platform import db
-from churn_platform.serving.assignment import bucket
-from churn_platform.serving.experiments import (
+from churn_platform.experiments.assignment import bucket
+from churn_platform.experiments.records import (
     ExperimentError,
     experiment_summary,
     list_experiments,

@@ -149,8 +149,8 @@ def test_snapshots_equal_a_brute_force_as_of_computation(snapshot_db: str, event
 
 
 def test_a_second_run_writes_nothing_and_a_later_until_only_adds_new_days(database_url: str) -> None:
-    from churn_platform.data import world
-    from churn_platform.data.world_model import WorldConfig
+    from churn_platform.data.synthetic import world
+    from churn_platform.data.synthetic.world_model import WorldConfig
 
     world.generate_world(database_url, WorldConfig(users=100, days=40, seed=1))
     catalog = default_catalog(["login", "session"], ["session"])

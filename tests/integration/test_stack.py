@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import redis
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.settings import Settings
 
 
@@ -22,7 +22,7 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
     )
 
     # When the stack comes up
-    statuses = {s.name: s for s in local_stack.up(settings)}
+    statuses = {s.name: s for s in stack.up(settings)}
 
     # Then every server is healthy, embedded, and answers real queries
     try:
@@ -30,38 +30,38 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         assert all(s.healthy and s.embedded for s in statuses.values())
         # The prediction service is alive but not ready: nothing is registered or materialized yet
         assert statuses["service"].detail.startswith("alive, not ready")
-        with psycopg.connect(local_stack.database_url(settings)) as conn:
+        with psycopg.connect(stack.database_url(settings)) as conn:
             row = conn.execute("SELECT current_database(), 1 + 1").fetchone()
         assert row == (settings.embedded_database, 2)
-        client = redis.Redis.from_url(local_stack.redis_url(settings))
+        client = redis.Redis.from_url(stack.redis_url(settings))
         client.set("k", "v")
         assert client.get("k") == b"v"
         client.close()
         # MLflow keeps its experiments in its own database on the embedded PostgreSQL, reached through the socket
-        experiment_id = mlflow.MlflowClient(local_stack.mlflow_tracking_uri(settings)).create_experiment("stack")
-        mlflow_db = psycopg.conninfo.make_conninfo(local_stack.database_url(settings), dbname=settings.mlflow_database)
+        experiment_id = mlflow.MlflowClient(stack.mlflow_tracking_uri(settings)).create_experiment("stack")
+        mlflow_db = psycopg.conninfo.make_conninfo(stack.database_url(settings), dbname=settings.mlflow_database)
         with psycopg.connect(mlflow_db) as conn:
             row = conn.execute(
                 "SELECT name FROM experiments WHERE experiment_id = %s", (int(experiment_id),)
             ).fetchone()
         assert row == ("stack",)
         # A second `up` reuses the running servers instead of starting more
-        record = local_stack.StackRecord(data_dir).read()
-        local_stack.up(settings)
-        assert local_stack.StackRecord(data_dir).read() == record
-        assert local_stack.redis_process_id(local_stack.redis_url(settings)) == record["redis"]["pid"]
+        record = stack.StackRecord(data_dir).read()
+        stack.up(settings)
+        assert stack.StackRecord(data_dir).read() == record
+        assert stack.redis_process_id(stack.redis_url(settings)) == record["redis"]["pid"]
     finally:
-        stopped = local_stack.down(settings)
+        stopped = stack.down(settings)
 
     # And `down` stops them all, in reverse order, after which status reports them down
     assert stopped == ["service", "mlflow", "redis", "postgres"]
-    assert not any(s.healthy for s in local_stack.status(settings))
+    assert not any(s.healthy for s in stack.status(settings))
 
 
 @pytest.mark.embedded
 def test_embedded_redis_keeps_its_data_across_restart(data_dir: Path) -> None:
     settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
-    component = local_stack.EmbeddedRedis(settings)
+    component = stack.EmbeddedRedis(settings)
     url = component.start()
     try:
         redis.Redis.from_url(url).set("survives", "restart")
@@ -75,16 +75,16 @@ def test_embedded_redis_keeps_its_data_across_restart(data_dir: Path) -> None:
 def test_configured_servers_start_nothing(stack_settings: Settings, mlflow_server: str, tmp_path: Path) -> None:
     # Given URLs of servers that are running
     settings = Settings(
-        database_url=local_stack.database_url(stack_settings),
-        redis_url=local_stack.redis_url(stack_settings),
+        database_url=stack.database_url(stack_settings),
+        redis_url=stack.redis_url(stack_settings),
         mlflow_tracking_uri=mlflow_server,
         data_dir=tmp_path / "unused",
     )
     # Then the stack only checks them: healthy, external, and `down` stops nothing
-    statuses = local_stack.up(settings, only=("postgres", "redis", "mlflow"))
+    statuses = stack.up(settings, only=("postgres", "redis", "mlflow"))
     assert [s.name for s in statuses] == ["postgres", "redis", "mlflow"]
     assert all(s.healthy and not s.embedded for s in statuses)
-    assert local_stack.down(settings) == []
+    assert stack.down(settings) == []
     assert not (tmp_path / "unused" / "postgres").exists()
     assert not (tmp_path / "unused" / "mlflow").exists()
     assert not (tmp_path / "unused" / "service").exists()
@@ -98,21 +98,21 @@ def test_unreachable_configured_server_is_named(tmp_path: Path) -> None:
         serve_url="http://127.0.0.1:1",
         data_dir=tmp_path,
     )
-    statuses = {s.name: s for s in local_stack.status(settings)}
+    statuses = {s.name: s for s in stack.status(settings)}
     assert not statuses["postgres"].healthy and "unreachable" in statuses["postgres"].detail
     assert not statuses["redis"].healthy
     assert not statuses["mlflow"].healthy and "unreachable" in statuses["mlflow"].detail
     assert not statuses["service"].healthy and "unreachable" in statuses["service"].detail
-    with pytest.raises(local_stack.StackError, match=r"127\.0\.0\.1:1"):
-        local_stack.up(settings)
-    with pytest.raises(local_stack.StackError, match=r"MLflow at http://127\.0\.0\.1:1 \(MLFLOW_TRACKING_URI\)"):
-        local_stack.up(settings, only=("mlflow",))
+    with pytest.raises(stack.StackError, match=r"127\.0\.0\.1:1"):
+        stack.up(settings)
+    with pytest.raises(stack.StackError, match=r"MLflow at http://127\.0\.0\.1:1 \(MLFLOW_TRACKING_URI\)"):
+        stack.up(settings, only=("mlflow",))
 
 
 @pytest.mark.embedded
 def test_embedded_postgres_restarts_in_the_same_process_and_keeps_its_data(data_dir: Path) -> None:
     settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
-    component = local_stack.EmbeddedPostgres(settings)
+    component = stack.EmbeddedPostgres(settings)
     url = component.start()
     try:
         with psycopg.connect(url) as conn:
@@ -134,14 +134,14 @@ def test_a_recorded_redis_pid_that_is_not_our_server_is_never_trusted(data_dir: 
     # Given a record pointing at a live process that is not the Redis we started (a reused PID)
     settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
     data_dir.mkdir(parents=True)
-    local_stack.StackRecord(data_dir).put("redis", {"pid": os.getpid(), "url": "redis://127.0.0.1:1/0", "data": "x"})
-    component = local_stack.EmbeddedRedis(settings)
+    stack.StackRecord(data_dir).put("redis", {"pid": os.getpid(), "url": "redis://127.0.0.1:1/0", "data": "x"})
+    component = stack.EmbeddedRedis(settings)
 
     # Then it is not reported as running, `stop` kills nothing, and `start` starts a real server
     assert not component.status().healthy
     assert component.stop() is False
     url = component.start()
     try:
-        assert local_stack.redis_process_id(url) == local_stack.StackRecord(data_dir).read()["redis"]["pid"]
+        assert stack.redis_process_id(url) == stack.StackRecord(data_dir).read()["redis"]["pid"]
     finally:
         component.stop()

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from tests.integration.feature_worlds import labelled_world, platform_settings, redis_db_url
 
-from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import training
+from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
@@ -44,8 +44,8 @@ def world_settings(
 
 
 @pytest.fixture(scope="module")
-def rows(world_settings: Settings) -> training.TrainingSet:
-    return training.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
+def rows(world_settings: Settings) -> training_sets.TrainingSet:
+    return training_sets.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
 
 
 def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings, mlflow_tracking: str) -> None:
@@ -112,7 +112,7 @@ def test_promote_moves_champion_and_rollback_restores_it(world_settings: Setting
 
 
 def test_policy_refuses_a_clearly_worse_version_unless_forced(
-    world_settings: Settings, rows: training.TrainingSet, mlflow_tracking: str
+    world_settings: Settings, rows: training_sets.TrainingSet, mlflow_tracking: str
 ) -> None:
     uri, name = mlflow_tracking, world_settings.model_name
     if registry.alias_version(uri, name, "champion") is None:
@@ -130,7 +130,7 @@ def test_policy_refuses_a_clearly_worse_version_unless_forced(
     registry.rollback(uri, name)
 
 
-def shuffled_labels(rows: training.TrainingSet) -> training.TrainingSet:
+def shuffled_labels(rows: training_sets.TrainingSet) -> training_sets.TrainingSet:
     """Labels permuted across users within each snapshot day: the same churn rate, no relation to features."""
     frame = rows.frame.copy()
     rng = np.random.default_rng(0)
@@ -138,7 +138,9 @@ def shuffled_labels(rows: training.TrainingSet) -> training.TrainingSet:
     return replace(rows, frame=frame)
 
 
-def leaky_features(rows: training.TrainingSet, url: str, table: str, horizon_days: int) -> training.TrainingSet:
+def leaky_features(
+    rows: training_sets.TrainingSet, url: str, table: str, horizon_days: int
+) -> training_sets.TrainingSet:
     """Each row's features as of the end of its label window instead of its timestamp: the user's last snapshot up
     to t + H, aged to t + H. Features computed with events after the label's timestamp, which is exactly what the
     point-in-time rule forbids (a user who cancelled shows a long silence)."""
@@ -158,7 +160,7 @@ def leaky_features(rows: training.TrainingSet, url: str, table: str, horizon_day
     return replace(rows, frame=merged.sort_values(["user_id", "event_timestamp"]).reset_index(drop=True))
 
 
-def test_the_evaluation_sees_leakage(world_settings: Settings, rows: training.TrainingSet) -> None:
+def test_the_evaluation_sees_leakage(world_settings: Settings, rows: training_sets.TrainingSet) -> None:
     catalog = catalog_from_settings(world_settings)
     honest = train_model(rows, catalog, CONFIG).evaluation.roc_auc
 
@@ -173,11 +175,13 @@ def test_the_evaluation_sees_leakage(world_settings: Settings, rows: training.Tr
     assert honest > 0.6
 
 
-def test_the_same_world_and_seed_give_the_same_metrics(world_settings: Settings, rows: training.TrainingSet) -> None:
+def test_the_same_world_and_seed_give_the_same_metrics(
+    world_settings: Settings, rows: training_sets.TrainingSet
+) -> None:
     catalog = catalog_from_settings(world_settings)
     oracle = pipeline.oracle_lookup(world_settings.database_url or "", world_settings.label_horizon_days)
     first = train_model(rows, catalog, CONFIG, oracle).metrics()
-    again_rows = training.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
+    again_rows = training_sets.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
     again = train_model(again_rows, catalog, CONFIG, oracle).metrics()
 
     assert "oracle_roc_auc" in first and first.keys() == again.keys()

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from tests.integration.test_snapshots import START, _expected, _load, events_strategy
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.data.labels import ChurnDefinition
-from churn_platform.features import feast_repo, snapshots, training
+from churn_platform.features import feast_repo, snapshots, training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings, get_settings
 
@@ -38,7 +38,7 @@ def feast_settings(make_database: Callable[[], str], stack_settings: Settings) -
         for name, value in ENVIRONMENT.items():
             patch.setenv(name, value)
         patch.setenv("CHURN_DATABASE_URL", make_database())
-        patch.setenv("CHURN_REDIS_URL", local_stack.redis_url(stack_settings))
+        patch.setenv("CHURN_REDIS_URL", stack.redis_url(stack_settings))
         get_settings.cache_clear()
         current = get_settings()
         feast_repo.apply(current)
@@ -62,7 +62,7 @@ def test_training_set_equals_a_brute_force_as_of_join(feast_settings: Settings, 
     snapshots.compute_labels(url, catalog, definition, HORIZON)
 
     # When the training set is read through Feast
-    result = training.training_set(feast_settings)
+    result = training_sets.training_set(feast_settings)
 
     # Then every labelled snapshot is there with the brute-force features and label, value for value
     expected = _expected(events, until)
@@ -102,9 +102,9 @@ def test_training_set_parquet_records_what_it_was_built_from(feast_settings: Set
         conn.execute("DROP TABLE IF EXISTS features.churn_labels")
     snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), datetime(2025, 3, 11).date())
     snapshots.compute_labels(url, catalog, ChurnDefinition(("cancel",), None), HORIZON)
-    result = training.training_set(feast_settings)
+    result = training_sets.training_set(feast_settings)
     result.write_parquet(tmp_path / "train.parquet")
     metadata = pq.read_schema(tmp_path / "train.parquet").metadata
     assert metadata[b"churn.feature_service"] == b"churn_test"
-    assert metadata[b"churn.definitions_hash"] == training.definitions_hash(catalog).encode()
+    assert metadata[b"churn.definitions_hash"] == training_sets.definitions_hash(catalog).encode()
     assert pq.read_table(tmp_path / "train.parquet").num_rows == len(result.frame) > 0

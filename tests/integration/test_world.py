@@ -11,8 +11,8 @@ import pytest
 from psycopg import sql
 
 from churn_platform import db
-from churn_platform.data import synthetic, world, world_model
-from churn_platform.data.world_model import WorldConfig
+from churn_platform.data.synthetic import simulator, world, world_model
+from churn_platform.data.synthetic.world_model import WorldConfig
 
 
 def _count(url: str, table: str) -> int:
@@ -130,8 +130,8 @@ def test_advance_without_a_world_says_so(database_url: str) -> None:
 def test_binary_copy_round_trips_every_field(database_url: str) -> None:
     # Given a small simulated world loaded through binary COPY
     config = WorldConfig(users=40, days=15, seed=8)
-    state = synthetic.new_world(config)
-    sim = synthetic.simulate(config, state, config.days)
+    state = simulator.new_world(config)
+    sim = simulator.simulate(config, state, config.days)
     world.generate_world(database_url, config)
 
     # When the rows are read back

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churn_platform.serving.assignment import assign_arm, bucket
+from churn_platform.experiments.assignment import assign_arm, bucket
 
 # Text PostgreSQL can hold (no NUL), as experiment names, salts and user ids are.
 names = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
@@ -80,7 +80,7 @@ def test_another_process_with_any_hash_seed_assigns_the_same_arms() -> None:
     users = USERS[:500]
     script = (
         "import json, sys\n"
-        "from churn_platform.serving.assignment import bucket\n"
+        "from churn_platform.experiments.assignment import bucket\n"
         "users = json.load(sys.stdin)\n"
         "print(json.dumps([bucket('checkout-v2', 'fixed-salt', u) for u in users]))\n"
     )

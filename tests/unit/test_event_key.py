@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from churn_platform.data.arrow_copy import encode_rows
-from churn_platform.data.event_key import canonical_event_bytes, event_keys
+from churn_platform.data.ingest.event_key import canonical_event_bytes, event_keys
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = b"\x1f"

@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from churn_platform.data.event_loads import user_time_order
+from churn_platform.data.ingest.event_loads import user_time_order
 
 rows = st.lists(st.tuples(st.sampled_from(["u1", "u10", "u2", "é", "a b"]), st.integers(0, 10**12)), max_size=60)
 

@@ -19,10 +19,10 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from churn_platform.serving.explain import ModelExplainer, TreeShap
-from churn_platform.training import candidates
-from churn_platform.training.candidates import FittedCandidate, fit_candidate
-from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.model import candidates
+from churn_platform.model.candidates import FittedCandidate, fit_candidate
+from churn_platform.model.encoding import FeatureEncoder
+from churn_platform.model.explain import ModelExplainer, TreeShap
 
 PLANS = ["basic", "premium", "enterprise"]
 

@@ -22,7 +22,7 @@ from churn_platform.features.feature_batch import (
     ViewFields,
 )
 from churn_platform.features.value_codec import ValueDecoder
-from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.model.encoding import FeatureEncoder
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 TS = b"_ts:view"

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from churn_platform.data.arrow_copy import HEADER, TRAILER, encode_rows
-from churn_platform.data.contract import EVENTS, USERS, ContractError, check_columns, check_schema
-from churn_platform.data.sources import estimate_rows
-from churn_platform.data.validation import (
+from churn_platform.data.ingest.contract import EVENTS, USERS, ContractError, check_columns, check_schema
+from churn_platform.data.ingest.sources import estimate_rows
+from churn_platform.data.ingest.validation import (
     ChunkContext,
     Problem,
     cast_or_null,

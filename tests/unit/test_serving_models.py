@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churn_platform.model.candidates import fit_candidate
+from churn_platform.model.encoding import FeatureEncoder
 from churn_platform.serving.models import LoadedModel, ModelLoadError, ModelSet, smoke_check, smoke_rows
-from churn_platform.training.candidates import fit_candidate
-from churn_platform.training.encoding import FeatureEncoder
 
 FEATURES = ["logins", "plan"]
 

@@ -11,13 +11,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from churn_platform.data import oracle, synthetic, world_model
-from churn_platform.data.world_model import EVENT_CODE, WorldConfig, WorldState
+from churn_platform.data.synthetic import oracle, simulator, world_model
+from churn_platform.data.synthetic.world_model import EVENT_CODE, WorldConfig, WorldState
 
 
 def _run(config: WorldConfig, days: int | None = None) -> tuple[WorldState, world_model.SimulatedDays]:
-    state = synthetic.new_world(config)
-    return state, synthetic.simulate(config, state, config.days if days is None else days)
+    state = simulator.new_world(config)
+    return state, simulator.simulate(config, state, config.days if days is None else days)
 
 
 def _labels(config: WorldConfig, state: WorldState, sim: world_model.SimulatedDays) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +57,10 @@ def test_a_saved_and_restored_world_continues_exactly_as_one_that_never_stopped(
     # Given one world run for 50 days straight (10 days past its initial period: arrivals continue)
     _, straight = _run(config, days=50)
     # And the same world run 40 days, saved to bytes, restored, and run 10 more
-    state = synthetic.new_world(config)
-    first = synthetic.simulate(config, state, 40)
+    state = simulator.new_world(config)
+    first = simulator.simulate(config, state, 40)
     restored = WorldState.from_bytes(state.to_bytes(), state.scalars())
-    second = synthetic.simulate(config, restored, 10)
+    second = simulator.simulate(config, restored, 10)
     # Then the events are identical
     joined = world_model.DayEvents.concat([first.events, second.events])
     np.testing.assert_array_equal(joined.timestamp_us, straight.events.timestamp_us)
@@ -108,8 +108,8 @@ def test_oracle_ranks_churners_well_but_not_perfectly(default_world) -> None:  #
 def test_the_oracle_matches_the_simulators_own_churn_frequencies() -> None:
     # Given a world's state on day 120, and the oracle's forecast for its active users
     config = WorldConfig(users=2_000, seed=13)
-    state = synthetic.new_world(config)
-    synthetic.simulate(config, state, 120, with_oracle=False)
+    state = simulator.new_world(config)
+    simulator.simulate(config, state, 120, with_oracle=False)
     active = np.flatnonzero((state.signup_day < state.day) & (state.churn_day < 0))
     forecast = oracle.oracle_churn_probability(config, state, state.day, active)
     # When the same state is continued over the horizon 50 times, each with its own random future
@@ -117,7 +117,7 @@ def test_the_oracle_matches_the_simulators_own_churn_frequencies() -> None:
     for replica in range(50):
         scalars = {**state.scalars(), "rng_state": np.random.default_rng(replica).bit_generator.state}
         future = WorldState.from_bytes(state.to_bytes(), scalars)
-        synthetic.simulate(config, future, config.horizon_days, with_oracle=False)
+        simulator.simulate(config, future, config.horizon_days, with_oracle=False)
         churned += future.churn_day[active] >= 0
     frequency = churned / 50
     # Then the forecast agrees with how often the simulator churns each user: overall and from low to high risk
@@ -196,16 +196,16 @@ def test_after_drift_the_old_relationship_predicts_churn_worse_than_the_new_one(
     # world's real (drifted) rules and by the pre-drift rules applied to the very same user states
     config = WorldConfig(users=4_000, days=150, seed=9, drift_at=60)
     undrifted = dataclasses.replace(config, drift_at=None)
-    state = synthetic.new_world(config)
-    synthetic.simulate(config, state, 90, with_oracle=False)
+    state = simulator.new_world(config)
+    simulator.simulate(config, state, 90, with_oracle=False)
     snapshots = []
     for _ in range(3):
         active = np.flatnonzero((state.signup_day < state.day) & (state.churn_day < 0))
         new_rules = oracle.oracle_churn_probability(config, state, state.day, active)
         old_rules = oracle.oracle_churn_probability(undrifted, state, state.day, active)
         snapshots.append((state.day, active, new_rules, old_rules))
-        synthetic.simulate(config, state, 15, with_oracle=False)
-    synthetic.simulate(config, state, config.horizon_days, with_oracle=False)
+        simulator.simulate(config, state, 15, with_oracle=False)
+    simulator.simulate(config, state, config.horizon_days, with_oracle=False)
     # When both are scored against the churn that then happened
     labels = np.concatenate(
         [(state.churn_day[a] >= d) & (state.churn_day[a] < d + config.horizon_days) for d, a, _, _ in snapshots]

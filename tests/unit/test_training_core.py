@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from churn_platform.training.candidates import fit_candidate
-from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.model.candidates import fit_candidate
+from churn_platform.model.encoding import FeatureEncoder
 from churn_platform.training.evaluation import best_f1_threshold, expected_calibration_error, top_share_metrics
 from churn_platform.training.split import SplitError, time_split
 

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import psycopg
 
-from churn_platform import local_stack
+from churn_platform import stack
 from churn_platform.settings import Settings
 
 DEFINITION_MODULES = ("entities", "data_sources", "features", "feature_services")
@@ -69,7 +69,7 @@ def redis_connection_string(url: str) -> str:
 
 def configure(settings: Settings) -> dict[str, str]:
     """Set the CHURN_FEAST_* variables for this process (starting embedded servers if needed); return them."""
-    environment = feast_environment(local_stack.database_url(settings), local_stack.redis_url(settings))
+    environment = feast_environment(stack.database_url(settings), stack.redis_url(settings))
     os.environ.update(environment)
     return environment
 

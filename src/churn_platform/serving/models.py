@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from churn_platform.serving.scoring import Scorer, compile_scorer
-from churn_platform.training.encoding import FeatureEncoder, FloatMatrix
+from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
+from churn_platform.model.scoring import Scorer, compile_scorer
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def smoke_check(loaded: LoadedModel, served_features: Sequence[str]) -> LoadedMo
 def _explainer(loaded: LoadedModel) -> Any:
     """The version's explainer, built once here (tree explanations precompute per-tree arrays); None for a model
     shape it does not explain, which still serves predictions."""
-    from churn_platform.serving.explain import ModelExplainer
+    from churn_platform.model.explain import ModelExplainer
 
     try:
         return ModelExplainer(loaded.model)

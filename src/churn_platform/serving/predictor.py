@@ -21,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from churn_platform import db, local_stack
+from churn_platform import db, stack
+from churn_platform.experiments.records import Experiment, running_experiment
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
 from churn_platform.features.online import OnlineFeatures, feature_view_name, last_materialized
-from churn_platform.serving import alerts, prediction_log
-from churn_platform.serving.experiments import Experiment, running_experiment
+from churn_platform.monitoring import alerts
+from churn_platform.serving import prediction_log
 from churn_platform.serving.models import LoadedModel, ModelSet, Poller
 from churn_platform.serving.prediction_log import PredictionLogWriter
 from churn_platform.settings import Settings
@@ -129,7 +130,7 @@ class ChurnPredictor:
     def __init__(self, settings: Settings, *, tracking_uri: str | None = None, database_url: str | None = None) -> None:
         self.settings = settings
         self.database_url = database_url or db.platform_url(settings)
-        self.tracking_uri = tracking_uri or local_stack.mlflow_tracking_uri(settings)
+        self.tracking_uri = tracking_uri or stack.mlflow_tracking_uri(settings)
         self.catalog = catalog_from_settings(settings)
         self._features: OnlineFeatures | None = None  # opened on the first poll that finds the feature service
         self.features_error: str | None = "not opened yet"

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churn_platform import db, local_stack
-from churn_platform.features import training
+from churn_platform import db, stack
+from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
 from churn_platform.training import registry
@@ -72,7 +72,7 @@ def train(
     )
     catalog = catalog_from_settings(settings)
     url = db.platform_url(settings)
-    rows = training.training_set(settings, start=start, end=end, every_days=settings.train_snapshot_every_days)
+    rows = training_sets.training_set(settings, start=start, end=end, every_days=settings.train_snapshot_every_days)
     if rows.frame.empty:
         raise ValueError("no labelled snapshots in that range: run `churn features compute` first")
     trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days))
@@ -89,7 +89,7 @@ def train(
     }
     registered = registry.log_and_register(
         trained,
-        tracking_uri=local_stack.mlflow_tracking_uri(settings),
+        tracking_uri=stack.mlflow_tracking_uri(settings),
         model_name=settings.model_name,
         training_range=f"{stamps.min()}..{stamps.max()}",
         params=params,

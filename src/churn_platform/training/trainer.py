@@ -13,9 +13,9 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import log_loss, roc_auc_score
 
 from churn_platform.features.catalog import Catalog
-from churn_platform.features.training import TrainingSet
-from churn_platform.training.candidates import CANDIDATES, FittedCandidate, fit_candidate
-from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.features.training_sets import TrainingSet
+from churn_platform.model.candidates import CANDIDATES, FittedCandidate, fit_candidate
+from churn_platform.model.encoding import FeatureEncoder
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
 from churn_platform.training.split import TimeSplit, time_split
 

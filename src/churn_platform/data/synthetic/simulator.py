@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from churn_platform.data.oracle import oracle_churn_probability
-from churn_platform.data.world_model import (
+from churn_platform.data.synthetic.oracle import oracle_churn_probability
+from churn_platform.data.synthetic.world_model import (
     BILLING_PERIOD_DAYS,
     CHANNELS,
     ENGAGEMENT_NOISE,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import redis
 
-from churn_platform.local_stack.base import (
+from churn_platform.settings import Settings
+from churn_platform.stack.base import (
     ComponentStatus,
     StackError,
     StackRecord,
@@ -20,7 +21,6 @@ from churn_platform.local_stack.base import (
     pid_alive,
     redact,
 )
-from churn_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 

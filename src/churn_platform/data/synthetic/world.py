@@ -23,9 +23,10 @@ from psycopg.copy import QueuedLibpqWriter
 from psycopg.types.json import Jsonb
 
 from churn_platform import db
-from churn_platform.data import binary_copy, labels, synthetic, world_model
+from churn_platform.data import binary_copy, labels
 from churn_platform.data.binary_copy import Field
-from churn_platform.data.world_model import DayEvents, DayOracle, WorldConfig, WorldState
+from churn_platform.data.synthetic import simulator, world_model
+from churn_platform.data.synthetic.world_model import DayEvents, DayOracle, WorldConfig, WorldState
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def _simulate_into(
     with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
         copy.write(binary_copy.HEADER)
         for _ in range(days):
-            simulated = synthetic.simulate(config, state, 1)
+            simulated = simulator.simulate(config, state, 1)
             pending.append(simulated.events)
             pending_rows += len(simulated.events)
             oracle.extend(simulated.oracle)
@@ -300,7 +301,7 @@ def generate_world(
         # accepts COPY FREEZE, and with wal_level=minimal its load and index builds skip the WAL.
         cur.execute(TRUNCATE_WORLD_SQL)
         _truncate_derived(cur)
-        state = synthetic.new_world(config)
+        state = simulator.new_world(config)
         load_id = _load_id(cur, f"synthetic world: seed={config.seed} users={config.users} days={config.days}")
         # The events table is empty here: load it without indexes and build them once at the end.
         with db.indexes_deferred(cur, "raw.events"):

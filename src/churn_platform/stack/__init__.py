@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection
 
-from churn_platform.local_stack.base import Component, ComponentStatus, StackError, StackRecord, redact, stack_lock
-from churn_platform.local_stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
-from churn_platform.local_stack.postgres import (
+from churn_platform.settings import Settings
+from churn_platform.stack.base import Component, ComponentStatus, StackError, StackRecord, redact, stack_lock
+from churn_platform.stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
+from churn_platform.stack.postgres import (
     EmbeddedPostgres,
     ExternalPostgres,
     ensure_database,
@@ -21,15 +22,14 @@ from churn_platform.local_stack.postgres import (
     socket_url,
     sqlalchemy_url,
 )
-from churn_platform.local_stack.prediction_service import EmbeddedService, ExternalService, service_health
-from churn_platform.local_stack.redis_server import (
+from churn_platform.stack.prediction_service import EmbeddedService, ExternalService, service_health
+from churn_platform.stack.redis_server import (
     EmbeddedRedis,
     ExternalRedis,
     redis_health,
     redis_process_id,
     redis_server_binary,
 )
-from churn_platform.settings import Settings
 
 __all__ = [
     "Component",

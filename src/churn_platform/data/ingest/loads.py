@@ -26,10 +26,10 @@ import psycopg
 from psycopg import sql
 
 from churn_platform import db
-from churn_platform.data import event_loads, staging
-from churn_platform.data.contract import EVENTS, USERS, ContractError
-from churn_platform.data.event_loads import LoadedRows
-from churn_platform.data.sources import SourceFile, estimate_rows, file_sha256, open_source
+from churn_platform.data.ingest import event_loads, staging
+from churn_platform.data.ingest.contract import EVENTS, USERS, ContractError
+from churn_platform.data.ingest.event_loads import LoadedRows
+from churn_platform.data.ingest.sources import SourceFile, estimate_rows, file_sha256, open_source
 
 __all__ = [
     "ContractError",

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 import psutil
 import psycopg
 
-from churn_platform.local_stack.base import (
+from churn_platform.settings import Settings
+from churn_platform.stack.base import (
     Component,
     ComponentStatus,
     StackError,
@@ -31,8 +32,7 @@ from churn_platform.local_stack.base import (
     wait_for_child,
     wait_until,
 )
-from churn_platform.local_stack.postgres import ensure_database, sqlalchemy_url
-from churn_platform.settings import Settings
+from churn_platform.stack.postgres import ensure_database, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from churn_platform.training.encoding import FeatureEncoder
+from churn_platform.model.encoding import FeatureEncoder
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]

@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from churn_platform import db
-from churn_platform.data import staging
-from churn_platform.data.sources import estimate_rows
-from churn_platform.data.staging import CopyTarget, FileReading, StagedFile
-from churn_platform.data.validation import ValidatedChunk
+from churn_platform.data.ingest import staging
+from churn_platform.data.ingest.sources import estimate_rows
+from churn_platform.data.ingest.staging import CopyTarget, FileReading, StagedFile
+from churn_platform.data.ingest.validation import ValidatedChunk
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from churn_platform.data.contract import Contract, ContractError, check_columns, check_schema
+from churn_platform.data.ingest.contract import Contract, ContractError, check_columns, check_schema
 
 CSV_SUFFIXES = frozenset({".csv"})
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})

@@ -20,10 +20,10 @@ import pyarrow as pa
 from psycopg.copy import QueuedLibpqWriter
 
 from churn_platform.data.arrow_copy import HEADER, TRAILER, encode_rows
-from churn_platform.data.contract import EVENTS, USERS, Contract
-from churn_platform.data.event_key import event_keys
-from churn_platform.data.sources import SourceFile, iter_chunks
-from churn_platform.data.validation import ChunkContext, ValidatedChunk, quarantine_records, validate_chunk
+from churn_platform.data.ingest.contract import EVENTS, USERS, Contract
+from churn_platform.data.ingest.event_key import event_keys
+from churn_platform.data.ingest.sources import SourceFile, iter_chunks
+from churn_platform.data.ingest.validation import ChunkContext, ValidatedChunk, quarantine_records, validate_chunk
 
 # Temp tables live in session-local buffers: sized so a whole file's staged rows stay in memory (it is only used
 # as rows arrive). Must be set before the session's first temp table.

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from churn_platform.data.arrow_copy import TIMESTAMP_UTC
-from churn_platform.data.contract import Column, Contract, ContractError, ValueType
+from churn_platform.data.ingest.contract import Column, Contract, ContractError, ValueType
 
 # ISO-8601 with a UTC offset, as Arrow's parser reads it (up to 6 fractional digits: PostgreSQL keeps µs).
 AWARE_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)$"

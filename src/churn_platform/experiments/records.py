@@ -18,13 +18,13 @@ import psycopg
 from psycopg.rows import class_row
 
 from churn_platform import db
-from churn_platform.serving.assignment import Arm, assign_arm
+from churn_platform.experiments.assignment import Arm, assign_arm
 
 log = logging.getLogger(__name__)
 
 COLUMNS = "name, control, variant, variant_share, salt, started_at, ends_at, stopped_at, created_by"
 # Starts and stops take this lock first, so two concurrent starts cannot both see "nothing running".
-LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('churn_platform.serving.experiments'))"
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('churn_platform.experiments.records'))"
 SELECT_BY_NAME_SQL = f"SELECT {COLUMNS} FROM serving.experiments WHERE name = %(name)s"
 SELECT_NOT_STOPPED_SQL = f"SELECT {COLUMNS} FROM serving.experiments WHERE stopped_at IS NULL"
 LIST_SQL = f"SELECT {COLUMNS} FROM serving.experiments ORDER BY started_at, name"

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from churn_platform.training.encoding import FeatureEncoder, FloatMatrix
+from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 
 Labels = npt.NDArray[np.int64]
 

@@ -17,7 +17,8 @@ import urllib.request
 
 import psutil
 
-from churn_platform.local_stack.base import (
+from churn_platform.settings import Settings
+from churn_platform.stack.base import (
     Component,
     ComponentStatus,
     StackError,
@@ -28,7 +29,6 @@ from churn_platform.local_stack.base import (
     stop_recorded,
     wait_for_child,
 )
-from churn_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from churn_platform.local_stack.base import ComponentStatus, StackError, StackRecord, redact, wait_until
 from churn_platform.settings import Settings
+from churn_platform.stack.base import ComponentStatus, StackError, StackRecord, redact, wait_until
 
 log = logging.getLogger(__name__)
 

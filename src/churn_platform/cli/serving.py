@@ -17,9 +17,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from churn_platform import db, local_stack
-from churn_platform.cli_output import console
-from churn_platform.cli_output import fail as _fail
+from churn_platform import db, stack
+from churn_platform.cli.output import console
+from churn_platform.cli.output import fail as _fail
 from churn_platform.features import online
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings, get_settings
@@ -44,13 +44,13 @@ def _post(url: str, route: str, body: dict[str, Any]) -> tuple[int, dict[str, An
 def _ready_service(settings: Settings, wait_s: float) -> str:
     """The service's URL once `/readyz` answers (it polls the registry: a new champion takes one interval)."""
     try:
-        url = local_stack.service_url(settings)
-    except local_stack.StackError as exc:
+        url = stack.service_url(settings)
+    except stack.StackError as exc:
         raise _fail(str(exc)) from exc
     deadline = time.monotonic() + wait_s
     with console.status(f"waiting for the prediction service at {url} to be ready..."):
         while True:
-            ready, detail = local_stack.service_health(url)
+            ready, detail = stack.service_health(url)
             if ready and detail == "ready":
                 return url
             if time.monotonic() > deadline:
@@ -149,21 +149,21 @@ def ab_start(
     salt: Annotated[str | None, typer.Option(help="Assignment salt; default: random (reuse to reproduce).")] = None,
 ) -> None:
     """Start routing SHARE of users to VARIANT and the rest to the champion (sticky per user)."""
-    from churn_platform.serving import experiments
+    from churn_platform.experiments import records
     from churn_platform.training import registry
 
     settings = get_settings()
     if not variant.isdigit():
-        version = registry.alias_version(local_stack.mlflow_tracking_uri(settings), settings.model_name, variant)
+        version = registry.alias_version(stack.mlflow_tracking_uri(settings), settings.model_name, variant)
         if version is None:
             raise _fail(f"--variant: model {settings.model_name} has no alias {variant!r}")
     if ends_at is not None and ends_at.tzinfo is None:
         ends_at = ends_at.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
     try:
-        started = experiments.start_experiment(
+        started = records.start_experiment(
             db.platform_url(settings), name, variant, share, ends_at=ends_at, salt=salt, created_by="churn ab start"
         )
-    except experiments.ExperimentError as exc:
+    except records.ExperimentError as exc:
         raise _fail(str(exc)) from exc
     console.print(
         f"experiment {started.name}: {started.variant_share:.0%} of users to {started.variant}, the rest to"
@@ -174,11 +174,11 @@ def ab_start(
 @ab_app.command("stop")
 def ab_stop(name: Annotated[str | None, typer.Argument(help="Default: the running experiment.")] = None) -> None:
     """Stop the running experiment: everyone gets the champion again."""
-    from churn_platform.serving import experiments
+    from churn_platform.experiments import records
 
     try:
-        stopped = experiments.stop_experiment(db.platform_url(get_settings()), name)
-    except experiments.ExperimentError as exc:
+        stopped = records.stop_experiment(db.platform_url(get_settings()), name)
+    except records.ExperimentError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"experiment {stopped.name} stopped; everyone gets the champion")
 
@@ -186,10 +186,10 @@ def ab_stop(name: Annotated[str | None, typer.Argument(help="Default: the runnin
 @ab_app.command("status")
 def ab_status() -> None:
     """Every experiment, and per arm of each: requests, users and mean predicted churn so far."""
-    from churn_platform.serving import experiments
+    from churn_platform.experiments import records
 
     url = db.platform_url(get_settings())
-    found = experiments.list_experiments(url)
+    found = records.list_experiments(url)
     if not found:
         console.print("no experiments yet: `churn ab start NAME --variant challenger --share 0.5`")
         return
@@ -197,7 +197,7 @@ def ab_status() -> None:
     for column in ("experiment", "variant (share)", "arm", "requests", "users", "mean P(churn)"):
         table.add_column(column, no_wrap=column == "experiment", justify="left" if column[0] in "eva" else "right")
     for experiment in found:
-        summary = experiments.experiment_summary(url, experiment.name)
+        summary = records.experiment_summary(url, experiment.name)
         ended = experiment.stopped_at or experiment.ends_at
         state = "running" if summary["running"] else f"stopped {ended:%Y-%m-%d %H:%M}"
         for i, (arm, counts) in enumerate(summary["arms"].items()):

@@ -15,13 +15,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from churn_platform import db, local_stack
-from churn_platform.cli_output import console
-from churn_platform.cli_output import fail as _fail
-from churn_platform.cli_serving import ab_app, explain, predict
-from churn_platform.data import ingest, world
-from churn_platform.data.world_model import WorldConfig
-from churn_platform.features import feast_repo, feature_batch, online, snapshots, training
+from churn_platform import db, stack
+from churn_platform.cli.output import console
+from churn_platform.cli.output import fail as _fail
+from churn_platform.cli.serving import ab_app, explain, predict
+from churn_platform.data.ingest import loads
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.features import feast_repo, feature_batch, online, snapshots, training_sets
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
@@ -50,7 +51,7 @@ def main(
     )
 
 
-def _status_table(statuses: list[local_stack.ComponentStatus]) -> Table:
+def _status_table(statuses: list[stack.ComponentStatus]) -> Table:
     table = Table(title="churn-platform stack")
     for column in ("component", "mode", "url", "health", "detail"):
         table.add_column(column, overflow="fold")
@@ -69,9 +70,9 @@ def up() -> None:
     settings = get_settings()
     with console.status("starting the stack..."):
         try:
-            statuses = local_stack.up(settings)
-            db.init_schema(local_stack.database_url(settings))
-        except local_stack.StackError as exc:
+            statuses = stack.up(settings)
+            db.init_schema(stack.database_url(settings))
+        except stack.StackError as exc:
             raise _fail(str(exc)) from exc
     console.print(_status_table(statuses))
     if not all(s.healthy for s in statuses):
@@ -81,14 +82,14 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop the servers this platform started (configured servers are left alone)."""
-    stopped = local_stack.down(get_settings())
+    stopped = stack.down(get_settings())
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @app.command()
 def status() -> None:
     """Each component, its URL and its health; exits 1 if one is down."""
-    statuses = local_stack.status(get_settings())
+    statuses = stack.status(get_settings())
     console.print(_status_table(statuses))
     if not all(s.healthy for s in statuses):
         raise typer.Exit(code=1)
@@ -208,7 +209,7 @@ TimezoneOption = Annotated[
 ]
 
 
-def _load_table(summary: ingest.LoadSummary) -> Table:
+def _load_table(summary: loads.LoadSummary) -> Table:
     table = Table(title=f"{summary.kind} load {summary.load_id}: {summary.source}")
     for column in ("rows read", "loaded", "duplicates", "quarantined", "seconds", "rows/s"):
         table.add_column(column, justify="right")
@@ -219,7 +220,7 @@ def _load_table(summary: ingest.LoadSummary) -> Table:
     return table
 
 
-def _ingest(load: Callable[..., ingest.LoadSummary], file: Path, timezone: str | None) -> None:
+def _ingest(load: Callable[..., loads.LoadSummary], file: Path, timezone: str | None) -> None:
     """Run one load with a progress bar; a contract error is one red line and exit code 1."""
     settings = get_settings()
     url = db.platform_url(settings)
@@ -227,7 +228,7 @@ def _ingest(load: Callable[..., ingest.LoadSummary], file: Path, timezone: str |
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         try:
-            task = progress.add_task(f"loading {file.name}", total=ingest.estimate_rows(file))
+            task = progress.add_task(f"loading {file.name}", total=loads.estimate_rows(file))
             summary = load(
                 url, file, timezone=timezone, chunk_rows=settings.ingest_chunk_rows,
                 progress=lambda rows: progress.advance(task, rows),
@@ -243,13 +244,13 @@ def _ingest(load: Callable[..., ingest.LoadSummary], file: Path, timezone: str |
 @ingest_app.command("events")
 def ingest_events(file: DataFile, timezone: TimezoneOption = None) -> None:
     """Load an events file (user_id, event_type, event_timestamp[, value, event_id]); bad rows are quarantined."""
-    _ingest(ingest.ingest_events, file, timezone)
+    _ingest(loads.ingest_events, file, timezone)
 
 
 @ingest_app.command("users")
 def ingest_users(file: DataFile, timezone: TimezoneOption = None) -> None:
     """Upsert a users file (user_id[, signup_at, plan, plan_price, channel, region]) on user_id."""
-    _ingest(ingest.ingest_users, file, timezone)
+    _ingest(loads.ingest_users, file, timezone)
 
 
 # --- features ------------------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def features_training_set(
     """Labelled snapshots joined point-in-time with the catalog's features through Feast, to a Parquet file."""
     first, stop = _day_range(start, end)
     with console.status("reading the training set through Feast..."):
-        result = training.training_set(get_settings(), start=first, end=stop)
+        result = training_sets.training_set(get_settings(), start=first, end=stop)
     if result.frame.empty:
         raise _fail("no labelled snapshots in that range: run `churn features compute` first")
     result.write_parquet(out)
@@ -414,7 +415,7 @@ def train(
         except (ValueError, registry.RegistryError) as exc:
             raise _fail(str(exc)) from exc
         except MlflowException as exc:
-            raise _fail(f"MLflow at {local_stack.mlflow_tracking_uri(settings)}: {exc}") from exc
+            raise _fail(f"MLflow at {stack.mlflow_tracking_uri(settings)}: {exc}") from exc
     trained, registered = result.trained, result.registered
     table = Table(title=f"{trained.candidate} on the test window {trained.split.test}")
     for column in ("metric", "model", "baseline", "oracle"):
@@ -433,7 +434,7 @@ def models_list() -> None:
     from churn_platform.training import registry
 
     settings = get_settings()
-    versions = registry.list_versions(local_stack.mlflow_tracking_uri(settings), settings.model_name)
+    versions = registry.list_versions(stack.mlflow_tracking_uri(settings), settings.model_name)
     if not versions:
         raise _fail(f"no versions of {settings.model_name} yet: run `churn train` first")
     table = Table(title=f"model {settings.model_name}")
@@ -463,7 +464,7 @@ def models_promote(
     settings = get_settings()
     try:
         promoted = registry.promote(
-            local_stack.mlflow_tracking_uri(settings),
+            stack.mlflow_tracking_uri(settings),
             settings.model_name,
             version,
             margin=settings.promotion_auc_margin,
@@ -481,7 +482,7 @@ def models_rollback() -> None:
 
     settings = get_settings()
     try:
-        restored = registry.rollback(local_stack.mlflow_tracking_uri(settings), settings.model_name)
+        restored = registry.rollback(stack.mlflow_tracking_uri(settings), settings.model_name)
     except registry.RegistryError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"rolled back: {restored.name} version {restored.version} is champion again")

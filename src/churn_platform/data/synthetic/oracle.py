@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from churn_platform.data.world_model import (
+from churn_platform.data.synthetic.world_model import (
     BILLING_PERIOD_DAYS,
     ENGAGEMENT_NOISE,
     ENGAGEMENT_PERSISTENCE,

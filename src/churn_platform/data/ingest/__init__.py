@@ -1,0 +1,1 @@
+"""A user's own files: the data contract, validation, and transactional, idempotent loads into `raw.*`."""

@@ -1,0 +1,1 @@
+"""What a model is: feature encoding, candidate estimators, compiled scoring and exact explanations."""

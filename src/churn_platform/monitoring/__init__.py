@@ -1,0 +1,1 @@
+"""Watching the live model: alerts now; drift, realised performance and data quality next."""
