@@ -30,8 +30,8 @@ test: install  ## run the tests against real PostgreSQL and Redis
 	$(RUN) pytest
 
 lint: install
-	$(RUN) ruff check src tests flows bench bentos
-	$(RUN) ruff format --check src tests flows bench bentos
+	$(RUN) ruff check src tests flows bench bentos feature_repo .ci
+	$(RUN) ruff format --check src tests flows bench bentos feature_repo .ci
 
 typecheck: install
 	$(RUN) mypy

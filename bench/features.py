@@ -112,14 +112,20 @@ def hand_written_training_set(url: str, catalog: Catalog, settings: Settings, tt
 
 
 def bench_training_set(url: str, settings: Settings, catalog: Catalog, repeats: int) -> None:
-    store = feast_repo.open_store(settings)
-    ttl = store.get_feature_view(online.feature_view_name(catalog)).ttl
-    ours = statistics.median(timed(repeats, lambda: training_sets.training_set(settings)))
+    connections = stack.connect(settings, redis=True)
+    store = feast_repo.open_store(settings, connections)
+    ttl = store.get_feature_view(catalog.feature_view_name).ttl
+    ours = statistics.median(timed(repeats, lambda: training_sets.training_set(settings, connections)))
     peer = statistics.median(timed(repeats, lambda: hand_written_training_set(url, catalog, settings, ttl)))
     stock = statistics.median(
-        timed(repeats, lambda: training_sets.training_set(settings, store=feast_repo.open_stock_store(settings)))
+        timed(
+            repeats,
+            lambda: training_sets.training_set(
+                settings, connections, store=feast_repo.open_stock_store(settings, connections)
+            ),
+        )
     )
-    rows = len(training_sets.training_set(settings).frame)
+    rows = len(training_sets.training_set(settings, connections).frame)
     print(f"  training set, {rows:,} labelled rows ({SNAPSHOTS_PER_USER} per user):")
     print(ratio_line("hand-written LATERAL query", peer, "hand-written", peer))
     print(ratio_line("Feast, our offline store", ours, "hand-written", peer, " (target 1.5x)"))
@@ -147,8 +153,12 @@ def bench_materialization(settings: Settings, catalog: Catalog, client: redis.Re
     """Materialize the TTL window before the latest snapshot into an empty Redis (a first run); return its end."""
     latest = online.latest_snapshot_time(settings.database_url or "", catalog)
     assert latest is not None
-    view_name = online.feature_view_name(catalog)
-    store, stock_store = feast_repo.open_store(settings), feast_repo.open_stock_store(settings)
+    view_name = catalog.feature_view_name
+    connections = stack.connect(settings, redis=True)
+    store, stock_store = (
+        feast_repo.open_store(settings, connections),
+        feast_repo.open_stock_store(settings, connections),
+    )
     end = latest + timedelta(microseconds=1)
     start = end - store.get_feature_view(view_name).ttl
 
@@ -171,9 +181,10 @@ def bench_materialization(settings: Settings, catalog: Catalog, client: redis.Re
 def bench_online_reads(settings: Settings, catalog: Catalog, client: redis.Redis, latest: datetime, reads: int) -> None:
     with psycopg.connect(settings.database_url or "") as conn:
         current = [r[0] for r in conn.execute(LATEST_USERS_SQL.format(table=catalog.name), (latest,)).fetchall()]
-    store = feast_repo.open_store(settings)
+    connections = stack.connect(settings, redis=True)
+    store = feast_repo.open_store(settings, connections)
     service = store.get_feature_service(catalog.name)
-    reader = online.OnlineFeatures(settings)
+    reader = online.OnlineFeatures(settings, connections)
     rng = np.random.default_rng(1)
     for batch in (1, 100):
         samples = [[str(u) for u in rng.choice(current, batch, replace=False)] for _ in range(reads)]
@@ -222,7 +233,7 @@ def run(users: int, days: int, reads: int, repeats: int) -> None:
             conn.execute(KEEP_EIGHT_LABELS_SQL, {"keep": SNAPSHOTS_PER_USER})
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE features.churn_labels")  # fresh statistics for both plans
-        feast_repo.apply(settings)
+        feast_repo.apply(settings, stack.connect(settings, redis=True))
 
         bench_training_set(url, settings, catalog, repeats)
         latest = bench_materialization(settings, catalog, client, repeats)

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from bench._databases import fresh_database
+from churn_platform import stack
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import feast_repo, snapshots
@@ -31,7 +32,8 @@ def _train(url: str, results: Any) -> None:
     from churn_platform.training import pipeline
 
     started = time.perf_counter()
-    result = pipeline.train(get_settings(), register=False)
+    settings = get_settings()
+    result = pipeline.train(settings, stack.connect(settings, redis=True), register=False)
     seconds = time.perf_counter() - started
     trained = result.trained
     results.put((seconds, trained.rows, trained.candidate, trained.evaluation.roc_auc, trained.auc_to_oracle))
@@ -52,7 +54,7 @@ def run(users: int, days: int, repeats: int) -> None:
         until = snapshots.day_after_last_event(url)
         assert until is not None
         snapshots.refresh(url, settings, until)
-        feast_repo.apply(settings)
+        feast_repo.apply(settings, stack.connect(settings, redis=True))
         print(f"\n{users:,} users x {days} days (world, snapshots and labels in {time.perf_counter() - started:.0f} s)")
         context = multiprocessing.get_context("spawn")
         times, peaks = [], []

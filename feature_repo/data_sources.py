@@ -8,8 +8,8 @@ from churn_platform.settings import get_settings
 CATALOG = catalog_from_settings(get_settings())
 
 user_snapshots = PostgreSQLSource(
-    name=f"{CATALOG.name}_snapshots",
-    query=f"SELECT * FROM features.{CATALOG.name}",
+    name=CATALOG.source_name,
+    query=f"SELECT * FROM {CATALOG.table}",
     timestamp_field="event_timestamp",
     description="Daily point-in-time snapshots computed by `churn features compute`",
 )

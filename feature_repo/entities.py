@@ -2,4 +2,6 @@
 
 from feast import Entity, ValueType
 
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A customer")
+from churn_platform.features.catalog import ENTITY, JOIN_KEY
+
+user = Entity(name=ENTITY, join_keys=[JOIN_KEY], value_type=ValueType.STRING, description="A customer")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from prefect import task
 
-from churn_platform import db
+from churn_platform import db, stack
+from churn_platform.connections import Connections
 from churn_platform.settings import get_settings
 
 
 @task
-def platform_database() -> str:
-    """The platform database URL (the embedded server is started when none is configured), schema applied."""
-    url = db.platform_url(get_settings())
-    db.init_schema(url)
-    return url
+def platform_connections(*, redis: bool = False, mlflow: bool = False) -> Connections:
+    """The servers the flow needs, resolved once (embedded ones started when none is configured), the schema
+    applied to the platform database."""
+    connections = stack.connect(get_settings(), redis=redis, mlflow=mlflow)
+    db.init_schema(connections.database_url)
+    return connections

@@ -6,9 +6,10 @@ from datetime import date
 
 from prefect import flow, get_run_logger, task
 
+from churn_platform.connections import Connections
 from churn_platform.features import feast_repo, online, snapshots
 from churn_platform.settings import get_settings
-from flows.common import platform_database
+from flows.common import platform_connections
 
 # Transient failures (a server restarting, a dropped connection) are retried; the steps are idempotent.
 RETRIES = 3
@@ -23,19 +24,19 @@ def compute(url: str, until: date) -> snapshots.SnapshotRun:
 
 
 @task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S)
-def apply_repo() -> list[str]:
-    return feast_repo.apply(get_settings())
+def apply_repo(connections: Connections) -> list[str]:
+    return feast_repo.apply(get_settings(), connections)
 
 
 @task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S)
-def materialize() -> online.MaterializeRun:
-    return online.materialize(get_settings())
+def materialize(connections: Connections) -> online.MaterializeRun:
+    return online.materialize(get_settings(), connections)
 
 
 @flow(name="features")
 def features_flow(until: date) -> online.MaterializeRun:
     """Snapshots and labels up to `until`, the Feast repository applied, the online store refreshed."""
-    url = platform_database()
-    compute(url, until)
-    apply_repo()
-    return materialize()
+    connections = platform_connections(redis=True)
+    compute(connections.database_url, until)
+    apply_repo(connections)
+    return materialize(connections)

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
-from flows.common import platform_database
+from flows.common import platform_connections
 
 
 @task
@@ -39,7 +39,7 @@ def generate_world_flow(
 ) -> world.WorldSummary:
     """Simulate a subscription product and load it into PostgreSQL."""
     config = WorldConfig(users=users, days=days, seed=seed, start_date=start_date, drift_at=drift_at)
-    url = platform_database()
+    url = platform_connections().database_url
     summary = generate(url, config, replace)
     publish(summary, key="synthetic-world")
     return summary
@@ -48,7 +48,7 @@ def generate_world_flow(
 @flow(name="advance-world")
 def advance_world_flow(days: int = 7) -> world.WorldSummary:
     """Continue the stored world by `days` days."""
-    url = platform_database()
+    url = platform_connections().database_url
     summary = advance(url, days)
     publish(summary, key="synthetic-world")
     return summary

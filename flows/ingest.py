@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from churn_platform.data.ingest import loads
 from churn_platform.settings import get_settings
-from flows.common import platform_database
+from flows.common import platform_connections
 
 
 @task
@@ -37,7 +37,7 @@ def publish(summary: loads.LoadSummary) -> None:
 @flow(name="ingest-events")
 def ingest_events_flow(path: str, timezone: str | None = None) -> loads.LoadSummary:
     """Load an events file (CSV or Parquet) into raw.events; bad rows go to raw.quarantine."""
-    summary = load_events(platform_database(), path, timezone)
+    summary = load_events(platform_connections().database_url, path, timezone)
     publish(summary)
     return summary
 
@@ -45,6 +45,6 @@ def ingest_events_flow(path: str, timezone: str | None = None) -> loads.LoadSumm
 @flow(name="ingest-users")
 def ingest_users_flow(path: str, timezone: str | None = None) -> loads.LoadSummary:
     """Upsert a users file (CSV or Parquet) into raw.users; bad rows go to raw.quarantine."""
-    summary = load_users(platform_database(), path, timezone)
+    summary = load_users(platform_connections().database_url, path, timezone)
     publish(summary)
     return summary

@@ -20,9 +20,9 @@ import psutil
 
 from churn_platform import stack
 from churn_platform.features import feast_repo
+from churn_platform.model import aliases
 from churn_platform.settings import Settings
 from churn_platform.stack.base import free_loopback_port, stop_process_group
-from churn_platform.training import registry
 
 PEERS = Path(__file__).resolve().parent
 PEER_START_TIMEOUT_S = 120.0
@@ -122,7 +122,7 @@ def feast_server(settings: Settings, logs: Path, max_requests: int) -> contextli
 def mlflow_model_server(settings: Settings, logs: Path) -> contextlib.AbstractContextManager[str]:
     """`mlflow models serve` of the registry's champion, in this environment."""
     port = free_loopback_port()
-    model = f"models:/{settings.model_name}@{registry.CHAMPION}"
+    model = f"models:/{settings.model_name}@{aliases.CHAMPION}"
     command = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
         "--host", "127.0.0.1", "--port", str(port),

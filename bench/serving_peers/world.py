@@ -23,8 +23,9 @@ from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import feast_repo, online, snapshots
 from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.model import aliases
 from churn_platform.settings import Settings, get_settings
-from churn_platform.training import pipeline, registry
+from churn_platform.training import pipeline
 
 DAYS = 120
 SEED = 7
@@ -111,7 +112,7 @@ def has_champion(settings: Settings) -> bool:
     uri = stack.mlflow_tracking_uri(settings)
     try:
         MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
-            settings.model_name, registry.CHAMPION
+            settings.model_name, aliases.CHAMPION
         )
     except MlflowException:
         return False
@@ -140,9 +141,9 @@ def build_world(bench: BenchWorld, settings: Settings) -> str:
     until = snapshots.day_after_last_event(bench.database_url)
     assert until is not None
     snapshots.refresh(bench.database_url, settings, until)
-    feast_repo.apply(settings)
-    stack.up(settings, only=("postgres", "redis", "mlflow"))
-    trained = pipeline.train(settings).trained  # the first version of a model becomes its champion
+    connections = stack.connect(settings, redis=True, mlflow=True)
+    feast_repo.apply(settings, connections)
+    trained = pipeline.train(settings, connections).trained  # the first version of a model becomes its champion
     return f"{trained.candidate}, test AUC {trained.evaluation.roc_auc:.3f}"
 
 
@@ -157,8 +158,9 @@ def prepare_world(bench: BenchWorld, settings: Settings, rebuild: bool) -> str:
         how = f"built in {time.perf_counter() - started:.0f} s ({model})"
     # Redis db 10 is shared with bench.features, which flushes it: write this world's features again (a second).
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # Feast's progress
-        online.clear_online(settings)
-        online.materialize(settings, full=True)
+        connections = stack.connect(settings, redis=True)
+        online.clear_online(settings, connections)
+        online.materialize(settings, connections, full=True)
     with db.connect(bench.database_url) as conn:
         conn.execute(TRUNCATE_LOG_SQL)  # the prediction log of earlier runs: the reused world must not grow
     return how

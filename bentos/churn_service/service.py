@@ -15,6 +15,7 @@ import bentoml
 from starlette.responses import JSONResponse
 from threadpoolctl import threadpool_limits
 
+from churn_platform import stack
 from churn_platform.serving import schemas
 from churn_platform.serving.http_fixes import ApiContractMiddleware, cancel_request_timers, require_request_bodies
 from churn_platform.serving.metrics import prometheus_text
@@ -37,7 +38,8 @@ class ChurnService:
     """Churn predictions by user id, with sticky A/B routing between the registry's champion and a variant."""
 
     def __init__(self) -> None:
-        self.predictor = ChurnPredictor(settings)
+        # `churn up` starts the service with every URL configured: this resolves them once, starting nothing.
+        self.predictor = ChurnPredictor(settings, stack.connect(settings, redis=True, mlflow=True))
         self.predictor.start()
         self._not_ready_reason: str | None = None
 

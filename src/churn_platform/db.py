@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+from sqlalchemy.engine import URL
 
-from churn_platform import stack
-from churn_platform.settings import Settings
+from churn_platform.connections import redact
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,67 @@ def schema_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "infra" / "postgres"
 
 
+class DatabaseUnreachableError(RuntimeError):
+    """The PostgreSQL server of a URL does not answer."""
+
+
+def socket_url(socket_dir: Path, database: str) -> str:
+    """A libpq URL for a server that listens on a unix socket only."""
+    return f"postgresql://postgres@/{database}?host={quote(str(socket_dir), safe='/')}"
+
+
+def sqlalchemy_url(url: str, database: str) -> str:
+    """A `postgresql+psycopg://` SQLAlchemy URL to `database` on the server of a libpq URL (TCP or unix socket).
+
+    A socket folder cannot be a URL's host: like libpq, SQLAlchemy's psycopg dialect takes it as `?host=`.
+    """
+    params = {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(url).items() if value is not None}
+    host, port = params.pop("host", None), params.pop("port", None)
+    user, password = params.pop("user", None), params.pop("password", None)
+    params.pop("dbname", None)
+    if host is not None and host.startswith("/"):
+        params["host"] = host
+        if port is not None:
+            params["port"] = port
+        host = port = None
+    return URL.create(
+        "postgresql+psycopg",
+        username=user,
+        password=password,
+        host=host,
+        port=int(port) if port else None,
+        database=database,
+        query=params,
+    ).render_as_string(hide_password=False)
+
+
+def ensure_database(url: str) -> None:
+    """Create the URL's database if the server does not have it yet (connecting through `postgres`)."""
+    conninfo = psycopg.conninfo.conninfo_to_dict(url)
+    database = str(conninfo.get("dbname") or "postgres")
+    if database == "postgres":
+        return
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres", connect_timeout=5)
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+            if exists is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                log.info("created database %s", database)
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        pass  # created by a concurrent caller
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachableError(f"PostgreSQL at {redact(url)} is unreachable: {exc}") from exc
+
+
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     """A psycopg connection to the platform database."""
     return psycopg.connect(url, autocommit=autocommit)
 
 
-def platform_url(settings: Settings) -> str:
-    """The platform database URL, starting the embedded server when none is configured."""
-    return stack.database_url(settings)
-
-
 def init_schema(url: str) -> list[str]:
     """Create the database if needed and apply every schema file in one transaction; return the files applied."""
-    stack.ensure_database(url)
+    ensure_database(url)
     folder = schema_dir()
     with connect(url) as conn:
         # Two processes initialising at once would race on CREATE ... IF NOT EXISTS; serialise them.

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from churn_platform import stack
+from churn_platform.connections import Connections
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
@@ -19,6 +20,11 @@ from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def connections(settings: Settings, *, mlflow: bool = False) -> Connections:
+    """The servers a test's settings name, resolved as an entrypoint would (configured URLs: nothing starts)."""
+    return stack.connect(settings, redis=True, mlflow=mlflow)
 
 
 def redis_db_url(stack_settings: Settings, db: int) -> str:
@@ -64,4 +70,4 @@ def labelled_world(settings: Settings, url: str, config: WorldConfig, until: dat
     definition = ChurnDefinition.from_settings(settings)
     snapshots.compute_snapshots(url, catalog, definition, until)
     snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
-    feast_repo.apply(settings)
+    feast_repo.apply(settings, connections(settings))

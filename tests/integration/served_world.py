@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from tests.integration.feature_worlds import labelled_world
+from tests.integration.feature_worlds import connections, labelled_world
 
 from churn_platform import stack
 from churn_platform.data.synthetic.world_model import WorldConfig
@@ -44,11 +44,11 @@ class ServedWorld:
 def build_world(settings: Settings, database_url: str) -> tuple[list[str], dict[str, str]]:
     """World, snapshots, labels, Feast apply + materialize, and one registered version per candidate."""
     labelled_world(settings, database_url, WorldConfig(users=400, days=200, seed=21), date(2025, 7, 20))
-    online.materialize(settings)
+    online.materialize(settings, connections(settings))
     versions = {}
     for candidate in ("logistic_regression", "gradient_boosting"):
         config = TrainConfig(seed=5, test_days=21, validation_days=21, candidates=(candidate,))
-        registered = pipeline.train(settings, config=config).registered
+        registered = pipeline.train(settings, connections(settings, mlflow=True), config=config).registered
         assert registered is not None
         versions[candidate] = registered.version
     users = online.sample_of_latest_users(database_url, catalog_from_settings(settings), 200)

@@ -24,6 +24,7 @@ from feast.types import Bool, Float32, Float64, Int32, Int64, String, UnixTimest
 from feast.value_type import ValueType
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tests.integration.feature_worlds import connections
 
 from churn_platform import stack
 from churn_platform.features import feast_repo, snapshots
@@ -105,8 +106,8 @@ def feast_settings(make_database: Callable[[], str], stack_settings: Settings) -
             conn.execute(snapshots.create_table_sql(catalog_from_settings(current)))
             conn.execute(ENTITY_TABLE)
             conn.execute(TIES_TABLE)
-        feast_repo.apply(current)
-        feast_repo.open_store(current).apply([user, ties_created, ties_mapped])
+        feast_repo.apply(current, connections(current))
+        feast_repo.open_store(current, connections(current)).apply([user, ties_created, ties_mapped])
         yield current
     get_settings.cache_clear()
 
@@ -114,7 +115,7 @@ def feast_settings(make_database: Callable[[], str], stack_settings: Settings) -
 @pytest.fixture(scope="module")
 def stock_store(feast_settings: Settings) -> FeatureStore:
     """The same repository, registry and servers, with Feast's stock PostgreSQL offline store."""
-    feast_repo.configure(feast_settings)
+    feast_repo.configure(connections(feast_settings))
     repo = feast_settings.feature_repo.resolve()
     config = load_repo_config(repo, repo / "feature_store.yaml")
     config.offline_config = {**config.offline_config, "type": "postgres"}
@@ -189,7 +190,7 @@ def test_training_rows_equal_the_stock_store(
     replace_rows(url, f"features.{catalog.name}", ["user_id", "event_timestamp", *catalog.names], rows)
     replace_rows(url, "features.pg_entities", ["user_id", "event_timestamp", "churned", "weight", "n"], ENTITY_ROWS)
     entity_df: str | pd.DataFrame = ENTITY_SQL if entity_kind == "sql" else entity_frame(ENTITY_ROWS)
-    store, stock = feast_repo.open_store(feast_settings), stock_store
+    store, stock = feast_repo.open_store(feast_settings, connections(feast_settings)), stock_store
 
     # When the repo's feature service is read through our store and through the stock one
     ours = store.get_historical_features(
@@ -282,7 +283,7 @@ def test_ties_ttl_and_created_timestamps_match_the_stock_store(
     entity_df: str | pd.DataFrame = entity_frame(entities) if as_frame else ENTITY_SQL
 
     # When both stores join them
-    ours = feast_repo.open_store(feast_settings).get_historical_features(
+    ours = feast_repo.open_store(feast_settings, connections(feast_settings)).get_historical_features(
         entity_df=entity_df, features=refs, full_feature_names=full_feature_names
     )
     theirs = stock_store.get_historical_features(
@@ -308,7 +309,7 @@ def test_materialization_reads_equal_the_stock_store(feast_settings: Settings, p
     # Given feature rows with every parsed type, NULLs, special floats and text, and ties
     url = feast_settings.database_url or ""
     replace_rows(url, "features.pg_ties", TIES_COLUMNS, TIE_ROWS)
-    config = feast_repo.open_store(feast_settings).config
+    config = feast_repo.open_store(feast_settings, connections(feast_settings)).config
     source = ties_created.batch_source
     arguments = (config, source, ["user_id"], [f.name for f in ties_created.features], "event_timestamp", "created")
     window = (T0 - DAY, T0 + DAY)
@@ -334,7 +335,9 @@ def test_requests_outside_the_lateral_case_go_to_the_stock_store(
     refs = [f"{ties_created.name}:score"]
 
     # When they are joined through our store
-    ours = feast_repo.open_store(feast_settings).get_historical_features(entity_df=frame, features=refs)
+    ours = feast_repo.open_store(feast_settings, connections(feast_settings)).get_historical_features(
+        entity_df=frame, features=refs
+    )
 
     # Then the stock implementation answered, with the stock result
     assert not isinstance(ours, CopyRetrievalJob)

@@ -16,7 +16,7 @@ from feast.infra.common.materialization_job import MaterializationJobStatus, Mat
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.repo_config import RepoConfig
 from feast.types import Float32, String
-from tests.integration.feature_worlds import platform_settings, redis_db_url, small_world_with_snapshots
+from tests.integration.feature_worlds import connections, platform_settings, redis_db_url, small_world_with_snapshots
 
 from churn_platform.features import feast_repo, online
 from churn_platform.features.catalog import Catalog, catalog_from_settings
@@ -71,13 +71,13 @@ def world_settings(make_database: Callable[[], str], stack_settings: Settings) -
     with platform_settings(url, redis_db_url(stack_settings, ONLINE_DB)) as current:
         small_world_with_snapshots(current, url)
         _write_edge_values(current)
-        feast_repo.apply(current)
+        feast_repo.apply(current, connections(current))
         yield current
 
 
 def _store(settings: Settings, batch_engine: Any, **online_store: Any) -> Any:
     """The repo's store with another batch engine (or online-store options); "local" gets Feast's stock stores."""
-    feast_repo.configure(settings)
+    feast_repo.configure(connections(settings))
     repo = settings.feature_repo.resolve()
     raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
     if batch_engine == "local":
@@ -114,7 +114,7 @@ def _intervals(settings: Settings) -> list[tuple[datetime, datetime]]:
 def _materialize_each(store: Any, settings: Settings, client: Any) -> tuple[list[dict[bytes, bytes]], list[Any]]:
     """Redis after each materialization of `_intervals` from an empty database, and our engine's report of each."""
     client.flushdb()
-    view = online.feature_view_name(catalog_from_settings(settings))
+    view = catalog_from_settings(settings).feature_view_name
     states, runs = [], []
     for start, end in _intervals(settings):
         store.materialize(start_date=start, end_date=end, feature_views=[view])
@@ -131,7 +131,7 @@ def test_redis_holds_the_same_bytes_as_after_feasts_local_engine(
     client = _client(world_settings)
     expected, _ = _materialize_each(_store(world_settings, "local"), world_settings, client)
     ours = (
-        feast_repo.open_store(world_settings)
+        feast_repo.open_store(world_settings, connections(world_settings))
         if chunk_rows is None
         else _store(world_settings, {"type": ENGINE_TYPE, "chunk_rows": chunk_rows})
     )
@@ -160,9 +160,9 @@ def test_redis_holds_the_same_bytes_as_after_feasts_local_engine(
 
 def test_feast_reads_back_what_the_engine_wrote_including_nulls(world_settings: Settings) -> None:
     client = _client(world_settings)
-    store = feast_repo.open_store(world_settings)
+    store = feast_repo.open_store(world_settings, connections(world_settings))
     catalog = catalog_from_settings(world_settings)
-    view = online.feature_view_name(catalog)
+    view = catalog.feature_view_name
     start, end = _intervals(world_settings)[2]  # the newest snapshots
     client.flushdb()
     store.materialize(start_date=start, end_date=end, feature_views=[view])
@@ -180,9 +180,9 @@ def test_feast_reads_back_what_the_engine_wrote_including_nulls(world_settings: 
 def test_a_view_it_does_not_support_goes_to_feasts_local_engine(world_settings: Settings) -> None:
     # Given a view with a Float32 feature, which this engine leaves to Feast's local engine
     client = _client(world_settings)
-    ours = feast_repo.open_store(world_settings)
+    ours = feast_repo.open_store(world_settings, connections(world_settings))
     engine = ours._get_provider().batch_engine
-    stored = ours.get_feature_view(online.feature_view_name(catalog_from_settings(world_settings)))
+    stored = ours.get_feature_view(catalog_from_settings(world_settings).feature_view_name)
     view = FeatureView(
         name=stored.name,
         entities=[ours.get_entity("user")],
@@ -214,7 +214,7 @@ def test_a_view_it_does_not_support_goes_to_feasts_local_engine(world_settings: 
 def test_the_online_store_options_act_as_in_the_stock_store(world_settings: Settings, options: dict[str, Any]) -> None:
     # Given the newest snapshots then older ones, materialized with each engine under the same online-store options
     client = _client(world_settings)
-    view = online.feature_view_name(catalog_from_settings(world_settings))
+    view = catalog_from_settings(world_settings).feature_view_name
     intervals = [_intervals(world_settings)[i] for i in (2, 4)]
     states = []
     for engine in ("local", {"type": ENGINE_TYPE, "chunk_rows": 50}):

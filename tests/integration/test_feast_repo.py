@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.integration.feature_worlds import connections
 
 from churn_platform import stack
 from churn_platform.features import feast_repo
@@ -41,16 +42,16 @@ def test_apply_registers_the_versioned_feature_service_in_the_sql_registry(
         monkeypatch.delenv(name, raising=False)
 
     # When the repo is applied
-    applied = feast_repo.apply(settings)
+    applied = feast_repo.apply(settings, connections(settings))
 
     # Then a second process-level store sees the same registry: one view with every catalog feature, and the
     # versioned feature service a model will name
     catalog = catalog_from_settings(settings)
     assert f"FeatureService {catalog.name}" in applied
-    store = feast_repo.open_store(settings)
+    store = feast_repo.open_store(settings, connections(settings))
     view = store.get_feature_view(f"{catalog.name}_user_features")
     assert [f.name for f in view.features] == catalog.names
     service = store.get_feature_service(catalog.name)
     assert [p.name for p in service.feature_view_projections] == [view.name]
     # And applying again changes nothing
-    assert feast_repo.apply(settings) == applied
+    assert feast_repo.apply(settings, connections(settings)) == applied

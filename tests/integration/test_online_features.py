@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import redis
 import uvloop
-from tests.integration.feature_worlds import platform_settings, redis_db_url, small_world_with_snapshots
+from tests.integration.feature_worlds import connections, platform_settings, redis_db_url, small_world_with_snapshots
 
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.synthetic import world
@@ -30,7 +30,7 @@ def world_settings(make_database: Callable[[], str], stack_settings: Settings) -
     url = make_database()
     with platform_settings(url, redis_db_url(stack_settings, ONLINE_DB)) as current:
         small_world_with_snapshots(current, url)
-        feast_repo.apply(current)
+        feast_repo.apply(current, connections(current))
         yield current
 
 
@@ -41,28 +41,28 @@ def _dump(url: str) -> dict[bytes, bytes]:
 
 def test_materializing_twice_gives_an_identical_redis_state(world_settings: Settings) -> None:
     url = world_settings.redis_url or ""
-    first = online.materialize(world_settings)
+    first = online.materialize(world_settings, connections(world_settings))
     state = _dump(url)
     assert state, "materialization wrote keys"
 
     # A second incremental run has nothing new to write
-    assert online.materialize(world_settings).end is None
+    assert online.materialize(world_settings, connections(world_settings)).end is None
     assert _dump(url) == state
 
     # And writing the same interval again from scratch gives the same bytes
     redis.Redis.from_url(url).flushdb()
-    store = feast_repo.open_store(world_settings)
+    store = feast_repo.open_store(world_settings, connections(world_settings))
     assert first.end is not None
     store.materialize(
         start_date=first.end - timedelta(days=2),
         end_date=first.end,
-        feature_views=[online.feature_view_name(catalog_from_settings(world_settings))],
+        feature_views=[catalog_from_settings(world_settings).feature_view_name],
     )
     assert _dump(url) == state
 
 
 def test_online_reads_equal_the_latest_offline_snapshot(world_settings: Settings) -> None:
-    online.materialize(world_settings)
+    online.materialize(world_settings, connections(world_settings))
     catalog = catalog_from_settings(world_settings)
     with psycopg.connect(world_settings.database_url or "") as conn:
         cur = conn.execute(
@@ -74,7 +74,9 @@ def test_online_reads_equal_the_latest_offline_snapshot(world_settings: Settings
     current = {u: row for u, row in latest.items() if row["event_timestamp"] == latest_time}
     sample = sorted(current)[:25]
 
-    vectors = online.read_features(world_settings, [*sample, "nobody"], now=latest_time + timedelta(hours=1))
+    vectors = online.read_features(
+        world_settings, connections(world_settings), [*sample, "nobody"], now=latest_time + timedelta(hours=1)
+    )
 
     for vector in vectors[:-1]:
         expected = current[vector.user_id]
@@ -88,32 +90,36 @@ def test_online_reads_equal_the_latest_offline_snapshot(world_settings: Settings
     unknown = vectors[-1]
     assert set(unknown.status.values()) == {"missing"}
     # The same values read a week later are stale by our own age check
-    later = online.read_features(world_settings, sample[:1], now=latest_time + timedelta(days=7))
+    later = online.read_features(
+        world_settings, connections(world_settings), sample[:1], now=latest_time + timedelta(days=7)
+    )
     assert set(later[0].status.values()) == {"stale"}
     assert isinstance(later[0].snapshot_at, datetime)
 
 
 def test_clear_online_then_a_full_materialization_restores_the_same_state(world_settings: Settings) -> None:
     url = world_settings.redis_url or ""
-    online.materialize(world_settings, full=True)
+    online.materialize(world_settings, connections(world_settings), full=True)
     state = _dump(url)
     assert state
 
-    online.clear_online(world_settings)
+    online.clear_online(world_settings, connections(world_settings))
     assert _dump(url) == {}
-    assert online.materialize(world_settings).end is None  # recorded as done: incremental writes nothing
-    assert online.materialize(world_settings, full=True).end is not None
+    assert (
+        online.materialize(world_settings, connections(world_settings)).end is None
+    )  # recorded as done: incremental writes nothing
+    assert online.materialize(world_settings, connections(world_settings), full=True).end is not None
     assert _dump(url) == state
 
 
 def test_our_reader_returns_what_get_online_features_returns(world_settings: Settings) -> None:
-    online.materialize(world_settings)
-    store = feast_repo.open_store(world_settings)
+    online.materialize(world_settings, connections(world_settings))
+    store = feast_repo.open_store(world_settings, connections(world_settings))
     catalog = catalog_from_settings(world_settings)
     users = [f"u{i:07d}" for i in range(150)] + ["nobody"]
 
     latest = online.latest_snapshot_time(world_settings.database_url or "", catalog)
-    reader = online.OnlineFeatures(world_settings)
+    reader = online.OnlineFeatures(world_settings, connections(world_settings))
     # The second read comes from the decode caches; the world's own calendar decides what is stale.
     first, again = reader.read(users, now=latest), reader.read(users, now=latest)
     expected = store.get_online_features(
@@ -136,12 +142,12 @@ def test_a_replaced_world_replaces_the_online_values(
     with platform_settings(url, redis_db_url(stack_settings, REPLACED_DB)) as current:
         catalog = catalog_from_settings(current)
         definition = ChurnDefinition(("cancel",), None)
-        feast_repo.apply(current)
+        feast_repo.apply(current, connections(current))
         readings = []
         for seed in (5, 6):
             world.generate_world(url, WorldConfig(users=80, days=40, seed=seed), replace=True)
             snapshots.compute_snapshots(url, catalog, definition, date(2025, 2, 10))
-            assert online.materialize(current).end is not None
+            assert online.materialize(current, connections(current)).end is not None
             latest = online.latest_snapshot_time(url, catalog)
             users = online.sample_of_latest_users(url, catalog, 10)
             with psycopg.connect(url) as conn:
@@ -151,7 +157,7 @@ def test_a_replaced_world_replaces_the_online_values(
                         (latest,),
                     ).fetchall()
                 )
-            vectors = online.OnlineFeatures(current).read(users, now=latest)
+            vectors = online.OnlineFeatures(current, connections(current)).read(users, now=latest)
             assert [v.values["tenure_days"] for v in vectors] == pytest.approx([offline[u] for u in users])
             readings.append([v.values["tenure_days"] for v in vectors])
         assert readings[0] != readings[1], "the two worlds differ"
@@ -160,11 +166,11 @@ def test_a_replaced_world_replaces_the_online_values(
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop", "thread"])
 def test_the_event_loop_read_equals_the_blocking_read(world_settings: Settings, loop: str) -> None:
     # Given a materialized world, and users with and without features
-    online.materialize(world_settings)
+    online.materialize(world_settings, connections(world_settings))
     catalog = catalog_from_settings(world_settings)
     latest = online.latest_snapshot_time(world_settings.database_url or "", catalog)
     users = [f"u{i:07d}" for i in range(150)] + ["nobody"]
-    reader = online.OnlineFeatures(world_settings)
+    reader = online.OnlineFeatures(world_settings, connections(world_settings))
     assert reader._async_reader is not None, "a plain Redis URL is read on the event loop, not on a thread"
     if loop == "thread":
         reader._async_reader = None  # as for a store it cannot open itself (TLS, Sentinel, a cluster)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from tests.integration.feature_worlds import platform_settings, redis_db_url
+from tests.integration.feature_worlds import connections, platform_settings, redis_db_url
 from tests.integration.served_world import (
     POLL_INTERVAL_S,
     ServedWorld,
@@ -166,7 +166,7 @@ def test_a_known_user_without_features_is_said_so_not_scored(served: ServedWorld
     # Given a user of raw.users whose features are not in the online store (churned before the materialized window)
     with psycopg.connect(served.database_url) as conn:
         everyone = [row[0] for row in conn.execute("SELECT user_id FROM raw.users ORDER BY user_id")]
-    vectors = OnlineFeatures(served.settings).read(everyone)
+    vectors = OnlineFeatures(served.settings, connections(served.settings)).read(everyone)
     without = next(v.user_id for v in vectors if all(s == "missing" for s in v.status.values()))
 
     status, body = post(served.url, "/predict", {"user_id": without})

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from tests.integration.feature_worlds import labelled_world, platform_settings, redis_db_url
+from tests.integration.feature_worlds import connections, labelled_world, platform_settings, redis_db_url
 
 from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import training_sets
@@ -45,13 +45,15 @@ def world_settings(
 
 @pytest.fixture(scope="module")
 def rows(world_settings: Settings) -> training_sets.TrainingSet:
-    return training_sets.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
+    return training_sets.training_set(
+        world_settings, connections(world_settings), every_days=world_settings.train_snapshot_every_days
+    )
 
 
 def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings, mlflow_tracking: str) -> None:
     import mlflow.pyfunc
 
-    result = pipeline.train(world_settings)
+    result = pipeline.train(world_settings, connections(world_settings, mlflow=True))
 
     version = result.registered
     assert version is not None
@@ -93,9 +95,9 @@ def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings,
 def test_promote_moves_champion_and_rollback_restores_it(world_settings: Settings, mlflow_tracking: str) -> None:
     uri, name = mlflow_tracking, world_settings.model_name
     if registry.alias_version(uri, name, "champion") is None:
-        pipeline.train(world_settings)
+        pipeline.train(world_settings, connections(world_settings, mlflow=True))
     champion = registry.alias_version(uri, name, "champion")
-    newer = pipeline.train(world_settings).registered
+    newer = pipeline.train(world_settings, connections(world_settings, mlflow=True)).registered
     assert newer is not None and newer.aliases == ("challenger",)
     assert registry.alias_version(uri, name, "champion") == champion  # a new version never takes over by itself
 
@@ -116,7 +118,7 @@ def test_policy_refuses_a_clearly_worse_version_unless_forced(
 ) -> None:
     uri, name = mlflow_tracking, world_settings.model_name
     if registry.alias_version(uri, name, "champion") is None:
-        pipeline.train(world_settings)
+        pipeline.train(world_settings, connections(world_settings, mlflow=True))
     catalog = catalog_from_settings(world_settings)
     worse = train_model(shuffled_labels(rows), catalog, CONFIG)
     registered = registry.log_and_register(
@@ -181,7 +183,9 @@ def test_the_same_world_and_seed_give_the_same_metrics(
     catalog = catalog_from_settings(world_settings)
     oracle = pipeline.oracle_lookup(world_settings.database_url or "", world_settings.label_horizon_days)
     first = train_model(rows, catalog, CONFIG, oracle).metrics()
-    again_rows = training_sets.training_set(world_settings, every_days=world_settings.train_snapshot_every_days)
+    again_rows = training_sets.training_set(
+        world_settings, connections(world_settings), every_days=world_settings.train_snapshot_every_days
+    )
     again = train_model(again_rows, catalog, CONFIG, oracle).metrics()
 
     assert "oracle_roc_auc" in first and first.keys() == again.keys()
@@ -197,7 +201,7 @@ def test_the_models_commands_list_versions_and_refuse_in_one_line(
     from churn_platform import cli
 
     if registry.alias_version(mlflow_tracking, world_settings.model_name, "champion") is None:
-        pipeline.train(world_settings)
+        pipeline.train(world_settings, connections(world_settings, mlflow=True))
     runner = CliRunner()
 
     listed = runner.invoke(cli.app, ["models", "list"])

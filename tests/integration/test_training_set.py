@@ -11,6 +11,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
+from tests.integration.feature_worlds import connections
 from tests.integration.test_snapshots import START, _expected, _load, events_strategy
 
 from churn_platform import stack
@@ -41,7 +42,7 @@ def feast_settings(make_database: Callable[[], str], stack_settings: Settings) -
         patch.setenv("CHURN_REDIS_URL", stack.redis_url(stack_settings))
         get_settings.cache_clear()
         current = get_settings()
-        feast_repo.apply(current)
+        feast_repo.apply(current, connections(current))
         yield current
     get_settings.cache_clear()
 
@@ -62,7 +63,7 @@ def test_training_set_equals_a_brute_force_as_of_join(feast_settings: Settings, 
     snapshots.compute_labels(url, catalog, definition, HORIZON)
 
     # When the training set is read through Feast
-    result = training_sets.training_set(feast_settings)
+    result = training_sets.training_set(feast_settings, connections(feast_settings))
 
     # Then every labelled snapshot is there with the brute-force features and label, value for value
     expected = _expected(events, until)
@@ -102,7 +103,7 @@ def test_training_set_parquet_records_what_it_was_built_from(feast_settings: Set
         conn.execute("DROP TABLE IF EXISTS features.churn_labels")
     snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), datetime(2025, 3, 11).date())
     snapshots.compute_labels(url, catalog, ChurnDefinition(("cancel",), None), HORIZON)
-    result = training_sets.training_set(feast_settings)
+    result = training_sets.training_set(feast_settings, connections(feast_settings))
     result.write_parquet(tmp_path / "train.parquet")
     metadata = pq.read_schema(tmp_path / "train.parquet").metadata
     assert metadata[b"churn.feature_service"] == b"churn_test"

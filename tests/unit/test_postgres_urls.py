@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from churn_platform.stack import socket_url, sqlalchemy_url
+from churn_platform.db import socket_url, sqlalchemy_url
 
 
 def test_a_socket_url_keeps_its_folder_as_the_host_parameter() -> None:

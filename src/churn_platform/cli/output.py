@@ -1,14 +1,42 @@
-"""The command line's consoles and its one way to fail: a red line on stderr and exit code 1."""
+"""What every command shares: the consoles, the one way to fail, the servers it needs, and common options."""
 
 from __future__ import annotations
 
+from datetime import date
+from typing import Annotated
+
 import typer
 from rich.console import Console
+
+from churn_platform import stack
+from churn_platform.connections import Connections
+from churn_platform.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
+    """A red line on stderr; raise what it returns to exit with code 1."""
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, whatever the width
     return typer.Exit(code=1)
+
+
+def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Connections:
+    """The servers a command needs, resolved once (embedded ones started if needed); one red line if one fails."""
+    try:
+        return stack.connect(settings, redis=redis, mlflow=mlflow, service=service)
+    except stack.StackError as exc:
+        raise fail(str(exc)) from exc
+
+
+FirstDay = Annotated[str | None, typer.Option(help="First snapshot day (YYYY-MM-DD); default: all.")]
+EndDay = Annotated[str | None, typer.Option(help="Snapshot days before this one (YYYY-MM-DD); default: all.")]
+
+
+def day_range(start: str | None, end: str | None) -> tuple[date | None, date | None]:
+    """--start / --end as dates; a malformed one fails naming the options."""
+    try:
+        return (date.fromisoformat(start) if start else None), (date.fromisoformat(end) if end else None)
+    except ValueError as exc:
+        raise fail(f"--start/--end: {exc}") from exc

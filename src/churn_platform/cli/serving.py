@@ -1,8 +1,4 @@
-"""`churn predict`, `churn explain` and `churn ab`: the prediction service from the command line.
-
-`predict` and `explain` go through the service's HTTP API, as any client would; `ab` manages the experiments
-the service routes by (stored in PostgreSQL; the service picks a change up within one poll interval).
-"""
+"""`churn predict` and `churn explain`: the prediction service through its HTTP API, as any client would use it."""
 
 from __future__ import annotations
 
@@ -10,23 +6,17 @@ import json
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from churn_platform import db, stack
-from churn_platform.cli.output import console
-from churn_platform.cli.output import fail as _fail
+from churn_platform import stack
+from churn_platform.cli.output import connect, console, fail
 from churn_platform.features import online
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings, get_settings
-
-ab_app = typer.Typer(
-    help="A/B experiments: champion against a challenger, with sticky assignment.", no_args_is_help=True
-)
 
 
 def _post(url: str, route: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -43,10 +33,7 @@ def _post(url: str, route: str, body: dict[str, Any]) -> tuple[int, dict[str, An
 
 def _ready_service(settings: Settings, wait_s: float) -> str:
     """The service's URL once `/readyz` answers (it polls the registry: a new champion takes one interval)."""
-    try:
-        url = stack.service_url(settings)
-    except stack.StackError as exc:
-        raise _fail(str(exc)) from exc
+    url = connect(settings, service=True).service
     deadline = time.monotonic() + wait_s
     with console.status(f"waiting for the prediction service at {url} to be ready..."):
         while True:
@@ -54,16 +41,16 @@ def _ready_service(settings: Settings, wait_s: float) -> str:
             if ready and detail == "ready":
                 return url
             if time.monotonic() > deadline:
-                raise _fail(f"the prediction service at {url} is not ready after {wait_s:.0f} s: {detail}")
+                raise fail(f"the prediction service at {url} is not ready after {wait_s:.0f} s: {detail}")
             time.sleep(0.5)
 
 
 def _users(settings: Settings, user_ids: list[str] | None, sample: int) -> list[str]:
     if user_ids:
         return user_ids
-    users = online.sample_of_latest_users(db.platform_url(settings), catalog_from_settings(settings), sample)
+    users = online.sample_of_latest_users(connect(settings).database_url, catalog_from_settings(settings), sample)
     if not users:
-        raise _fail("no snapshots yet: run `churn features compute` and `churn features materialize` first")
+        raise fail("no snapshots yet: run `churn features compute` and `churn features materialize` first")
     return users
 
 
@@ -112,9 +99,9 @@ def explain(
     url = _ready_service(get_settings(), wait)
     status, body = _post(url, "/explain", {"user_id": user_id})
     if status != 200:
-        raise _fail(f"{status}: {body.get('error')}")
+        raise fail(f"{status}: {body.get('error')}")
     if body["method"] is None:
-        raise _fail(body["message"])
+        raise fail(body["message"])
     contributions = body["contributions"][:top]
     widest = max((abs(c["contribution"]) for c in contributions), default=1.0) or 1.0
     table = Table(
@@ -134,80 +121,3 @@ def explain(
 def _band(band: str) -> str:
     colour = {"high": "red", "medium": "yellow", "low": "green"}.get(band, "dim")
     return f"[{colour}]{band}[/]"
-
-
-@ab_app.command("start")
-def ab_start(
-    name: Annotated[str, typer.Argument(help="A new, unique experiment name (it labels the prediction log).")],
-    variant: Annotated[
-        str, typer.Option(help="The variant: an alias (challenger) or a version number.")
-    ] = "challenger",
-    share: Annotated[float, typer.Option(help="Share of users sent to the variant, between 0 and 1.")] = 0.5,
-    ends_at: Annotated[
-        datetime | None, typer.Option(help="Planned end (ISO time, UTC if no zone); default: until stopped.")
-    ] = None,
-    salt: Annotated[str | None, typer.Option(help="Assignment salt; default: random (reuse to reproduce).")] = None,
-) -> None:
-    """Start routing SHARE of users to VARIANT and the rest to the champion (sticky per user)."""
-    from churn_platform.experiments import records
-    from churn_platform.training import registry
-
-    settings = get_settings()
-    if not variant.isdigit():
-        version = registry.alias_version(stack.mlflow_tracking_uri(settings), settings.model_name, variant)
-        if version is None:
-            raise _fail(f"--variant: model {settings.model_name} has no alias {variant!r}")
-    if ends_at is not None and ends_at.tzinfo is None:
-        ends_at = ends_at.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
-    try:
-        started = records.start_experiment(
-            db.platform_url(settings), name, variant, share, ends_at=ends_at, salt=salt, created_by="churn ab start"
-        )
-    except records.ExperimentError as exc:
-        raise _fail(str(exc)) from exc
-    console.print(
-        f"experiment {started.name}: {started.variant_share:.0%} of users to {started.variant}, the rest to"
-        f" {started.control}; the service follows within {settings.serve_poll_interval_s:.0f} s"
-    )
-
-
-@ab_app.command("stop")
-def ab_stop(name: Annotated[str | None, typer.Argument(help="Default: the running experiment.")] = None) -> None:
-    """Stop the running experiment: everyone gets the champion again."""
-    from churn_platform.experiments import records
-
-    try:
-        stopped = records.stop_experiment(db.platform_url(get_settings()), name)
-    except records.ExperimentError as exc:
-        raise _fail(str(exc)) from exc
-    console.print(f"experiment {stopped.name} stopped; everyone gets the champion")
-
-
-@ab_app.command("status")
-def ab_status() -> None:
-    """Every experiment, and per arm of each: requests, users and mean predicted churn so far."""
-    from churn_platform.experiments import records
-
-    url = db.platform_url(get_settings())
-    found = records.list_experiments(url)
-    if not found:
-        console.print("no experiments yet: `churn ab start NAME --variant challenger --share 0.5`")
-        return
-    table = Table(title="A/B experiments (arms from the prediction log)")
-    for column in ("experiment", "variant (share)", "arm", "requests", "users", "mean P(churn)"):
-        table.add_column(column, no_wrap=column == "experiment", justify="left" if column[0] in "eva" else "right")
-    for experiment in found:
-        summary = records.experiment_summary(url, experiment.name)
-        ended = experiment.stopped_at or experiment.ends_at
-        state = "running" if summary["running"] else f"stopped {ended:%Y-%m-%d %H:%M}"
-        for i, (arm, counts) in enumerate(summary["arms"].items()):
-            mean = counts["mean_probability"]
-            table.add_row(
-                f"{experiment.name}\n[dim]{state}[/]" if i == 0 else "",
-                f"{experiment.variant} ({experiment.variant_share:.0%})\nvs {experiment.control}" if i == 0 else "",
-                arm,
-                str(counts["requests"]),
-                str(counts["users"]),
-                "-" if mean is None else f"{mean:.3f}",
-            )
-    console.print(table)

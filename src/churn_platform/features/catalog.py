@@ -9,11 +9,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from churn_platform.settings import Settings
 
 Dtype = Literal["int", "float", "text"]
+
+# Feast's names for a catalog's objects are defined here once; feature_repo/ and the library both read them.
+FEATURES_SCHEMA = "features"  # the PostgreSQL schema of the snapshot tables
+ENTITY = "user"
+JOIN_KEY = "user_id"
+# Snapshots are daily: a value older than two days is stale (Feast's view TTL, and our online reads' default).
+SNAPSHOT_TTL = timedelta(days=2)
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -156,6 +164,26 @@ class Catalog:
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def table(self) -> str:
+        """`features.<catalog name>`: one snapshot table per catalog version, so a model names its features."""
+        return f"{FEATURES_SCHEMA}.{self.name}"
+
+    @property
+    def source_name(self) -> str:
+        """The Feast data source over the snapshot table."""
+        return f"{self.name}_snapshots"
+
+    @property
+    def feature_view_name(self) -> str:
+        """The Feast feature view of the catalog's features."""
+        return f"{self.name}_user_features"
+
+    @property
+    def feature_service_name(self) -> str:
+        """The versioned Feast feature service: the catalog's own name, which a model version records."""
+        return self.name
 
     @property
     def event_types(self) -> list[str]:

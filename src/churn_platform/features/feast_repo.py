@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import psycopg
 
-from churn_platform import stack
+from churn_platform.connections import Connections
 from churn_platform.settings import Settings
 
 DEFINITION_MODULES = ("entities", "data_sources", "features", "feature_services")
@@ -67,30 +67,30 @@ def redis_connection_string(url: str) -> str:
     return ",".join(options)
 
 
-def configure(settings: Settings) -> dict[str, str]:
-    """Set the CHURN_FEAST_* variables for this process (starting embedded servers if needed); return them."""
-    environment = feast_environment(stack.database_url(settings), stack.redis_url(settings))
+def configure(connections: Connections) -> dict[str, str]:
+    """Set the CHURN_FEAST_* variables for this process from the platform's servers; return them."""
+    environment = feast_environment(connections.database_url, connections.redis)
     os.environ.update(environment)
     return environment
 
 
-def open_store(settings: Settings) -> Any:
+def open_store(settings: Settings, connections: Connections) -> Any:
     """The Feast FeatureStore of `feature_repo/`, connected to the platform's servers.
 
     One store per repository and connection set in a process: each FeatureStore opens its own registry engine
     and connection pools, so a fresh one per call would exhaust the server's connections.
     """
-    environment = configure(settings)
+    environment = configure(connections)
     return _store(str(settings.feature_repo.resolve()), tuple(sorted(environment.items())))
 
 
-def open_stock_store(settings: Settings) -> Any:
+def open_stock_store(settings: Settings, connections: Connections) -> Any:
     """The same repository with Feast's stock PostgreSQL offline store and local materialization engine.
 
     Same registry, servers and definitions as `open_store`; the reference our faster offline store and
     materialization engine are compared with, value for value in the tests and for speed in `bench/features.py`.
     """
-    environment = configure(settings)
+    environment = configure(connections)
     return _stock_store(str(settings.feature_repo.resolve()), tuple(sorted(environment.items())))
 
 
@@ -142,9 +142,9 @@ def definitions(settings: Settings) -> list[Any]:
     return list(found.values())
 
 
-def apply(settings: Settings) -> list[str]:
+def apply(settings: Settings, connections: Connections) -> list[str]:
     """The equivalent of `feast apply`, in-process: register the repo's definitions; return their names."""
-    store = open_store(settings)
+    store = open_store(settings, connections)
     objects = definitions(settings)
     store.apply(objects)
     return [f"{type(o).__name__} {o.name}" for o in objects]

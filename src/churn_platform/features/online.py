@@ -19,8 +19,9 @@ import redis
 from psycopg import sql
 
 from churn_platform import db
+from churn_platform.connections import Connections
 from churn_platform.features import feast_repo
-from churn_platform.features.catalog import Catalog, catalog_from_settings
+from churn_platform.features.catalog import JOIN_KEY, SNAPSHOT_TTL, Catalog, catalog_from_settings
 from churn_platform.features.feast_redis import string_key_layout
 from churn_platform.features.feature_batch import FeatureBatch, FeatureVector, HashArranger, TimestampCache, ViewFields
 from churn_platform.features.redis_async import AsyncHashReader, hgetall_payload
@@ -72,7 +73,7 @@ def sample_of_latest_users(url: str, catalog: Catalog, count: int) -> list[str]:
     return [row[0] for row in rows]
 
 
-def materialize(settings: Settings, *, full: bool = False) -> MaterializeRun:
+def materialize(settings: Settings, connections: Connections, *, full: bool = False) -> MaterializeRun:
     """Load snapshots newer than the last materialization into Redis, up to the latest one (incremental).
 
     The end is the data's own latest snapshot, not the wall clock: a synthetic world has its own calendar. A first
@@ -81,18 +82,18 @@ def materialize(settings: Settings, *, full: bool = False) -> MaterializeRun:
     """
     started = time.perf_counter()
     catalog = catalog_from_settings(settings)
-    url = db.platform_url(settings)
+    url = connections.database_url
     latest = latest_snapshot_time(url, catalog)
     if latest is None:
         return MaterializeRun(None, time.perf_counter() - started)
-    store = feast_repo.open_store(settings)
-    view = store.get_feature_view(feature_view_name(catalog))
+    store = feast_repo.open_store(settings, connections)
+    view = store.get_feature_view(catalog.feature_view_name)
     end = latest + timedelta(microseconds=1)  # Feast's interval excludes its end
     last_end = last_materialized(url, view.name)
     if last_end is None and not full:
         # The first run over these snapshots: values in Redis come from data they replaced (a regenerated world
         # on the same calendar), and Feast's writer never overwrites a value with one of the same timestamp.
-        clear_view(settings, view.name)
+        clear_view(settings, connections, view.name)
     # Not materialize_incremental, nor the registry's intervals: for a view never materialized Feast starts at the
     # wall clock minus the TTL, which misses a world with its own calendar, and its intervals outlive the
     # snapshots they covered. Our ledger lives next to the snapshots and is emptied with them.
@@ -113,24 +114,20 @@ def last_materialized(url: str, view_name: str) -> datetime | None:
     return None if row is None else row[0]
 
 
-def clear_view(settings: Settings, view_name: str) -> None:
+def clear_view(settings: Settings, connections: Connections, view_name: str) -> None:
     """Delete one feature view's values of every user from the online store."""
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    store = feast_repo.open_store(settings)
+    store = feast_repo.open_store(settings, connections)
     RedisOnlineStore().delete_table(store.config, store.get_feature_view(view_name))
 
 
-def clear_online(settings: Settings) -> None:
+def clear_online(settings: Settings, connections: Connections) -> None:
     """Delete every user's features of this Feast project from the online store (Redis)."""
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    store = feast_repo.open_store(settings)
-    RedisOnlineStore().delete_entity_values(store.config, ["user_id"])
-
-
-def feature_view_name(catalog: Catalog) -> str:
-    return f"{catalog.name}_user_features"
+    store = feast_repo.open_store(settings, connections)
+    RedisOnlineStore().delete_entity_values(store.config, [JOIN_KEY])
 
 
 class OnlineFeatures:
@@ -143,13 +140,13 @@ class OnlineFeatures:
     decoded in bulk (`value_codec`). The feature service's views, features and order are resolved here, not per call.
     """
 
-    def __init__(self, settings: Settings, *, max_age: timedelta = timedelta(days=2)) -> None:
+    def __init__(self, settings: Settings, connections: Connections, *, max_age: timedelta = SNAPSHOT_TTL) -> None:
         from feast.infra.online_stores.helpers import _mmh3
         from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
         from feast.types import Float64
 
         catalog = catalog_from_settings(settings)
-        self.store = feast_repo.open_store(settings)
+        self.store = feast_repo.open_store(settings, connections)
         self.service = self.store.get_feature_service(catalog.name)
         self.max_age = max_age
         config = self.store.config
@@ -168,7 +165,7 @@ class OnlineFeatures:
         if len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError(f"feature service {self.service.name} has two features of the same name")
         self._key_prefix, self._key_suffix = string_key_layout(
-            config.project, "user_id", config.entity_key_serialization_version
+            config.project, JOIN_KEY, config.entity_key_serialization_version
         )
         self._decoder = ValueDecoder()
         self._timestamps = TimestampCache()
@@ -250,7 +247,12 @@ class OnlineFeatures:
 
 
 def read_features(
-    settings: Settings, user_ids: Sequence[str], *, now: datetime | None = None, max_age: timedelta | None = None
+    settings: Settings,
+    connections: Connections,
+    user_ids: Sequence[str],
+    *,
+    now: datetime | None = None,
+    max_age: timedelta | None = None,
 ) -> list[FeatureVector]:
     """One-off read (resolves the store each call; a long-lived caller keeps an OnlineFeatures)."""
-    return OnlineFeatures(settings, max_age=max_age or timedelta(days=2)).read(user_ids, now=now)
+    return OnlineFeatures(settings, connections, max_age=max_age or SNAPSHOT_TTL).read(user_ids, now=now)

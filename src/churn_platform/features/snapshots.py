@@ -21,6 +21,7 @@ from psycopg import sql
 from churn_platform import db
 from churn_platform.data.labels import CHURN_TIMES_SQL, ChurnDefinition
 from churn_platform.features.catalog import (
+    FEATURES_SCHEMA,
     ActiveDays,
     ActivityTrend,
     Catalog,
@@ -41,7 +42,7 @@ SQL_TYPES = {"int": "integer", "float": "double precision", "text": "text"}
 
 def table_name(catalog: Catalog) -> sql.Composed:
     """`features.<catalog name>`: one table per catalog version, so a model names the features it used."""
-    return sql.SQL("{}.{}").format(sql.Identifier("features"), sql.Identifier(catalog.name))
+    return sql.SQL("{}.{}").format(sql.Identifier(FEATURES_SCHEMA), sql.Identifier(catalog.name))
 
 
 def create_table_sql(catalog: Catalog) -> sql.Composed:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from churn_platform import db
+from churn_platform.connections import Connections
 from churn_platform.features import feast_repo
 from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.settings import Settings
@@ -75,6 +75,7 @@ def label_rows(horizon_days: int, start: date | None, end: date | None, every_da
 
 def training_set(
     settings: Settings,
+    connections: Connections,
     *,
     start: date | None = None,
     end: date | None = None,
@@ -85,14 +86,14 @@ def training_set(
     features through Feast (`store`: the repository's store unless given, e.g. `feast_repo.open_stock_store`)."""
     catalog = catalog_from_settings(settings)
     rows = label_rows(settings.label_horizon_days, start, end, every_days)
-    with psycopg.connect(db.platform_url(settings)) as conn:
+    with psycopg.connect(connections.database_url) as conn:
         labelled = conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS rows").format(rows)).fetchone()
         entity_sql = rows.as_string(conn)  # Feast takes the entity rows as a string
     if not labelled or labelled[0] == 0:
         # Feast cannot take an empty entity set; an empty training set has the same columns.
         frame = pd.DataFrame(columns=["user_id", "event_timestamp", "churned", *catalog.names])
         return TrainingSet(frame, catalog.name, definitions_hash(catalog), settings.label_horizon_days)
-    store = store or feast_repo.open_store(settings)
+    store = store or feast_repo.open_store(settings, connections)
     job = store.get_historical_features(entity_df=entity_sql, features=store.get_feature_service(catalog.name))
     # Sorted in Arrow (multi-threaded), then converted: a third of the time of sorting the pandas frame.
     table = job.to_arrow().sort_by([("user_id", "ascending"), ("event_timestamp", "ascending")])

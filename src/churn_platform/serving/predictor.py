@@ -21,17 +21,18 @@ import numpy as np
 import numpy.typing as npt
 import psycopg
 
-from churn_platform import db, stack
+from churn_platform import db
+from churn_platform.connections import Connections
 from churn_platform.experiments.records import Experiment, running_experiment
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
-from churn_platform.features.online import OnlineFeatures, feature_view_name, last_materialized
+from churn_platform.features.online import OnlineFeatures, last_materialized
+from churn_platform.model.aliases import CHALLENGER, CHAMPION
 from churn_platform.monitoring import alerts
 from churn_platform.serving import prediction_log
 from churn_platform.serving.models import LoadedModel, ModelSet, Poller
 from churn_platform.serving.prediction_log import PredictionLogWriter
 from churn_platform.settings import Settings
-from churn_platform.training.registry import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,11 @@ def risk_band(probability: float | None, edges: tuple[float, float]) -> str:
 class ChurnPredictor:
     """Long-lived serving state of one worker: features, models by alias, the running experiment, the log."""
 
-    def __init__(self, settings: Settings, *, tracking_uri: str | None = None, database_url: str | None = None) -> None:
+    def __init__(self, settings: Settings, connections: Connections) -> None:
         self.settings = settings
-        self.database_url = database_url or db.platform_url(settings)
-        self.tracking_uri = tracking_uri or stack.mlflow_tracking_uri(settings)
+        self.connections = connections
+        self.database_url = connections.database_url
+        self.tracking_uri = connections.mlflow
         self.catalog = catalog_from_settings(settings)
         self._features: OnlineFeatures | None = None  # opened on the first poll that finds the feature service
         self.features_error: str | None = "not opened yet"
@@ -171,7 +173,7 @@ class ChurnPredictor:
             return
         try:
             self._features = OnlineFeatures(
-                self.settings, max_age=timedelta(hours=self.settings.serve_feature_max_age_hours)
+                self.settings, self.connections, max_age=timedelta(hours=self.settings.serve_feature_max_age_hours)
             )
         except Exception as exc:  # Feast raises several types for "not applied yet"
             self.features_error = f"feature service {self.catalog.name} could not be opened ({exc})"
@@ -193,7 +195,7 @@ class ChurnPredictor:
         self.models.refresh(references)
         self.experiment = experiment  # routed by only once its models are loaded
         try:
-            end = last_materialized(self.database_url, feature_view_name(self.catalog))
+            end = last_materialized(self.database_url, self.catalog.feature_view_name)
         except psycopg.Error as exc:
             log.warning("could not read the materialization ledger: %s", exc)
         else:

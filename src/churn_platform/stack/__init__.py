@@ -11,17 +11,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection
 
+from churn_platform.connections import Connections
 from churn_platform.settings import Settings
-from churn_platform.stack.base import Component, ComponentStatus, StackError, StackRecord, redact, stack_lock
+from churn_platform.stack.base import Component, ComponentStatus, StackError, StackRecord, stack_lock
 from churn_platform.stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
-from churn_platform.stack.postgres import (
-    EmbeddedPostgres,
-    ExternalPostgres,
-    ensure_database,
-    postgres_health,
-    socket_url,
-    sqlalchemy_url,
-)
+from churn_platform.stack.postgres import EmbeddedPostgres, ExternalPostgres, postgres_health
 from churn_platform.stack.prediction_service import EmbeddedService, ExternalService, service_health
 from churn_platform.stack.redis_server import (
     EmbeddedRedis,
@@ -45,21 +39,18 @@ __all__ = [
     "StackError",
     "StackRecord",
     "components",
+    "connect",
     "database_url",
     "down",
-    "ensure_database",
     "mlflow_health",
     "mlflow_tracking_uri",
     "postgres_health",
-    "redact",
     "redis_health",
     "redis_process_id",
     "redis_server_binary",
     "redis_url",
     "service_health",
     "service_url",
-    "socket_url",
-    "sqlalchemy_url",
     "status",
     "up",
 ]
@@ -114,33 +105,45 @@ def status(settings: Settings) -> list[ComponentStatus]:
     return [component.status() for component in components(settings)]
 
 
-def _component(settings: Settings, name: str) -> Component:
-    return next(c for c in components(settings) if c.name == name)
-
-
-def _url(settings: Settings, name: str, configured: str | None) -> str:
-    """A component's configured URL as it is, or its embedded server's, started if needed."""
-    if configured:
-        return configured
-    with stack_lock(settings.data_dir):
-        return _component(settings, name).start()
+def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Connections:
+    """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow and the prediction service
+    when asked for. A configured URL is taken as it is (a server that does not answer fails where it is used,
+    named); an embedded server is started if it is not running. `churn up` / `churn status` check health."""
+    configured = {
+        "postgres": settings.database_url,
+        "redis": settings.redis_url,
+        "mlflow": settings.mlflow_tracking_uri,
+        "service": settings.serve_url,
+    }
+    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service}
+    urls = {name: url for name, url in configured.items() if wanted[name] and url}
+    missing = [c for c in components(settings) if wanted[c.name] and c.name not in urls]
+    if missing:
+        with _locked(settings, missing):
+            urls.update({component.name: component.start() for component in missing})
+    return Connections(
+        database_url=urls["postgres"],
+        redis_url=urls.get("redis"),
+        mlflow_tracking_uri=urls.get("mlflow"),
+        service_url=urls.get("service"),
+    )
 
 
 def database_url(settings: Settings) -> str:
     """The platform database's URL: the configured one, or the embedded server's (started if needed)."""
-    return _url(settings, "postgres", settings.database_url)
+    return connect(settings).database_url
 
 
 def redis_url(settings: Settings) -> str:
     """The Redis URL: the configured one, or the embedded server's (started if needed)."""
-    return _url(settings, "redis", settings.redis_url)
+    return connect(settings, redis=True).redis
 
 
 def mlflow_tracking_uri(settings: Settings) -> str:
     """The URL MLflow clients use: MLFLOW_TRACKING_URI, or the embedded server's (started if needed)."""
-    return _url(settings, "mlflow", settings.mlflow_tracking_uri)
+    return connect(settings, mlflow=True).mlflow
 
 
 def service_url(settings: Settings) -> str:
     """The prediction service's URL: CHURN_SERVE_URL, or the embedded service's (started if needed)."""
-    return _url(settings, "service", settings.serve_url)
+    return connect(settings, service=True).service

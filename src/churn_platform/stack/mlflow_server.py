@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import psutil
 import psycopg
 
+from churn_platform.connections import redact
+from churn_platform.db import ensure_database, sqlalchemy_url
 from churn_platform.settings import Settings
 from churn_platform.stack.base import (
     Component,
@@ -26,13 +28,11 @@ from churn_platform.stack.base import (
     StackRecord,
     free_loopback_port,
     loopback_port_is_free,
-    redact,
     running_record,
     stop_recorded,
     wait_for_child,
     wait_until,
 )
-from churn_platform.stack.postgres import ensure_database, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 

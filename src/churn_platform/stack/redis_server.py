@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis
 
+from churn_platform.connections import redact
 from churn_platform.settings import Settings
 from churn_platform.stack.base import (
     ComponentStatus,
@@ -19,7 +20,6 @@ from churn_platform.stack.base import (
     StackRecord,
     free_loopback_port,
     pid_alive,
-    redact,
 )
 
 log = logging.getLogger(__name__)

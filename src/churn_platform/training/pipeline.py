@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churn_platform import db, stack
+from churn_platform import db
+from churn_platform.connections import Connections
 from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
@@ -58,6 +59,7 @@ def oracle_lookup(url: str, horizon_days: int) -> OracleLookup:
 
 def train(
     settings: Settings,
+    connections: Connections,
     *,
     start: date | None = None,
     end: date | None = None,
@@ -71,8 +73,10 @@ def train(
         validation_days=settings.train_validation_days,
     )
     catalog = catalog_from_settings(settings)
-    url = db.platform_url(settings)
-    rows = training_sets.training_set(settings, start=start, end=end, every_days=settings.train_snapshot_every_days)
+    url = connections.database_url
+    rows = training_sets.training_set(
+        settings, connections, start=start, end=end, every_days=settings.train_snapshot_every_days
+    )
     if rows.frame.empty:
         raise ValueError("no labelled snapshots in that range: run `churn features compute` first")
     trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days))
@@ -89,7 +93,7 @@ def train(
     }
     registered = registry.log_and_register(
         trained,
-        tracking_uri=stack.mlflow_tracking_uri(settings),
+        tracking_uri=connections.mlflow,
         model_name=settings.model_name,
         training_range=f"{stamps.min()}..{stamps.max()}",
         params=params,

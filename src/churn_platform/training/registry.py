@@ -17,12 +17,13 @@ from typing import Any
 
 import pandas as pd
 
+from churn_platform.model.aliases import CHALLENGER, CHAMPION, PREVIOUS
 from churn_platform.training.evaluation import write_plots
 from churn_platform.training.trainer import TrainedModel
 
 logger = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
 EXPERIMENT = "churn"
 POLICY_METRIC = "test_roc_auc"
 

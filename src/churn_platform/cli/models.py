@@ -1,0 +1,108 @@
+"""`churn train` and `churn models`: training runs and the registered versions' roles (MLflow aliases)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from churn_platform.cli.output import EndDay, FirstDay, connect, console, day_range, fail
+from churn_platform.settings import get_settings
+
+models_app = typer.Typer(help="Registered model versions and their roles (MLflow aliases).", no_args_is_help=True)
+
+
+def train(
+    start: FirstDay = None,
+    end: EndDay = None,
+) -> None:
+    """Train the candidates on a Feast training set, track the run in MLflow, register the best as a version."""
+    from mlflow.exceptions import MlflowException
+
+    from churn_platform.training import pipeline, registry, report
+
+    first, stop = day_range(start, end)
+    settings = get_settings()
+    connections = connect(settings, redis=True, mlflow=True)
+    with console.status("training: reading the training set through Feast, fitting the candidates..."):
+        try:
+            result = pipeline.train(settings, connections, start=first, end=stop)
+        except (ValueError, registry.RegistryError) as exc:
+            raise fail(str(exc)) from exc
+        except MlflowException as exc:
+            raise fail(f"MLflow at {connections.mlflow}: {exc}") from exc
+    trained, registered = result.trained, result.registered
+    table = Table(title=f"{trained.candidate} on the test window {trained.split.test}")
+    for column in ("metric", "model", "baseline", "oracle"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in report.metric_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    if registered is not None:
+        roles = ", ".join(registered.aliases) or "no alias"
+        console.print(f"registered {registered.name} version {registered.version} ({roles})")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every version of the model, newest first, with its aliases and test metrics."""
+    from churn_platform.training import registry
+
+    settings = get_settings()
+    versions = registry.list_versions(connect(settings, mlflow=True).mlflow, settings.model_name)
+    if not versions:
+        raise fail(f"no versions of {settings.model_name} yet: run `churn train` first")
+    table = Table(title=f"model {settings.model_name}")
+    for column in ("version", "aliases", "candidate", "test AUC", "/ oracle", "snapshots", "created (UTC)"):
+        table.add_column(column, no_wrap=column in ("version", "test AUC", "/ oracle"), overflow="fold")
+    for v in versions:
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            v.tags.get("candidate", ""),
+            _metric(v.metrics, "test_roc_auc"),
+            _metric(v.metrics, "auc_to_oracle"),
+            v.tags.get("training_range", "").replace("..", " .. "),
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="The version to make champion.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the policy check refuses.")] = False,
+) -> None:
+    """Make VERSION the champion; the current champion becomes `previous` (for `churn models rollback`)."""
+    from churn_platform.training import registry
+
+    settings = get_settings()
+    try:
+        promoted = registry.promote(
+            connect(settings, mlflow=True).mlflow,
+            settings.model_name,
+            version,
+            margin=settings.promotion_auc_margin,
+            force=force,
+        )
+    except (registry.PromotionRefusedError, registry.RegistryError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"{promoted.name} version {promoted.version} is now champion")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Make the previous champion the champion again."""
+    from churn_platform.training import registry
+
+    settings = get_settings()
+    try:
+        restored = registry.rollback(connect(settings, mlflow=True).mlflow, settings.model_name)
+    except registry.RegistryError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"rolled back: {restored.name} version {restored.version} is champion again")
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "-"
