@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
+from churn_platform.model.moved_modules import resolve_moved_modules
 from churn_platform.model.scoring import Scorer, compile_scorer
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
                 tracking_uri=tracking_uri,
                 dst_path=folder,
             )
+            resolve_moved_modules()  # a version registered before our types moved names their old modules
             model = mlflow.sklearn.load_model(local)
     except Exception as exc:
         raise ModelLoadError(f"version {version} of {name} could not be loaded: {exc}") from exc
