@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import zoneinfo
@@ -27,7 +28,7 @@ from psycopg import sql
 
 from churn_platform import db
 from churn_platform.data.ingest import event_loads, staging
-from churn_platform.data.ingest.contract import EVENTS, USERS, ContractError
+from churn_platform.data.ingest.contract import EVENTS, USERS, Contract, ContractError
 from churn_platform.data.ingest.event_loads import LoadedRows
 from churn_platform.data.ingest.sources import SourceFile, estimate_rows, file_sha256, open_source
 
@@ -42,6 +43,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
+# Loads the rows of a file into its raw table under a load id, in the open transaction.
+LoadRows = Callable[[psycopg.Connection, staging.FileReading, int], LoadedRows]
 
 INSERT_LOAD = "INSERT INTO raw.loads (kind, source) VALUES (%(kind)s, %(source)s) RETURNING load_id"
 # The file's sha256 is computed while it loads, so it is written with the counts.
@@ -165,6 +168,37 @@ def _finish(
     )
 
 
+def _load_file(
+    url: str,
+    path: Path,
+    contract: Contract,
+    load_rows: LoadRows,
+    *,
+    timezone: str | None,
+    chunk_rows: int,
+    now: datetime | None,
+    progress: Progress | None,
+) -> LoadSummary:
+    """Load one file in one transaction: register the load, `load_rows`, quarantine the bad rows, complete the load.
+
+    The file's sha256 is computed on another thread while it loads; the summary is timed up to after the commit.
+    """
+    started = time.perf_counter()
+    _check_timezone(timezone)
+    if now is not None and now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    source = open_source(path, contract, timezone=timezone)
+    reading = staging.FileReading(source, contract, chunk_rows, timezone, now, progress)
+    with ThreadPoolExecutor(max_workers=1) as pool, _load_transaction(url) as conn:
+        sha256 = pool.submit(file_sha256, source.path)
+        load_id = _insert_load(conn, contract.kind, source)
+        loaded = load_rows(conn, reading, load_id)
+        summary = _finish(conn, load_id, contract.kind, source, sha256.result(), loaded, started)
+    summary = dataclasses.replace(summary, seconds=time.perf_counter() - started)
+    log.info("%s load %d of %s: %s", contract.kind, summary.load_id, summary.source, summary)
+    return summary
+
+
 def ingest_events(
     url: str,
     path: Path,
@@ -190,21 +224,11 @@ def ingest_events(
     Raises:
         ContractError: the file's shape breaks the contract; nothing was written.
     """
-    started = time.perf_counter()
-    _check_timezone(timezone)
+    load_rows = functools.partial(event_loads.load_events, allow_bulk=allow_bulk)
     now = now or datetime.now(UTC)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    source = open_source(path, EVENTS, timezone=timezone)
-    reading = staging.FileReading(source, EVENTS, chunk_rows, timezone, now, progress)
-    with ThreadPoolExecutor(max_workers=1) as pool, _load_transaction(url) as conn:
-        sha256 = pool.submit(file_sha256, source.path)
-        load_id = _insert_load(conn, EVENTS.kind, source)
-        loaded = event_loads.load_events(conn, reading, load_id, allow_bulk=allow_bulk)
-        summary = _finish(conn, load_id, EVENTS.kind, source, sha256.result(), loaded, started)
-    summary = _with_total_time(summary, started)
-    log.info("events load %d of %s: %s", summary.load_id, summary.source, summary)
-    return summary
+    return _load_file(
+        url, path, EVENTS, load_rows, timezone=timezone, chunk_rows=chunk_rows, now=now, progress=progress
+    )
 
 
 def _upsert_users(conn: psycopg.Connection, source: SourceFile, load_id: int) -> int:
@@ -235,21 +259,12 @@ def ingest_users(
     A re-load of the same file changes nothing (its rows count as duplicates); a newer file updates the
     attributes it has. Arguments and errors are those of `ingest_events`.
     """
-    started = time.perf_counter()
-    _check_timezone(timezone)
-    source = open_source(path, USERS, timezone=timezone)
-    reading = staging.FileReading(source, USERS, chunk_rows, timezone, None, progress)
-    with ThreadPoolExecutor(max_workers=1) as pool, _load_transaction(url) as conn:
-        sha256 = pool.submit(file_sha256, source.path)
-        load_id = _insert_load(conn, USERS.kind, source)
-        staged = staging.stage_file(conn, reading, staging.USERS_STAGING)
-        loaded = LoadedRows(staged, _upsert_users(conn, source, load_id), "upsert")
-        summary = _finish(conn, load_id, USERS.kind, source, sha256.result(), loaded, started)
-    summary = _with_total_time(summary, started)
-    log.info("users load %d of %s: %s", summary.load_id, summary.source, summary)
-    return summary
+    return _load_file(
+        url, path, USERS, _load_users, timezone=timezone, chunk_rows=chunk_rows, now=None, progress=progress
+    )
 
 
-def _with_total_time(summary: LoadSummary, started: float) -> LoadSummary:
-    """The summary timed up to after the commit."""
-    return dataclasses.replace(summary, seconds=time.perf_counter() - started)
+def _load_users(conn: psycopg.Connection, reading: staging.FileReading, load_id: int) -> LoadedRows:
+    """Stage the users file, then upsert it."""
+    staged = staging.stage_file(conn, reading, staging.USERS_STAGING)
+    return LoadedRows(staged, _upsert_users(conn, reading.source, load_id), "upsert")
