@@ -12,17 +12,17 @@ Configure it in `feature_store.yaml` as `offline_store: type: <STORE_TYPE>`, wit
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec
 
 import pandas as pd
 import pyarrow as pa
-from feast.data_source import DataSource
 from feast.feature_view import DUMMY_ENTITY_ID, FeatureView
 from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
@@ -63,7 +63,19 @@ LEFT JOIN LATERAL (
     FETCH FIRST 1 ROWS WITH TIES
 ) AS {alias} ON true"""
 
+P = ParamSpec("P")
+
 _ANY_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC))
+
+
+def _read_with_copy(pull: Callable[P, RetrievalJob]) -> Callable[P, RetrievalJob]:
+    """A stock store's pull, with the same signature, whose job runs the stock SQL and reads it with COPY."""
+
+    @functools.wraps(pull)
+    def pull_with_copy(*args: P.args, **kwargs: P.kwargs) -> RetrievalJob:
+        return CopyRetrievalJob.reading(pull(*args, **kwargs))
+
+    return pull_with_copy
 
 
 class ChurnPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
@@ -83,39 +95,10 @@ class ChurnPostgreSQLOfflineStore(PostgreSQLOfflineStore):
     to the stock implementation unchanged.
     """
 
-    @staticmethod
-    def pull_latest_from_table_or_query(
-        config: RepoConfig,
-        data_source: DataSource,
-        join_key_columns: list[str],
-        feature_name_columns: list[str],
-        timestamp_field: str,
-        created_timestamp_column: str | None,
-        start_date: datetime,
-        end_date: datetime,
-    ) -> RetrievalJob:
-        stock = PostgreSQLOfflineStore.pull_latest_from_table_or_query(
-            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date,
-        )  # fmt: skip
-        return CopyRetrievalJob.reading(stock)
-
-    @staticmethod
-    def pull_all_from_table_or_query(
-        config: RepoConfig,
-        data_source: DataSource,
-        join_key_columns: list[str],
-        feature_name_columns: list[str],
-        timestamp_field: str,
-        created_timestamp_column: str | None = None,
-        start_date: datetime | None = None,
-        end_date: datetime | None = None,
-    ) -> RetrievalJob:
-        stock = PostgreSQLOfflineStore.pull_all_from_table_or_query(
-            config, data_source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date,
-        )  # fmt: skip
-        return CopyRetrievalJob.reading(stock)
+    pull_latest_from_table_or_query = staticmethod(
+        _read_with_copy(PostgreSQLOfflineStore.pull_latest_from_table_or_query)
+    )
+    pull_all_from_table_or_query = staticmethod(_read_with_copy(PostgreSQLOfflineStore.pull_all_from_table_or_query))
 
     @staticmethod
     def get_historical_features(
