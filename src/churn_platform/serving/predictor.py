@@ -313,7 +313,7 @@ class ChurnPredictor:
             kept = [i for i, outcome in enumerate(outcomes) if outcome != "unknown_user"]
             logged_ids, logged_ps = [user_ids[i] for i in kept], [probabilities[i] for i in kept]
             route_fields, hashes = [route_fields[i] for i in kept], [hashes[i] for i in kept]
-        self.log.submit_rows(
+        self.log.buffer.submit_rows(
             request_id, datetime.now(UTC), latency_ms, endpoint, logged_ids, route_fields, logged_ps, hashes
         )
         bands = self.settings.serve_risk_bands
