@@ -19,7 +19,8 @@ from churn_platform import stack
 from churn_platform.serving import schemas
 from churn_platform.serving.http_fixes import ApiContractMiddleware, cancel_request_timers, require_request_bodies
 from churn_platform.serving.metrics import prometheus_text
-from churn_platform.serving.predictor import ChurnPredictor, ServiceUnavailableError, UnknownUserError
+from churn_platform.serving.predictor import ChurnPredictor, UnknownUserError
+from churn_platform.serving.routing import ServiceUnavailableError
 from churn_platform.serving.service_config import PREDICTION_ROUTES, service_options
 from churn_platform.settings import get_settings
 

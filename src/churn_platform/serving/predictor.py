@@ -1,8 +1,9 @@
-"""The request path of the prediction service: assign an arm, read features, predict, enqueue the log row.
+"""The request path of the prediction service: read features, route, score, enqueue the log rows.
 
 Everything slow happens off this path: models load and swap on the poller's thread, the running experiment is
 re-read there too, and prediction-log rows go to a background writer. A request reads one user's (or a batch's)
-features from Redis in one round trip and calls the classifier on a numpy matrix.
+features from Redis in one round trip, then composes routing (`routing`), scoring (`batch_scoring`) and its log
+rows (`request_log`).
 """
 
 from __future__ import annotations
@@ -11,41 +12,39 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any
 
-import mmh3
-import numpy as np
-import numpy.typing as npt
 import psycopg
 
 from churn_platform import db
 from churn_platform.connections import Connections
 from churn_platform.experiments.records import Experiment, running_experiment
 from churn_platform.features.catalog import catalog_from_settings
-from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
+from churn_platform.features.feature_batch import FeatureBatch, FeatureVector
 from churn_platform.features.online import OnlineFeatures, last_materialized
 from churn_platform.model.aliases import CHALLENGER, CHAMPION
 from churn_platform.monitoring import alerts
 from churn_platform.serving import prediction_log
+from churn_platform.serving.batch_scoring import (
+    Outcome,
+    featureless_ids,
+    has_no_features,
+    outcomes,
+    risk_band,
+    score_batch,
+)
 from churn_platform.serving.models import LoadedModel, ModelSet, Poller
 from churn_platform.serving.prediction_log import PredictionLogWriter
+from churn_platform.serving.request_log import RequestLog
+from churn_platform.serving.routing import Route, Router, ServiceUnavailableError
 from churn_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["ok", "no_features", "unknown_user"]
-NO_EXPERIMENT_ARM = "champion"  # the arm of every request while no experiment runs
-FALLBACK_ARM = "fallback"  # assigned to the variant, but the variant's model is not loaded: the champion answered
 KNOWN_USERS_SQL = "SELECT user_id FROM raw.users WHERE user_id = ANY(%(ids)s)"
-NO_FEATURES_HASH = "no-features"
-T = TypeVar("T")
-
-
-class ServiceUnavailableError(RuntimeError):
-    """No champion is loaded yet (nothing registered, or every version refused)."""
 
 
 class UnknownUserError(LookupError):
@@ -109,22 +108,6 @@ class BatchPrediction:
         ]
 
 
-@dataclass(frozen=True)
-class Route:
-    """Which model answers a user, and why."""
-
-    reference: str  # the alias (or version number) in the model set
-    model: LoadedModel
-    experiment: str | None
-    arm: str
-
-
-def risk_band(probability: float | None, edges: tuple[float, float]) -> str:
-    if probability is None:
-        return "unknown"
-    return "high" if probability >= edges[1] else "medium" if probability >= edges[0] else "low"
-
-
 class ChurnPredictor:
     """Long-lived serving state of one worker: features, models by alias, the running experiment, the log."""
 
@@ -143,6 +126,8 @@ class ChurnPredictor:
         self._users_lock = threading.Lock()
         self._users_conn: psycopg.Connection | None = None
         self._poller = Poller(self.refresh, settings.serve_poll_interval_s, "churn-model-poller")
+        self.router = Router(settings.model_name)
+        self._request_log = RequestLog(self.log.buffer)
 
     def start(self) -> None:
         """Load the models and the experiment once, then follow them on a background thread."""
@@ -213,28 +198,6 @@ class ChurnPredictor:
             return False, f"the online store (Redis) does not answer: {exc}"
         return True, "ready"
 
-    def champion(self, models: Mapping[str, LoadedModel]) -> LoadedModel:
-        champion = models.get(CHAMPION)
-        if champion is None:
-            raise ServiceUnavailableError(
-                f"no {CHAMPION} version of model {self.settings.model_name!r} is loaded yet: train one (`churn train`)"
-                " or wait for the registry"
-            )
-        return champion
-
-    def route(self, user_id: str, models: Mapping[str, LoadedModel], experiment: Experiment | None) -> Route:
-        if experiment is None:
-            return Route(CHAMPION, self.champion(models), None, NO_EXPERIMENT_ARM)
-        return self._arm_route(experiment.arm_for(user_id), models, experiment)
-
-    def _arm_route(self, arm: str, models: Mapping[str, LoadedModel], experiment: Experiment) -> Route:
-        champion = self.champion(models)
-        reference = experiment.variant if arm == "variant" else experiment.control
-        model = models.get(reference)
-        if model is None:
-            return Route(CHAMPION, champion, experiment.name, FALLBACK_ARM)
-        return Route(reference, model, experiment.name, arm)
-
     def predict(self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False) -> list[Prediction]:
         """Predictions for `user_ids`, in order; an unknown user is a result (`unknown_user`), or with
         `unknown_is_error` an UnknownUserError naming the first."""
@@ -254,8 +217,8 @@ class ChurnPredictor:
         started = time.perf_counter()
         models, experiment = self._request_state()
         batch = self.features.read_batch(user_ids, now=self.feature_clock)
-        unknown = self._unknown_users(_featureless_ids(batch))
-        return self._score(batch, unknown, models, experiment, started, endpoint, unknown_is_error)
+        unknown = self._unknown_users(featureless_ids(batch))
+        return self._answer(batch, unknown, models, experiment, started, endpoint, unknown_is_error)
 
     async def predict_batch_async(
         self, user_ids: Sequence[str], *, endpoint: str, unknown_is_error: bool = False
@@ -265,60 +228,40 @@ class ChurnPredictor:
         started = time.perf_counter()
         models, experiment = self._request_state()
         batch = await self.features.read_batch_async(user_ids, now=self.feature_clock)
-        featureless = _featureless_ids(batch)
+        featureless = featureless_ids(batch)
         unknown = await asyncio.to_thread(self._unknown_users, featureless) if featureless else set()
-        return self._score(batch, unknown, models, experiment, started, endpoint, unknown_is_error)
+        return self._answer(batch, unknown, models, experiment, started, endpoint, unknown_is_error)
 
     def _request_state(self) -> tuple[Mapping[str, LoadedModel], Experiment | None]:
         """This request's models and experiment, whatever moves while it runs (503 before anything is read when
         no champion is loaded)."""
         models, experiment = self.models.current(), self.experiment
-        self.champion(models)
+        self.router.champion(models)
         if experiment is not None and not experiment.is_running(datetime.now(UTC)):
             experiment = None  # its planned end passed since the last poll
         return models, experiment
 
-    def _score(
+    def _answer(
         self, batch: FeatureBatch, unknown: set[str], models: Mapping[str, LoadedModel], experiment: Experiment | None,
         started: float, endpoint: str, unknown_is_error: bool,
     ) -> BatchPrediction:  # fmt: skip
         """Route, score and log a batch whose features are read and whose unknown users are known."""
         user_ids = batch.user_ids
-        if experiment is None:  # everyone gets the champion: one route for all
-            routes = [self.route(user_ids[0], models, None)] * len(user_ids)
-        else:  # one Route per arm, shared by its users
-            arms = [experiment.arm_for(user_id) for user_id in user_ids]
-            by_arm = {arm: self._arm_route(arm, models, experiment) for arm in set(arms)}
-            routes = [by_arm[arm] for arm in arms]
+        routes = self.router.routes(user_ids, models, experiment)
         if unknown and unknown_is_error:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
         featureless = batch.featureless
-        probabilities: list[float | None] = [None] * len(user_ids)
-        hashes = [NO_FEATURES_HASH] * len(user_ids)
-        for rows in _rows_by_model(routes, featureless):
-            model = routes[rows[0]].model
-            matrix = model.encoder.transform_batch(batch, rows)
-            for i, p, hashed in zip(rows.tolist(), model.score(matrix).tolist(), row_hashes(matrix), strict=True):
-                probabilities[i] = p
-                hashes[i] = hashed
-        outcomes, messages = _outcomes(batch, featureless, probabilities, unknown)
+        probabilities, hashes = score_batch(batch, routes, featureless)
+        answers, messages = outcomes(batch, featureless, probabilities, unknown)
         request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
-        route_fields = per_route(
-            routes, lambda route: (route.experiment, route.arm, route.reference, route.model.version)
-        )
-        logged_ids, logged_ps = user_ids, probabilities
-        if unknown:  # an unknown user gets an answer but no log row
-            kept = [i for i, outcome in enumerate(outcomes) if outcome != "unknown_user"]
-            logged_ids, logged_ps = [user_ids[i] for i in kept], [probabilities[i] for i in kept]
-            route_fields, hashes = [route_fields[i] for i in kept], [hashes[i] for i in kept]
-        self.log.buffer.submit_rows(
-            request_id, datetime.now(UTC), latency_ms, endpoint, logged_ids, route_fields, logged_ps, hashes
+        self._request_log.submit(
+            request_id, latency_ms, endpoint, user_ids, routes, probabilities, hashes, answers, unknown
         )
         bands = self.settings.serve_risk_bands
         return BatchPrediction(
-            str(request_id), batch, routes, outcomes, probabilities, [risk_band(p, bands) for p in probabilities],
+            str(request_id), batch, routes, answers, probabilities, [risk_band(p, bands) for p in probabilities],
             messages,
         )  # fmt: skip
 
@@ -326,8 +269,8 @@ class ChurnPredictor:
         """The model that answers this user, their features, and that model's explanation of its score."""
         models, experiment = self.models.current(), self.experiment
         vector = self.features.read([user_id], now=self.feature_clock)[0]
-        route = self.route(user_id, models, experiment)
-        if _has_no_features(vector):
+        route = self.router.route(user_id, models, experiment)
+        if has_no_features(vector):
             if self._unknown_users([user_id]):
                 raise UnknownUserError(f"unknown user {user_id!r}: no features and no such user in raw.users")
             return route, vector, None
@@ -354,70 +297,3 @@ class ChurnPredictor:
             alerts.record_alert(self.database_url, kind, subject, message)
         except psycopg.Error as exc:
             log.error("could not record the alert %s (%s: %s): %s", kind, subject, message, exc)
-
-
-def per_route(routes: Sequence[Route], fields: Callable[[Route], T]) -> list[T]:
-    """`fields(route)` for each row, computed once per distinct Route (rows routed alike share one object)."""
-    distinct = {id(route): route for route in routes}
-    computed = {key: fields(route) for key, route in distinct.items()}
-    return [computed[id(route)] for route in routes]
-
-
-def _featureless_ids(batch: FeatureBatch) -> list[str]:
-    """The users of a batch without any stored feature (unknown, or known but not materialized yet)."""
-    return [batch.user_ids[i] for i in np.flatnonzero(batch.featureless).tolist()]
-
-
-def _has_no_features(vector: FeatureVector) -> bool:
-    return set(vector.status.values()) <= {"missing"}
-
-
-def _rows_by_model(routes: Sequence[Route], featureless: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.intp]]:
-    """The rows each model scores (users with features), grouped by model version."""
-    if len({id(route.model) for route in routes}) == 1:
-        rows = np.flatnonzero(~featureless)
-        return [rows] if len(rows) else []
-    groups: dict[str, list[int]] = {}
-    for i, (none, route) in enumerate(zip(featureless.tolist(), routes, strict=True)):
-        if not none:
-            groups.setdefault(route.model.version, []).append(i)
-    return [np.asarray(rows, dtype=np.intp) for rows in groups.values()]
-
-
-def row_hashes(matrix: npt.NDArray[np.float64]) -> list[str]:
-    """A short hash of each encoded feature vector the model scored, so log rows can be grouped and joined by
-    input: the first 8 bytes of MurmurHash3 (x64, 128 bits, seed 0) of the row's float64 bytes, as 16 hex digits.
-    `NO_FEATURES_HASH` stands for a user that had none. Not a cryptographic hash: nothing relies on it being hard
-    to forge."""
-    raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
-    width = matrix.shape[1] * 8
-    hash_bytes = mmh3.hash_bytes
-    return [hash_bytes(raw[start : start + width])[:8].hex() for start in range(0, len(raw), width)]
-
-
-def _outcomes(
-    batch: FeatureBatch, featureless: npt.NDArray[np.bool_], probabilities: list[float | None], unknown: set[str]
-) -> tuple[list[Outcome], list[str | None]]:
-    """Each user's outcome and message; only users with something to say are looked at one by one."""
-    outcomes: list[Outcome] = ["ok"] * len(batch)
-    messages: list[str | None] = [None] * len(batch)
-    states = batch.states
-    irregular = np.flatnonzero((states != PRESENT).any(axis=1) | featureless).tolist()
-    if not irregular:
-        return outcomes, messages
-    snapshots = batch.snapshot_times()
-    for i in irregular:
-        user_id = batch.user_ids[i]
-        if user_id in unknown:
-            outcomes[i], messages[i] = "unknown_user", f"unknown user {user_id!r}"
-        elif probabilities[i] is None:
-            outcomes[i] = "no_features"
-            messages[i] = f"user {user_id!r} has no features in the online store (not materialized yet): no score"
-        elif (states[i] == STALE).any():
-            messages[i] = (
-                f"{int((states[i] == STALE).sum())} features are stale (snapshot {snapshots[i]:%Y-%m-%d %H:%M})"
-            )
-        else:
-            missing = [name for name, state in zip(batch.names, states[i].tolist(), strict=True) if state == MISSING]
-            messages[i] = f"features missing, scored as missing by the model: {missing}"
-    return outcomes, messages

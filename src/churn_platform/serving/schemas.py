@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.responses import Response
 
 from churn_platform.features.feature_batch import FeatureVector
-from churn_platform.serving.predictor import BatchPrediction, Prediction, Route, per_route
+from churn_platform.serving.predictor import BatchPrediction, Prediction
+from churn_platform.serving.routing import Route, per_route
 
 # As ingestion accepts them: non-empty text without NUL (PostgreSQL text cannot hold it).
 USER_ID_PATTERN = r"^[^\x00]+$"

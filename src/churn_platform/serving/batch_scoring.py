@@ -1,0 +1,103 @@
+"""Scoring a request's users once their features are read and their routes known: features -> matrix -> scores.
+
+Each model scores its users in one call on a numpy matrix (`FeatureEncoder.transform_batch`, no DataFrame per
+request); users without any stored feature get no score, never an invented one. Each scored row's encoded vector is
+hashed for the prediction log, and every user gets an outcome and, when something is irregular, a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import mmh3
+import numpy as np
+import numpy.typing as npt
+
+from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
+from churn_platform.serving.routing import Route
+
+Outcome = Literal["ok", "no_features", "unknown_user"]
+NO_FEATURES_HASH = "no-features"
+
+
+def score_batch(
+    batch: FeatureBatch, routes: Sequence[Route], featureless: npt.NDArray[np.bool_]
+) -> tuple[list[float | None], list[str]]:
+    """Each user's probability (None for the `featureless`) and the hash of the vector its model scored."""
+    probabilities: list[float | None] = [None] * len(batch.user_ids)
+    hashes = [NO_FEATURES_HASH] * len(batch.user_ids)
+    for rows in _rows_by_model(routes, featureless):
+        model = routes[rows[0]].model
+        matrix = model.encoder.transform_batch(batch, rows)
+        for i, p, hashed in zip(rows.tolist(), model.score(matrix).tolist(), row_hashes(matrix), strict=True):
+            probabilities[i] = p
+            hashes[i] = hashed
+    return probabilities, hashes
+
+
+def _rows_by_model(routes: Sequence[Route], featureless: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.intp]]:
+    """The rows each model scores (users with features), grouped by model version."""
+    if len({id(route.model) for route in routes}) == 1:
+        rows = np.flatnonzero(~featureless)
+        return [rows] if len(rows) else []
+    groups: dict[str, list[int]] = {}
+    for i, (none, route) in enumerate(zip(featureless.tolist(), routes, strict=True)):
+        if not none:
+            groups.setdefault(route.model.version, []).append(i)
+    return [np.asarray(rows, dtype=np.intp) for rows in groups.values()]
+
+
+def row_hashes(matrix: npt.NDArray[np.float64]) -> list[str]:
+    """A short hash of each encoded feature vector the model scored, so log rows can be grouped and joined by
+    input: the first 8 bytes of MurmurHash3 (x64, 128 bits, seed 0) of the row's float64 bytes, as 16 hex digits.
+    `NO_FEATURES_HASH` stands for a user that had none. Not a cryptographic hash: nothing relies on it being hard
+    to forge."""
+    raw = np.ascontiguousarray(matrix, dtype=np.float64).tobytes()
+    width = matrix.shape[1] * 8
+    hash_bytes = mmh3.hash_bytes
+    return [hash_bytes(raw[start : start + width])[:8].hex() for start in range(0, len(raw), width)]
+
+
+def outcomes(
+    batch: FeatureBatch, featureless: npt.NDArray[np.bool_], probabilities: list[float | None], unknown: set[str]
+) -> tuple[list[Outcome], list[str | None]]:
+    """Each user's outcome and message; only users with something to say are looked at one by one."""
+    result: list[Outcome] = ["ok"] * len(batch)
+    messages: list[str | None] = [None] * len(batch)
+    states = batch.states
+    irregular = np.flatnonzero((states != PRESENT).any(axis=1) | featureless).tolist()
+    if not irregular:
+        return result, messages
+    snapshots = batch.snapshot_times()
+    for i in irregular:
+        user_id = batch.user_ids[i]
+        if user_id in unknown:
+            result[i], messages[i] = "unknown_user", f"unknown user {user_id!r}"
+        elif probabilities[i] is None:
+            result[i] = "no_features"
+            messages[i] = f"user {user_id!r} has no features in the online store (not materialized yet): no score"
+        elif (states[i] == STALE).any():
+            messages[i] = (
+                f"{int((states[i] == STALE).sum())} features are stale (snapshot {snapshots[i]:%Y-%m-%d %H:%M})"
+            )
+        else:
+            missing = [name for name, state in zip(batch.names, states[i].tolist(), strict=True) if state == MISSING]
+            messages[i] = f"features missing, scored as missing by the model: {missing}"
+    return result, messages
+
+
+def risk_band(probability: float | None, edges: tuple[float, float]) -> str:
+    """`low` / `medium` / `high` from the band edges; `unknown` without a score."""
+    if probability is None:
+        return "unknown"
+    return "high" if probability >= edges[1] else "medium" if probability >= edges[0] else "low"
+
+
+def featureless_ids(batch: FeatureBatch) -> list[str]:
+    """The users of a batch without any stored feature (unknown, or known but not materialized yet)."""
+    return [batch.user_ids[i] for i in np.flatnonzero(batch.featureless).tolist()]
+
+
+def has_no_features(vector: FeatureVector) -> bool:
+    return set(vector.status.values()) <= {"missing"}
