@@ -17,6 +17,8 @@ from typing import Protocol
 
 import psutil
 
+from churn_platform.connections import redact
+
 STOP_TIMEOUT_S = 15.0
 
 
@@ -50,6 +52,40 @@ class Component(Protocol):
         ...
 
     def status(self) -> ComponentStatus: ...
+
+
+class ExternalServer:
+    """A server the user runs, configured by its URL: the platform checks it, and never starts or stops it.
+
+    A subclass gives the component's name, how errors call it (`label`) and the setting that configured it, and
+    its health check.
+    """
+
+    name: str
+    label: str  # "<label> at <url> (<setting>) is unreachable: ..."
+    setting: str
+    embedded = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the server at `url` answers, and what it said."""
+        raise NotImplementedError
+
+    def start(self) -> str:
+        """Check the server (there is nothing to start); return its URL, or raise a StackError naming the setting."""
+        healthy, detail = self.health()
+        if not healthy:
+            raise StackError(f"{self.label} at {redact(self.url)} ({self.setting}) is {detail}")
+        return self.url
+
+    def stop(self) -> bool:
+        return False  # not the platform's to stop
+
+    def status(self) -> ComponentStatus:
+        healthy, detail = self.health()
+        return ComponentStatus(self.name, redact(self.url), healthy, False, detail)
 
 
 def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str) -> str:

@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 import psutil
 import psycopg
 
-from churn_platform.connections import redact
 from churn_platform.db import ensure_database, sqlalchemy_url
 from churn_platform.settings import Settings
 from churn_platform.stack.base import (
     Component,
     ComponentStatus,
+    ExternalServer,
     StackError,
     StackRecord,
     free_loopback_port,
@@ -57,32 +57,17 @@ def mlflow_health(url: str) -> tuple[bool, str]:
         return True, "MLflow (version not readable)"
 
 
-class ExternalMlflow:
+class ExternalMlflow(ExternalServer):
     """A tracking server the user runs (MLFLOW_TRACKING_URI); the platform only checks it."""
 
     name = "mlflow"
-    embedded = False
+    label = "MLflow"
+    setting = "MLFLOW_TRACKING_URI"
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-
-    def _health(self) -> tuple[bool, str]:
-        if urlsplit(self.uri).scheme not in ("http", "https"):
+    def health(self) -> tuple[bool, str]:
+        if urlsplit(self.url).scheme not in ("http", "https"):
             return True, "a store the client opens itself, not a server: not checked"
-        return mlflow_health(self.uri)
-
-    def start(self) -> str:
-        healthy, detail = self._health()
-        if not healthy:
-            raise StackError(f"MLflow at {redact(self.uri)} (MLFLOW_TRACKING_URI) is {detail}")
-        return self.uri
-
-    def stop(self) -> bool:
-        return False
-
-    def status(self) -> ComponentStatus:
-        healthy, detail = self._health()
-        return ComponentStatus(self.name, redact(self.uri), healthy, False, detail)
+        return mlflow_health(self.url)
 
 
 class EmbeddedMlflow:

@@ -8,10 +8,9 @@ import warnings
 
 import psycopg
 
-from churn_platform.connections import redact
 from churn_platform.db import DatabaseUnreachableError, ensure_database, socket_url
 from churn_platform.settings import Settings
-from churn_platform.stack.base import ComponentStatus, StackError, StackRecord, wait_until
+from churn_platform.stack.base import ComponentStatus, ExternalServer, StackError, StackRecord, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +25,20 @@ def postgres_health(url: str) -> tuple[bool, str]:
         return False, f"unreachable: {str(exc).strip().splitlines()[0]}"
 
 
-class ExternalPostgres:
-    """A PostgreSQL the user runs; the platform only checks it."""
+class ExternalPostgres(ExternalServer):
+    """A PostgreSQL the user runs (CHURN_DATABASE_URL); the platform only checks it, and creates the platform
+    database on it if it is missing."""
 
     name = "postgres"
-    embedded = False
+    label = "PostgreSQL"
+    setting = "CHURN_DATABASE_URL"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def health(self) -> tuple[bool, str]:
+        return postgres_health(self.url)
 
     def start(self) -> str:
-        _ensure_database(self.url)
+        _ensure_database(self.url)  # connects: an unreachable server is a StackError naming it
         return self.url
-
-    def stop(self) -> bool:
-        return False
-
-    def status(self) -> ComponentStatus:
-        healthy, detail = postgres_health(self.url)
-        return ComponentStatus(self.name, redact(self.url), healthy, False, detail)
 
 
 class EmbeddedPostgres:

@@ -21,6 +21,7 @@ from churn_platform.settings import Settings
 from churn_platform.stack.base import (
     Component,
     ComponentStatus,
+    ExternalServer,
     StackError,
     StackRecord,
     free_loopback_port,
@@ -62,26 +63,15 @@ def service_alive(url: str) -> bool:
         return False
 
 
-class ExternalService:
-    """A prediction service running elsewhere (CHURN_SERVE_URL): only checked."""
+class ExternalService(ExternalServer):
+    """A prediction service running elsewhere (CHURN_SERVE_URL): only checked (alive is enough, ready or not)."""
 
     name = "service"
-    embedded = False
+    label = "the prediction service"
+    setting = "CHURN_SERVE_URL"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def start(self) -> str:
-        if not service_alive(self.url):
-            raise StackError(f"the prediction service at {self.url} (CHURN_SERVE_URL) does not answer /livez")
-        return self.url
-
-    def stop(self) -> bool:
-        return False
-
-    def status(self) -> ComponentStatus:
-        healthy, detail = service_health(self.url)
-        return ComponentStatus(self.name, self.url, healthy, False, detail)
+    def health(self) -> tuple[bool, str]:
+        return service_health(self.url)
 
 
 class EmbeddedService:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import redis
 
-from churn_platform.connections import redact
 from churn_platform.settings import Settings
 from churn_platform.stack.base import (
     ComponentStatus,
+    ExternalServer,
     StackError,
     StackRecord,
     free_loopback_port,
@@ -53,27 +53,15 @@ def redis_process_id(url: str) -> int | None:
     return int(str(info.get("process_id", -1)))
 
 
-class ExternalRedis:
-    """A Redis the user runs; the platform only checks it."""
+class ExternalRedis(ExternalServer):
+    """A Redis the user runs (CHURN_REDIS_URL); the platform only checks it."""
 
     name = "redis"
-    embedded = False
+    label = "Redis"
+    setting = "CHURN_REDIS_URL"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def start(self) -> str:
-        healthy, detail = redis_health(self.url)
-        if not healthy:
-            raise StackError(f"Redis at {redact(self.url)} (CHURN_REDIS_URL) is {detail}")
-        return self.url
-
-    def stop(self) -> bool:
-        return False
-
-    def status(self) -> ComponentStatus:
-        healthy, detail = redis_health(self.url)
-        return ComponentStatus(self.name, redact(self.url), healthy, False, detail)
+    def health(self) -> tuple[bool, str]:
+        return redis_health(self.url)
 
 
 def redis_server_binary() -> Path:
