@@ -1,4 +1,4 @@
-"""Fresh, throw-away databases for benchmarks, on the configured server or the embedded one."""
+"""Fresh, throw-away databases for benchmarks, on the server their entrypoint resolved (`stack.running`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from collections.abc import Iterator
 import psycopg
 from psycopg import sql
 
-from churn_platform import db, stack
-from churn_platform.settings import Settings
+from churn_platform import db
 
 
 @contextlib.contextmanager
-def fresh_database(prefix: str = "churn_bench") -> Iterator[str]:
-    """A new database with the platform schema, dropped on exit."""
-    server = stack.database_url(Settings())
+def fresh_database(server: str, prefix: str = "churn_bench") -> Iterator[str]:
+    """A new database with the platform schema on the PostgreSQL server of the URL `server`, dropped on exit."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = psycopg.conninfo.make_conninfo(server, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:

@@ -31,6 +31,7 @@ import redis
 
 from bench._databases import fresh_database
 from churn_platform import stack
+from churn_platform.connections import Connections
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
@@ -209,11 +210,10 @@ def bench_online_reads(settings: Settings, catalog: Catalog, client: redis.Redis
         print(latency_line("plain FeatureStore.get_online_features", stock, raw))
 
 
-def run(users: int, days: int, reads: int, repeats: int) -> None:
+def run(servers: Connections, users: int, days: int, reads: int, repeats: int) -> None:
     print(f"\n{users:,} users x {days} days")
-    with fresh_database() as url:
-        server_redis = stack.redis_url(Settings())
-        redis_url = server_redis.rsplit("/", 1)[0] + f"/{ONLINE_DB}"
+    with fresh_database(servers.database_url) as url:
+        redis_url = servers.redis.rsplit("/", 1)[0] + f"/{ONLINE_DB}"
         client = redis.Redis.from_url(redis_url)
         client.flushdb()
         os.environ.update(CHURN_DATABASE_URL=url, CHURN_REDIS_URL=redis_url)
@@ -249,8 +249,10 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for users in args.users:
-        run(users, args.days, args.reads, args.repeats)
+    # Embedded PostgreSQL and Redis it had to start are stopped at the end.
+    with stack.running(Settings(), redis=True) as servers:
+        for users in args.users:
+            run(servers, users, args.days, args.reads, args.repeats)
 
 
 if __name__ == "__main__":

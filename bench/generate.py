@@ -18,22 +18,24 @@ import pandas as pd
 import psycopg
 
 from bench._databases import fresh_database
+from churn_platform import stack
 from churn_platform.data.synthetic import simulator, world, world_model
 from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.settings import Settings
 
 TARGET_EVENTS_PER_S = 500_000
 
 
-def measure_generate(config: WorldConfig) -> tuple[int, float]:
-    with fresh_database() as url:
+def measure_generate(server: str, config: WorldConfig) -> tuple[int, float]:
+    with fresh_database(server) as url:
         written = world.generate_world(url, config).written
     assert written is not None
     return written.events, written.seconds
 
 
-def measure_pandas_peer(config: WorldConfig) -> tuple[int, float]:
+def measure_pandas_peer(server: str, config: WorldConfig) -> tuple[int, float]:
     """Simulate the same world, then load its events the way a pandas user would: to_csv, then COPY."""
-    with fresh_database() as url:
+    with fresh_database(server) as url:
         started = time.perf_counter()
         state = simulator.new_world(config)
         events = simulator.simulate(config, state, config.days).events
@@ -63,21 +65,29 @@ def report(name: str, runs: list[tuple[int, float]]) -> float:
     return median
 
 
+def run(server: str, repeats: int, skip_wide: bool) -> None:
+    default = WorldConfig()
+    ours = report("churn generate, 1,000 users x 365 days", [measure_generate(server, default) for _ in range(repeats)])
+    peer = report(
+        "peer: pandas to_csv + COPY, same world", [measure_pandas_peer(server, default) for _ in range(repeats)]
+    )
+    print(f"{'':<44} ratio to peer: {ours / peer:.1f}x; to the {TARGET_EVENTS_PER_S:,}/s target: "
+          f"{ours / TARGET_EVENTS_PER_S:.2f}x")  # fmt: skip
+    if not skip_wide:
+        wide = WorldConfig(users=100_000, days=90)
+        runs = [measure_generate(server, wide) for _ in range(repeats)]
+        rate = report("churn generate, 100,000 users x 90 days", runs)
+        print(f"{'':<44} to the {TARGET_EVENTS_PER_S:,}/s target: {rate / TARGET_EVENTS_PER_S:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-wide", action="store_true", help="only the default world")
     args = parser.parse_args()
 
-    default = WorldConfig()
-    ours = report("churn generate, 1,000 users x 365 days", [measure_generate(default) for _ in range(args.repeats)])
-    peer = report("peer: pandas to_csv + COPY, same world", [measure_pandas_peer(default) for _ in range(args.repeats)])
-    print(f"{'':<44} ratio to peer: {ours / peer:.1f}x; to the {TARGET_EVENTS_PER_S:,}/s target: "
-          f"{ours / TARGET_EVENTS_PER_S:.2f}x")  # fmt: skip
-    if not args.skip_wide:
-        wide = WorldConfig(users=100_000, days=90)
-        rate = report("churn generate, 100,000 users x 90 days", [measure_generate(wide) for _ in range(args.repeats)])
-        print(f"{'':<44} to the {TARGET_EVENTS_PER_S:,}/s target: {rate / TARGET_EVENTS_PER_S:.2f}x")
+    with stack.running(Settings()) as servers:  # an embedded PostgreSQL it had to start is stopped at the end
+        run(servers.database_url, args.repeats, args.skip_wide)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench._databases import fresh_database
+from churn_platform import stack
 from churn_platform.data.ingest.loads import LoadSummary, ingest_events
+from churn_platform.settings import Settings
 
 TARGET_EVENTS_PER_S = 500_000
 EVENTS = 1_400_000
@@ -83,9 +85,9 @@ def realistic_events(seed: int = 7, events: int = EVENTS, year_start_s: int = YE
     )
 
 
-def ingest_in_fresh_database(paths: Sequence[Path]) -> list[LoadSummary]:
+def ingest_in_fresh_database(server: str, paths: Sequence[Path]) -> list[LoadSummary]:
     """Ingest the files in order into a fresh database (each load's own end-to-end timing); all rows must load."""
-    with fresh_database("churn_bench_ingest") as url:
+    with fresh_database(server, "churn_bench_ingest") as url:
         summaries = [ingest_events(url, path) for path in paths]
     for summary in summaries:
         if summary.rows_loaded != summary.rows_read:
@@ -93,9 +95,9 @@ def ingest_in_fresh_database(paths: Sequence[Path]) -> list[LoadSummary]:
     return summaries
 
 
-def time_peer_copy(csv_path: Path) -> float:
+def time_peer_copy(server: str, csv_path: Path) -> float:
     """Seconds for a plain CSV COPY of the same rows into a table with no index (what PostgreSQL can take)."""
-    with fresh_database("churn_bench_ingest") as url, psycopg.connect(url) as conn:
+    with fresh_database(server, "churn_bench_ingest") as url, psycopg.connect(url) as conn:
         conn.execute(PEER_TABLE)
         started = time.perf_counter()
         with conn.cursor().copy(PEER_COPY) as copy, csv_path.open("rb") as handle:
@@ -105,11 +107,11 @@ def time_peer_copy(csv_path: Path) -> float:
         return time.perf_counter() - started
 
 
-def median_ingest_rates(label: str, paths: Sequence[Path]) -> list[float]:
+def median_ingest_rates(server: str, label: str, paths: Sequence[Path]) -> list[float]:
     """Median events/s of each file's load, over RUNS fresh databases that load the files in order."""
     runs = []
     for run in range(1, RUNS + 1):
-        runs.append(ingest_in_fresh_database(paths))
+        runs.append(ingest_in_fresh_database(server, paths))
         for i, summary in enumerate(runs[-1]):
             what = f"{label} run {run}" if i == 0 else f"  then {summary.rows_read:,} new events"
             console.print(
@@ -118,10 +120,10 @@ def median_ingest_rates(label: str, paths: Sequence[Path]) -> list[float]:
     return [statistics.median(run[i].rows_per_second for run in runs) for i in range(len(paths))]
 
 
-def median_peer_rate(csv_path: Path) -> float:
+def median_peer_rate(server: str, csv_path: Path) -> float:
     seconds = []
     for run in range(1, RUNS + 1):
-        seconds.append(time_peer_copy(csv_path))
+        seconds.append(time_peer_copy(server, csv_path))
         console.print(f"  peer run {run}: {seconds[-1]:.2f} s ({EVENTS / seconds[-1]:,.0f} events/s)")
     return EVENTS / statistics.median(seconds)
 
@@ -131,7 +133,9 @@ def main() -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log the split of every load")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    with tempfile.TemporaryDirectory(prefix="churn-bench-") as folder:
+    # An embedded PostgreSQL it had to start is stopped at the end.
+    with stack.running(Settings()) as servers, tempfile.TemporaryDirectory(prefix="churn-bench-") as folder:
+        server = servers.database_url
         events = realistic_events()
         parquet_path, csv_path = Path(folder) / "events.parquet", Path(folder) / "events.csv"
         new_path = Path(folder) / "new_events.parquet"
@@ -139,9 +143,9 @@ def main() -> None:
         pacsv.write_csv(events, csv_path)
         pq.write_table(realistic_events(seed=8, events=NEW_EVENTS, year_start_s=YEAR_START_S + YEAR_S), new_path)
         console.print(f"{events.num_rows:,} events of {USERS:,} users; {RUNS} runs per format, median reported")
-        parquet, incremental = median_ingest_rates("parquet ingest", [parquet_path, new_path])
-        (csv,) = median_ingest_rates("csv ingest", [csv_path])
-        peer = median_peer_rate(csv_path)
+        parquet, incremental = median_ingest_rates(server, "parquet ingest", [parquet_path, new_path])
+        (csv,) = median_ingest_rates(server, "csv ingest", [csv_path])
+        peer = median_peer_rate(server, csv_path)
     table = Table(title=f"ingest of {EVENTS:,} events (target {TARGET_EVENTS_PER_S:,} events/s)")
     for column in ("path", "median events/s", "vs target", "vs peer"):
         table.add_column(column, justify="right")

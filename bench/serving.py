@@ -336,8 +336,16 @@ def log_check(database_url: str, answered: int) -> str:
 
 def run(args: argparse.Namespace) -> None:
     began = time.perf_counter()
-    base = Settings()
-    bench = BenchWorld(args.users, stack.database_url(base), stack.redis_url(base))
+    # With nothing configured, the embedded PostgreSQL and Redis this run had to start are stopped when it ends; the
+    # world's own MLflow server and prediction service (in its data folder) are stopped by `bench_world`.
+    with stack.running(Settings(), redis=True) as servers:
+        bench_world(BenchWorld(args.users, servers.database_url, servers.redis), args)
+    console.print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    console.print(f"whole run: {time.perf_counter() - began:.0f} s")
+
+
+def bench_world(bench: BenchWorld, args: argparse.Namespace) -> None:
+    """Prepare the world, serve it, measure and print; its MLflow server and service are stopped after."""
     settings = bench_settings(bench)
     console.print(f"[bold]serving bench[/bold]: {bench.users:,} users x {DAYS} days, database {bench.name}")
     console.print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")
@@ -356,8 +364,6 @@ def run(args: argparse.Namespace) -> None:
     finally:
         stack.down(settings)
         get_settings.cache_clear()
-    console.print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    console.print(f"whole run: {time.perf_counter() - began:.0f} s")
 
 
 def main() -> None:

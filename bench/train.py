@@ -19,10 +19,11 @@ from typing import Any
 
 from bench._databases import fresh_database
 from churn_platform import stack
+from churn_platform.connections import Connections
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import feast_repo, snapshots
-from churn_platform.settings import get_settings
+from churn_platform.settings import Settings, get_settings
 
 
 def _train(url: str, results: Any) -> None:
@@ -44,9 +45,9 @@ def child_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def run(users: int, days: int, repeats: int) -> None:
-    with fresh_database() as url:
-        os.environ["CHURN_DATABASE_URL"] = url
+def run(servers: Connections, users: int, days: int, repeats: int) -> None:
+    with fresh_database(servers.database_url) as url:
+        os.environ.update(CHURN_DATABASE_URL=url, CHURN_REDIS_URL=servers.redis)  # the training runs inherit them
         get_settings.cache_clear()
         settings = get_settings()
         started = time.perf_counter()
@@ -79,8 +80,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=180, help="long enough for the split: train, 2 gaps, 2 windows")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    for users in args.users:
-        run(users, args.days, args.repeats)
+    # Embedded PostgreSQL and Redis it had to start are stopped at the end.
+    with stack.running(Settings(), redis=True) as servers:
+        for users in args.users:
+            run(servers, users, args.days, args.repeats)
 
 
 if __name__ == "__main__":

@@ -145,3 +145,51 @@ def test_a_recorded_redis_pid_that_is_not_our_server_is_never_trusted(data_dir: 
         assert stack.redis_process_id(url) == stack.StackRecord(data_dir).read()["redis"]["pid"]
     finally:
         component.stop()
+
+
+@pytest.mark.embedded
+def test_running_stops_only_the_servers_it_started(data_dir: Path) -> None:
+    # Given an embedded PostgreSQL that is already running, and no Redis
+    settings = Settings(database_url=None, redis_url=None, data_dir=data_dir)
+    (postgres_before,) = stack.up(settings, only=("postgres",))
+    try:
+        # When a block runs with both
+        with stack.running(settings, redis=True) as servers:
+            # Then both answer, PostgreSQL being the one that was running
+            assert servers.database_url == postgres_before.url
+            assert stack.redis_health(servers.redis)[0]
+            during = {s.name: s.healthy for s in stack.status(settings)}
+        assert during["postgres"] and during["redis"]
+
+        # And after it only the Redis it started is stopped
+        after = {s.name: s for s in stack.status(settings)}
+        assert after["postgres"].healthy and after["postgres"].url == postgres_before.url
+        assert not after["redis"].healthy and after["redis"].url is None
+        assert "redis" not in stack.StackRecord(data_dir).read()
+    finally:
+        stack.down(settings)
+
+
+@pytest.mark.embedded
+def test_running_leaves_configured_servers_alone_and_stops_its_own_after_an_error(
+    server_url: str, data_dir: Path
+) -> None:
+    # Given a configured PostgreSQL (the session's) and no Redis
+    settings = Settings(database_url=server_url, redis_url=None, data_dir=data_dir)
+
+    seen: list[str] = []
+
+    def failing_block() -> None:
+        with stack.running(settings, redis=True) as servers:
+            assert servers.database_url == server_url and stack.redis_health(servers.redis)[0]
+            seen.append(servers.redis)
+            raise RuntimeError("in the block")
+
+    # When the block fails
+    with pytest.raises(RuntimeError, match="in the block"):
+        failing_block()
+
+    # Then the Redis it started is stopped, and the configured server still answers, untouched
+    assert len(seen) == 1 and stack.redis_process_id(seen[0]) is None
+    assert not (data_dir / "postgres").exists()
+    assert stack.postgres_health(server_url)[0]

@@ -9,7 +9,7 @@ means the platform runs its own real server (PostgreSQL from `pixeltable-pgserve
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 from churn_platform.connections import Connections
 from churn_platform.settings import Settings
@@ -49,6 +49,7 @@ __all__ = [
     "redis_process_id",
     "redis_server_binary",
     "redis_url",
+    "running",
     "service_health",
     "service_url",
     "status",
@@ -109,6 +110,44 @@ def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, se
     """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow and the prediction service
     when asked for. A configured URL is taken as it is (a server that does not answer fails where it is used,
     named); an embedded server is started if it is not running. `churn up` / `churn status` check health."""
+    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service)
+    if missing:
+        with _locked(settings, missing):
+            urls.update({component.name: component.start() for component in missing})
+    return _connections(urls)
+
+
+@contextlib.contextmanager
+def running(
+    settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False
+) -> Iterator[Connections]:
+    """`connect` for the length of a `with` block: on exit, the embedded servers this call started (the servers
+    they need included) are stopped, in reverse order. Servers that were running already, and configured ones, are
+    left as they were. For entrypoints that must not leave servers behind (the benchmarks)."""
+    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service)
+    started: list[Component] = []
+    if missing:
+        with stack_lock(settings.data_dir):
+            embedded = [component for component in components(settings) if component.embedded]
+            before = {component.name for component in embedded if _is_running(component)}
+            try:
+                urls.update({component.name: component.start() for component in missing})
+            except BaseException:  # a later start failed: stop what the earlier ones started
+                _stop_all([c for c in embedded if c.name not in before and _is_running(c)])
+                raise
+            started = [c for c in embedded if c.name not in before and _is_running(c)]
+    try:
+        yield _connections(urls)
+    finally:
+        if started:
+            with stack_lock(settings.data_dir):
+                _stop_all(started)
+
+
+def _resolved(
+    settings: Settings, *, redis: bool, mlflow: bool, service: bool
+) -> tuple[dict[str, str], list[Component]]:
+    """The configured URLs of the servers asked for, and the embedded components that must run for the others."""
     configured = {
         "postgres": settings.database_url,
         "redis": settings.redis_url,
@@ -118,15 +157,27 @@ def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, se
     wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service}
     urls = {name: url for name, url in configured.items() if wanted[name] and url}
     missing = [c for c in components(settings) if wanted[c.name] and c.name not in urls]
-    if missing:
-        with _locked(settings, missing):
-            urls.update({component.name: component.start() for component in missing})
+    return urls, missing
+
+
+def _connections(urls: dict[str, str]) -> Connections:
     return Connections(
         database_url=urls["postgres"],
         redis_url=urls.get("redis"),
         mlflow_tracking_uri=urls.get("mlflow"),
         service_url=urls.get("service"),
     )
+
+
+def _is_running(component: Component) -> bool:
+    """Whether an embedded component's server runs (its status has a URL exactly then), healthy or not."""
+    return component.status().url is not None
+
+
+def _stop_all(started: list[Component]) -> None:
+    """Stop these components in reverse start order (the caller holds the stack lock)."""
+    for component in reversed(started):
+        component.stop()
 
 
 def database_url(settings: Settings) -> str:
