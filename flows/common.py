@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from churn_platform import db, stack
 from churn_platform.connections import Connections
@@ -13,6 +13,13 @@ from churn_platform.settings import get_settings
 def platform_connections(*, redis: bool = False, mlflow: bool = False) -> Connections:
     """The servers the flow needs, resolved once (embedded ones started when none is configured), the schema
     applied to the platform database."""
-    connections = stack.connect(get_settings(), redis=redis, mlflow=mlflow)
-    db.init_schema(connections.database_url)
-    return connections
+    settings = get_settings()
+    resolved = stack.resolve(settings, redis=redis, mlflow=mlflow)
+    if resolved.started:
+        get_run_logger().info(
+            "started the embedded %s (data in %s); they keep running: `churn down` stops them",
+            ", ".join(resolved.started_names),
+            settings.data_dir,
+        )
+    db.init_schema(resolved.connections.database_url)
+    return resolved.connections

@@ -9,9 +9,11 @@ import mlflow
 import psycopg
 import pytest
 import redis
+from typer.testing import CliRunner
 
 from churn_platform import stack
-from churn_platform.settings import Settings
+from churn_platform.cli import app
+from churn_platform.settings import Settings, get_settings
 
 
 @pytest.mark.embedded
@@ -193,3 +195,30 @@ def test_running_leaves_configured_servers_alone_and_stops_its_own_after_an_erro
     assert len(seen) == 1 and stack.redis_process_id(seen[0]) is None
     assert not (data_dir / "postgres").exists()
     assert stack.postgres_health(server_url)[0]
+
+
+@pytest.mark.embedded
+def test_a_command_says_which_embedded_servers_it_started_and_leaves_running(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given nothing configured and nothing running
+    for name in ("CHURN_DATABASE_URL", "CHURN_REDIS_URL", "MLFLOW_TRACKING_URI", "CHURN_SERVE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CHURN_DATA_DIR", str(data_dir))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        # When a command that needs the database runs twice
+        first = runner.invoke(app, ["db", "init"])
+        second = runner.invoke(app, ["db", "init"])
+
+        # Then the first says it started PostgreSQL and that it keeps running; the second starts nothing
+        assert first.exit_code == 0, first.output
+        assert "started the embedded postgres" in first.stderr
+        assert "churn down" in first.stderr
+        assert second.exit_code == 0, second.output
+        assert "started" not in second.stderr
+        assert {s.name: s.healthy for s in stack.status(get_settings())}["postgres"]
+    finally:
+        stack.down(get_settings())
+        get_settings.cache_clear()

@@ -23,11 +23,19 @@ def fail(message: str) -> typer.Exit:
 
 
 def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Connections:
-    """The servers a command needs, resolved once (embedded ones started if needed); one red line if one fails."""
+    """The servers a command needs, resolved once (embedded ones started if needed, and said so: they keep running
+    after the command); one red line if one fails."""
     try:
-        return stack.connect(settings, redis=redis, mlflow=mlflow, service=service)
+        resolved = stack.resolve(settings, redis=redis, mlflow=mlflow, service=service)
     except stack.StackError as exc:
         raise fail(str(exc)) from exc
+    if resolved.started:
+        err_console.print(
+            f"[dim]started the embedded {', '.join(resolved.started_names)} (data in {settings.data_dir});"
+            " they keep running: `churn down` stops them[/]",
+            soft_wrap=True,
+        )
+    return resolved.connections
 
 
 FirstDay = Annotated[str | None, typer.Option(help="First snapshot day (YYYY-MM-DD); default: all.")]

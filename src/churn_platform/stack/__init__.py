@@ -9,6 +9,7 @@ means the platform runs its own real server (PostgreSQL from `pixeltable-pgserve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Collection, Iterator
 
 from churn_platform.connections import Connections
@@ -36,6 +37,7 @@ __all__ = [
     "ExternalPostgres",
     "ExternalRedis",
     "ExternalService",
+    "Resolved",
     "StackError",
     "StackRecord",
     "components",
@@ -49,6 +51,7 @@ __all__ = [
     "redis_process_id",
     "redis_server_binary",
     "redis_url",
+    "resolve",
     "running",
     "service_health",
     "service_url",
@@ -106,42 +109,57 @@ def status(settings: Settings) -> list[ComponentStatus]:
     return [component.status() for component in components(settings)]
 
 
-def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Connections:
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What `resolve` gave an entrypoint: the connections, and the embedded servers it started for them."""
+
+    connections: Connections
+    started: tuple[Component, ...]
+
+    @property
+    def started_names(self) -> list[str]:
+        return [component.name for component in self.started]
+
+
+def resolve(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Resolved:
     """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow and the prediction service
     when asked for. A configured URL is taken as it is (a server that does not answer fails where it is used,
-    named); an embedded server is started if it is not running. `churn up` / `churn status` check health."""
+    named); an embedded server is started if it is not running, and named in `started` (with the servers it
+    needed). If a start fails, what this call started is stopped again."""
     urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service)
-    if missing:
-        with _locked(settings, missing):
+    if not missing:
+        return Resolved(_connections(urls), ())
+    with stack_lock(settings.data_dir):
+        embedded = [component for component in components(settings) if component.embedded]
+        before = {component.name for component in embedded if _is_running(component)}
+        try:
             urls.update({component.name: component.start() for component in missing})
-    return _connections(urls)
+        except BaseException:
+            _stop_all([c for c in embedded if c.name not in before and _is_running(c)])
+            raise
+        started = tuple(c for c in embedded if c.name not in before and _is_running(c))
+    return Resolved(_connections(urls), started)
+
+
+def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Connections:
+    """`resolve`'s connections: for entrypoints whose embedded servers keep running (`churn down` stops them)."""
+    return resolve(settings, redis=redis, mlflow=mlflow, service=service).connections
 
 
 @contextlib.contextmanager
 def running(
     settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False
 ) -> Iterator[Connections]:
-    """`connect` for the length of a `with` block: on exit, the embedded servers this call started (the servers
-    they need included) are stopped, in reverse order. Servers that were running already, and configured ones, are
-    left as they were. For entrypoints that must not leave servers behind (the benchmarks)."""
-    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service)
-    started: list[Component] = []
-    if missing:
-        with stack_lock(settings.data_dir):
-            embedded = [component for component in components(settings) if component.embedded]
-            before = {component.name for component in embedded if _is_running(component)}
-            try:
-                urls.update({component.name: component.start() for component in missing})
-            except BaseException:  # a later start failed: stop what the earlier ones started
-                _stop_all([c for c in embedded if c.name not in before and _is_running(c)])
-                raise
-            started = [c for c in embedded if c.name not in before and _is_running(c)]
+    """`resolve` for the length of a `with` block: on exit, the embedded servers it started are stopped, in reverse
+    order; servers that were running already, and configured ones, are left as they were. For entrypoints that
+    must not leave servers behind (the benchmarks)."""
+    resolved = resolve(settings, redis=redis, mlflow=mlflow, service=service)
     try:
-        yield _connections(urls)
+        yield resolved.connections
     finally:
-        if started:
+        if resolved.started:
             with stack_lock(settings.data_dir):
-                _stop_all(started)
+                _stop_all(list(resolved.started))
 
 
 def _resolved(
