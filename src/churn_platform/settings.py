@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     promotion_auc_margin: float = Field(
         default=0.01,
         ge=0,
-        description="Promotion is refused when a version's test AUC is below the champion's by more than this.",
+        description="Promotion is refused when, on a version's own test rows, its AUC is below the champion's by"
+        " more than this.",
     )
 
     serve_port: int = Field(

@@ -7,19 +7,22 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from sklearn.metrics import roc_auc_score
 from tests.integration.feature_worlds import connections, labelled_world, platform_settings, redis_db_url
 
 from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
-from churn_platform.training import pipeline, registry
-from churn_platform.training.trainer import TrainConfig, train_model
+from churn_platform.training import pipeline, promotion, registry
+from churn_platform.training.split import time_split
+from churn_platform.training.trainer import TrainConfig, TrainedModel, train_model
 
 TRAINING_DB = 15  # a Redis database of its own (training reads no online features; nothing else uses it)
 CONFIG = TrainConfig(seed=3, test_days=21, validation_days=21)
@@ -101,9 +104,10 @@ def test_promote_moves_champion_and_rollback_restores_it(world_settings: Setting
     assert newer is not None and newer.aliases == ("challenger",)
     assert registry.alias_version(uri, name, "champion") == champion  # a new version never takes over by itself
 
-    promoted = registry.promote(uri, name, newer.version, margin=world_settings.promotion_auc_margin)
+    promoted = promotion.promote(uri, name, newer.version, margin=world_settings.promotion_auc_margin)
 
     assert promoted.aliases == ("champion",)
+    assert f"champion version {champion}) on the same" in promoted.tags["promotion_check"]
     assert registry.alias_version(uri, name, "previous") == champion
     assert registry.alias_version(uri, name, "challenger") is None
     restored = registry.rollback(uri, name)
@@ -113,31 +117,103 @@ def test_promote_moves_champion_and_rollback_restores_it(world_settings: Setting
     assert [v.version for v in listed] == sorted((v.version for v in listed), key=int, reverse=True)
 
 
-def test_policy_refuses_a_clearly_worse_version_unless_forced(
-    world_settings: Settings, rows: training_sets.TrainingSet, mlflow_tracking: str
-) -> None:
-    uri, name = mlflow_tracking, world_settings.model_name
-    if registry.alias_version(uri, name, "champion") is None:
-        pipeline.train(world_settings, connections(world_settings, mlflow=True))
-    catalog = catalog_from_settings(world_settings)
-    worse = train_model(shuffled_labels(rows), catalog, CONFIG)
-    registered = registry.log_and_register(
-        worse, tracking_uri=uri, model_name=name, training_range="shuffled labels", params={"labels": "shuffled"}
+@pytest.fixture(scope="module")
+def flipped_test_labels(world_settings: Settings, rows: training_sets.TrainingSet) -> TrainedModel:
+    """The honest model (true labels to fit and calibrate on), tested on inverted labels: its own test AUC is about
+    one minus its true AUC, as if its test window had been hard for it."""
+    inverted = relabelled(rows, test=True, labels=lambda part: ~part["churned"])
+    return train_model(inverted, catalog_from_settings(world_settings), CONFIG)
+
+
+def register(trained: TrainedModel, uri: str, model_name: str, what: str) -> registry.RegisteredVersion:
+    return registry.log_and_register(
+        trained, tracking_uri=uri, model_name=model_name, training_range=what, params={"labels": what}
     )
 
-    with pytest.raises(registry.PromotionRefusedError, match="below champion"):
-        registry.promote(uri, name, registered.version, margin=world_settings.promotion_auc_margin)
-    forced = registry.promote(uri, name, registered.version, margin=world_settings.promotion_auc_margin, force=True)
-    assert "champion" in forced.aliases
-    registry.rollback(uri, name)
+
+def test_policy_refuses_a_version_worse_on_its_own_test_rows_unless_forced(
+    world_settings: Settings,
+    rows: training_sets.TrainingSet,
+    flipped_test_labels: TrainedModel,
+    mlflow_tracking: str,
+) -> None:
+    # Given a champion whose own test AUC is low (inverted test labels) and a candidate that learned nothing
+    # (labels shuffled before its test window) but is tested on the true labels
+    uri, name, margin = mlflow_tracking, f"{world_settings.model_name}_refused", world_settings.promotion_auc_margin
+    champion = register(flipped_test_labels, uri, name, "inverted test labels")
+    shuffled = train_model(
+        relabelled(rows, test=False, labels=shuffled_by_day), catalog_from_settings(world_settings), CONFIG
+    )
+    candidate = register(shuffled, uri, name, "shuffled labels before test")
+    # (comparing each version's own test AUC would promote it)
+    assert candidate.metrics["test_roc_auc"] > champion.metrics["test_roc_auc"] + margin
+
+    with pytest.raises(promotion.PromotionRefusedError, match="below champion version") as refused:
+        promotion.promote(uri, name, candidate.version, margin=margin)
+
+    # Then both AUCs were computed on the candidate's test rows, and the message shows them and those rows
+    paired, test = refused.value.comparison, shuffled.test_frame
+    assert paired is not None and (paired.rows, paired.window) == (len(test), str(shuffled.split.test))
+    assert paired.candidate_auc == pytest.approx(auc_on(shuffled.model, test), abs=1e-12)
+    assert paired.candidate_auc == pytest.approx(candidate.metrics["test_roc_auc"], abs=1e-12)  # its own rows
+    assert paired.champion_auc == pytest.approx(auc_on(flipped_test_labels.model, test), abs=1e-12)
+    assert paired.candidate_auc < paired.champion_auc - margin
+    for shown in (f"{paired.candidate_auc:.4f}", f"{paired.champion_auc:.4f}", f"same {len(test):,} rows",
+                  str(shuffled.split.test), candidate.run_id):  # fmt: skip
+        assert shown in str(refused.value), shown
+    assert registry.alias_version(uri, name, "champion") == champion.version
+    forced = promotion.promote(uri, name, candidate.version, margin=margin, force=True)
+    assert "champion" in forced.aliases and forced.tags["promotion_check"] == "forced"
+
+
+def test_policy_promotes_a_version_as_good_on_its_own_test_rows_though_its_own_auc_is_lower(
+    world_settings: Settings,
+    rows: training_sets.TrainingSet,
+    flipped_test_labels: TrainedModel,
+    mlflow_tracking: str,
+) -> None:
+    # Given the honest model as champion, and as candidate the same model tested on inverted labels
+    uri, name, margin = mlflow_tracking, f"{world_settings.model_name}_paired", world_settings.promotion_auc_margin
+    champion = register(train_model(rows, catalog_from_settings(world_settings), CONFIG), uri, name, "true labels")
+    candidate = register(flipped_test_labels, uri, name, "inverted test labels")
+    # (comparing each version's own test AUC would refuse it)
+    assert candidate.metrics["test_roc_auc"] < champion.metrics["test_roc_auc"] - margin
+
+    promoted = promotion.promote(uri, name, candidate.version, margin=margin)
+
+    # Then on the candidate's rows both rank alike, which the promoted version records
+    shown = f"{flipped_test_labels.evaluation.roc_auc:.4f}"
+    assert promoted.aliases == ("champion",)
+    assert promoted.tags["promotion_check"].startswith(f"ROC AUC {shown} (version {candidate.version}) against {shown}")
+
+
+def auc_on(model: Any, test: pd.DataFrame) -> float:
+    features = model.named_steps["encode"].feature_names
+    return float(roc_auc_score(test["churned"], model.predict_proba(test[features])[:, 1]))
+
+
+def relabelled(
+    rows: training_sets.TrainingSet, *, test: bool, labels: Callable[[pd.DataFrame], pd.Series]
+) -> training_sets.TrainingSet:
+    """The labels of CONFIG's test window (test=True), or of every row before it, replaced by `labels(...)`."""
+    frame = rows.frame.copy()
+    split = time_split(frame["event_timestamp"], gap_days=rows.horizon_days, test_days=CONFIG.test_days,
+                       validation_days=CONFIG.validation_days)  # fmt: skip
+    in_test = split.masks(frame["event_timestamp"])[2]
+    chosen = in_test if test else ~in_test
+    frame.loc[chosen, "churned"] = labels(frame.loc[chosen, ["event_timestamp", "churned"]])
+    return replace(rows, frame=frame)
+
+
+def shuffled_by_day(rows: pd.DataFrame) -> pd.Series:
+    """Labels permuted across users within each snapshot day: the same churn rate, no relation to features."""
+    rng = np.random.default_rng(0)
+    shuffled: pd.Series = rows.groupby("event_timestamp")["churned"].transform(lambda s: rng.permutation(s.to_numpy()))
+    return shuffled
 
 
 def shuffled_labels(rows: training_sets.TrainingSet) -> training_sets.TrainingSet:
-    """Labels permuted across users within each snapshot day: the same churn rate, no relation to features."""
-    frame = rows.frame.copy()
-    rng = np.random.default_rng(0)
-    frame["churned"] = frame.groupby("event_timestamp")["churned"].transform(lambda s: rng.permutation(s.to_numpy()))
-    return replace(rows, frame=frame)
+    return replace(rows, frame=rows.frame.assign(churned=shuffled_by_day(rows.frame)))
 
 
 def leaky_features(

@@ -74,21 +74,23 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="The version to make champion.")],
     force: Annotated[bool, typer.Option("--force", help="Promote even if the policy check refuses.")] = False,
 ) -> None:
-    """Make VERSION the champion; the current champion becomes `previous` (for `churn models rollback`)."""
-    from churn_platform.training import registry
+    """Make VERSION the champion; the current champion becomes `previous` (for `churn models rollback`).
+
+    Refused when, on VERSION's own test rows, its ROC AUC is below the champion's by more than the margin."""
+    from churn_platform.training import promotion, registry
 
     settings = get_settings()
     try:
-        promoted = registry.promote(
+        promoted = promotion.promote(
             connect(settings, mlflow=True).mlflow,
             settings.model_name,
             version,
             margin=settings.promotion_auc_margin,
             force=force,
         )
-    except (registry.PromotionRefusedError, registry.RegistryError) as exc:
+    except (promotion.PromotionRefusedError, registry.RegistryError) as exc:
         raise fail(str(exc)) from exc
-    console.print(f"{promoted.name} version {promoted.version} is now champion")
+    console.print(f"{promoted.name} version {promoted.version} is now champion ({promoted.tags['promotion_check']})")
 
 
 @models_app.command("rollback")

@@ -1,8 +1,9 @@
 """The MLflow side of training: one tracked run per training, one registered version per run, and roles by alias.
 
-`champion` serves production traffic and `challenger` is the A/B candidate. Promotion moves `champion` and points
-`previous` at the version it replaced, so a rollback is one alias move. Stages are not used (deprecated in MLflow).
-Serving follows the aliases, so moving one in the MLflow UI is as valid as `churn models promote`.
+`champion` serves production traffic and `challenger` is the A/B candidate (names in `model.aliases`). Promotion
+(`promotion.promote`) moves `champion` and points `previous` at the version it replaced, so a rollback is one alias
+move. Stages are not used (deprecated in MLflow). Serving follows the aliases, so moving one in the MLflow UI is as
+valid as `churn models promote`. Each run logs its test rows, so a later promotion can score the champion on them.
 """
 
 from __future__ import annotations
@@ -11,25 +12,24 @@ import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from churn_platform.model.aliases import CHALLENGER, CHAMPION, PREVIOUS
+from churn_platform.model.moved_modules import resolve_moved_modules
 from churn_platform.training.evaluation import write_plots
-from churn_platform.training.trainer import TrainedModel
+from churn_platform.training.trainer import TEST_ROW_KEYS, TrainedModel
 
 logger = logging.getLogger(__name__)
 
 
 EXPERIMENT = "churn"
-POLICY_METRIC = "test_roc_auc"
-
-
-class PromotionRefusedError(RuntimeError):
-    """The policy check refused a promotion (use force to override)."""
+# The run's test rows (keys, label, features) as evaluated: what a promotion scores the champion on.
+TEST_ROWS_FOLDER, TEST_ROWS_FILE = "evaluation", "test_rows.parquet"
+TEST_ROWS_ARTIFACT = f"{TEST_ROWS_FOLDER}/{TEST_ROWS_FILE}"
 
 
 class RegistryError(RuntimeError):
@@ -99,6 +99,7 @@ def log_and_register(
         mlflow.log_metrics(trained.metrics())
         mlflow.log_dict(trained.importance, "feature_importance.json")
         with tempfile.TemporaryDirectory() as folder:
+            log_test_rows(trained, features, Path(folder) / TEST_ROWS_FILE)
             y = trained.test_frame["churned"].to_numpy(dtype="int64")
             plots = write_plots(
                 Path(folder),
@@ -138,12 +139,29 @@ def log_and_register(
     return get_version(tracking_uri, model_name, version)
 
 
+def log_test_rows(trained: TrainedModel, features: list[str], path: Path) -> None:
+    """Log the test rows as a Parquet artifact, and as the run's `test` dataset input (its digest and schema)."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    rows = trained.test_frame[[*TEST_ROW_KEYS, *features]]
+    rows.to_parquet(path, index=False)
+    mlflow.log_artifact(str(path), TEST_ROWS_FOLDER)
+    name = f"{trained.feature_service} test {trained.split.test}"
+    mlflow.log_input(from_pandas(rows, name=name, targets="churned"), context="test")
+
+
 def version_tags(trained: TrainedModel, training_range: str) -> dict[str, str]:
+    split = trained.split
     return {
         "feature_service": trained.feature_service,
         "feature_definitions_hash": trained.definitions_hash,
         "training_range": training_range,
-        "split": str(trained.split),
+        "split": str(split),
+        "test_window": str(split.test),
+        # Labels fitted or calibrated on (up to the validation window's end) looked this far ahead: a version scored
+        # on rows of this day or earlier is scored on outcomes it learned from.
+        "outcomes_seen_through": (split.validation.last + timedelta(days=split.gap_days)).isoformat(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "candidate": trained.candidate,
         **{f"rows_{part}": str(count) for part, count in trained.rows.items()},
@@ -221,6 +239,39 @@ def _registered(client: Any, found: Any, aliases: dict[str, str] | None = None) 
     )
 
 
+def load_model(tracking_uri: str, model_name: str, version: str) -> Any:
+    """A registered version's scikit-learn pipeline, downloaded through this registry's server.
+
+    (`models:/` URIs would resolve through MLflow's process-wide tracking URI, which may point elsewhere.)
+    """
+    import mlflow.artifacts
+    import mlflow.sklearn
+
+    client = _client(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="churn-model-") as folder:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(model_name, version),
+            tracking_uri=tracking_uri,
+            dst_path=folder,
+        )
+        resolve_moved_modules()  # a champion registered before our types moved names their old modules
+        return mlflow.sklearn.load_model(local)
+
+
+def logged_test_rows(tracking_uri: str, run_id: str) -> pd.DataFrame | None:
+    """The test rows a run logged (keys, label, features), or None for a run that logged none."""
+    import mlflow.artifacts
+
+    logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id, TEST_ROWS_FOLDER)}
+    if TEST_ROWS_ARTIFACT not in logged:
+        return None
+    with tempfile.TemporaryDirectory(prefix="churn-test-rows-") as folder:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=TEST_ROWS_ARTIFACT, tracking_uri=tracking_uri, dst_path=folder
+        )
+        return pd.read_parquet(local)
+
+
 def list_versions(tracking_uri: str, model_name: str) -> list[RegisteredVersion]:
     """Every version of the model, newest first."""
     from mlflow.exceptions import MlflowException
@@ -234,38 +285,19 @@ def list_versions(tracking_uri: str, model_name: str) -> list[RegisteredVersion]
     return sorted((_registered(client, v, aliases) for v in found), key=lambda v: int(v.version), reverse=True)
 
 
-def promote(
-    tracking_uri: str, model_name: str, version: str, *, margin: float, force: bool = False
-) -> RegisteredVersion:
-    """Make `version` the champion; the champion it replaces becomes `previous`.
-
-    Refused (PromotionRefusedError) when the version's test AUC is below the champion's by more than `margin`,
-    unless `force`.
-    """
+def make_champion(tracking_uri: str, model_name: str, version: str, *, check: str) -> RegisteredVersion:
+    """Point `champion` at `version` (the policy decided already: `promotion.promote`); the champion it replaces
+    becomes `previous`, and `challenger` is dropped if it was `version`. `check` is recorded on the version."""
     client = _client(tracking_uri)
-    candidate = get_version(tracking_uri, model_name, version)
     current = alias_version(tracking_uri, model_name, CHAMPION)
-    if current == candidate.version:
-        return candidate
-    if current is not None and not force:
-        champion = get_version(tracking_uri, model_name, current)
-        mine, theirs = candidate.metrics.get(POLICY_METRIC), champion.metrics.get(POLICY_METRIC)
-        if mine is None:
-            raise PromotionRefusedError(f"version {version} has no {POLICY_METRIC}: pass --force to promote anyway")
-        if theirs is not None and mine < theirs - margin:
-            raise PromotionRefusedError(
-                f"version {version} has {POLICY_METRIC} {_shown(mine)}, below champion version {current}'s"
-                f" {_shown(theirs)} by more than the margin {margin}: pass --force to promote anyway"
-                f" (version {version}: {candidate.tags.get('split', '?')}; version {current}:"
-                f" {champion.tags.get('split', '?')})"
-            )
-    if current is not None:
+    if current is not None and current != version:
         client.set_registered_model_alias(model_name, PREVIOUS, current)
-    client.set_registered_model_alias(model_name, CHAMPION, candidate.version)
-    if alias_version(tracking_uri, model_name, CHALLENGER) == candidate.version:
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    if alias_version(tracking_uri, model_name, CHALLENGER) == version:
         client.delete_registered_model_alias(model_name, CHALLENGER)
-    client.set_model_version_tag(model_name, candidate.version, "promoted_at", datetime.now(UTC).isoformat())
-    return get_version(tracking_uri, model_name, candidate.version)
+    client.set_model_version_tag(model_name, version, "promoted_at", datetime.now(UTC).isoformat())
+    client.set_model_version_tag(model_name, version, "promotion_check", check)
+    return get_version(tracking_uri, model_name, version)
 
 
 def rollback(tracking_uri: str, model_name: str) -> RegisteredVersion:
@@ -285,7 +317,3 @@ def rollback(tracking_uri: str, model_name: str) -> RegisteredVersion:
         client.set_registered_model_alias(model_name, PREVIOUS, current)
     client.set_model_version_tag(model_name, previous, "rolled_back_to_at", datetime.now(UTC).isoformat())
     return get_version(tracking_uri, model_name, previous)
-
-
-def _shown(value: float | None) -> str:
-    return "missing" if value is None else f"{value:.4f}"

@@ -20,6 +20,7 @@ from churn_platform.training.evaluation import Evaluation, Scores, best_f1_thres
 from churn_platform.training.split import TimeSplit, time_split
 
 BASELINE_FEATURE = "days_since_last_event"
+TEST_ROW_KEYS = ("user_id", "event_timestamp", "churned")  # a test row's identity and label, before its features
 IMPORTANCE_ROWS = 20_000  # permutation importance on a fixed sample of the test window
 OracleLookup = Callable[[pd.DataFrame], Scores | None]  # test rows -> the world's own probabilities, if known
 
@@ -49,7 +50,8 @@ class TrainedModel:
     rows: dict[str, int]
     feature_service: str
     definitions_hash: str
-    test_frame: pd.DataFrame = field(repr=False)  # user_id, event_timestamp, churned, p_model, p_baseline, p_oracle
+    # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_baseline, p_oracle
+    test_frame: pd.DataFrame = field(repr=False)
     input_example: pd.DataFrame = field(repr=False)  # feature rows from the test window, for the model signature
 
     @property
@@ -125,7 +127,7 @@ def train_model(
     y_test = labels["test"]
     baseline = baseline_scores(parts["test"])
     oracle_p = oracle(parts["test"]) if oracle is not None else None
-    test_frame = parts["test"][["user_id", "event_timestamp", "churned"]].assign(
+    test_frame = parts["test"][[*TEST_ROW_KEYS, *encoder.feature_names]].assign(
         p_model=p_test, p_baseline=baseline, p_oracle=oracle_p if oracle_p is not None else np.nan
     )
     return TrainedModel(
