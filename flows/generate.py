@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from churn_platform.data.synthetic import world
-from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.data.synthetic.world_model import WorldConfig, world_config_from_settings
+from churn_platform.settings import get_settings
 from flows.common import platform_connections
 
 
@@ -30,15 +31,19 @@ def publish(summary: world.WorldSummary, key: str) -> None:
 
 @flow(name="generate-world")
 def generate_world_flow(
-    users: int = 1_000,
-    days: int = 365,
-    seed: int = 7,
-    start_date: date = date(2025, 1, 1),
+    users: int = WorldConfig.users,
+    days: int = WorldConfig.days,
+    seed: int = WorldConfig.seed,
+    start_date: date = WorldConfig.start_date,
+    horizon_days: int | None = None,
     drift_at: int | None = None,
     replace: bool = False,
 ) -> world.WorldSummary:
-    """Simulate a subscription product and load it into PostgreSQL."""
-    config = WorldConfig(users=users, days=days, seed=seed, start_date=start_date, drift_at=drift_at)
+    """Simulate a subscription product and load it into PostgreSQL (the oracle's horizon: the label horizon)."""
+    config = world_config_from_settings(
+        get_settings(), users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon_days,
+        drift_at=drift_at,
+    )  # fmt: skip
     url = platform_connections().database_url
     summary = generate(url, config, replace)
     publish(summary, key="synthetic-world")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.testing.utilities import prefect_test_harness
 
 from churn_platform import stack
+from churn_platform.data.synthetic import world
 from churn_platform.settings import Settings, get_settings
 
 
@@ -78,6 +79,38 @@ def test_the_world_flows_generate_and_advance_a_world(prefect_server: None, flow
         )
     assert len(artifacts) >= 2
     assert any("2025-02-14" in str(a.data) for a in artifacts)  # the advanced world's last day
+
+
+def test_the_generate_command_and_flow_build_the_same_world_from_the_same_inputs(
+    prefect_server: None, make_database: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn_platform import cli
+
+    # Given a label horizon other than the default, and a fresh database for each entrypoint
+    monkeypatch.setenv("CHURN_LABEL_HORIZON_DAYS", "21")
+    by_command, by_flow = make_database(), make_database()
+
+    # When `churn generate` and the generate flow simulate a world from the same inputs
+    monkeypatch.setenv("CHURN_DATABASE_URL", by_command)
+    get_settings.cache_clear()
+    options = ["--users", "40", "--days", "12", "--seed", "9", "--start", "2025-03-01", "--drift-at", "6"]
+    generated = CliRunner().invoke(cli.app, ["generate", *options])
+    monkeypatch.setenv("CHURN_DATABASE_URL", by_flow)
+    get_settings.cache_clear()
+    generate_world_flow(users=40, days=12, seed=9, start_date=date(2025, 3, 1), drift_at=6)
+    get_settings.cache_clear()
+
+    # Then both stored the same configuration, whose oracle forecasts over the platform's label horizon
+    assert generated.exit_code == 0, generated.output
+    stored = [world.load_world(url) for url in (by_command, by_flow)]
+    assert stored[0] is not None and stored[1] is not None
+    assert stored[0][0] == stored[1][0]
+    assert (stored[0][0].users, stored[0][0].drift_at, stored[0][0].horizon_days) == (40, 6, 21)
+    for url in (by_command, by_flow):
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT DISTINCT horizon_days FROM synthetic.oracle_churn").fetchall() == [(21,)]
 
 
 def test_the_features_flow_computes_snapshots_and_materializes(

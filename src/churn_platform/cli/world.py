@@ -14,7 +14,7 @@ from rich.table import Table
 from churn_platform import db
 from churn_platform.cli.output import connect, console, fail
 from churn_platform.data.synthetic import world
-from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.data.synthetic.world_model import WorldConfig, world_config_from_settings
 from churn_platform.settings import get_settings
 
 world_app = typer.Typer(help="The synthetic world.", no_args_is_help=True)
@@ -39,10 +39,12 @@ def _world_table(summary: world.WorldSummary) -> Table:
 
 
 def generate(
-    users: Annotated[int, typer.Option(min=1, help="Users at the start of the world.")] = 1_000,
-    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 365,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = 7,
-    start: Annotated[str, typer.Option(help="First day of the world (YYYY-MM-DD).")] = "2025-01-01",
+    users: Annotated[int, typer.Option(min=1, help="Users at the start of the world.")] = WorldConfig.users,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = WorldConfig.days,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same world.")] = WorldConfig.seed,
+    start: Annotated[
+        str, typer.Option(help="First day of the world (YYYY-MM-DD).")
+    ] = WorldConfig.start_date.isoformat(),
     horizon: Annotated[
         int | None,
         typer.Option(
@@ -60,10 +62,9 @@ def generate(
         start_date = date.fromisoformat(start)
     except ValueError as exc:
         raise fail(f"--start: {exc}") from exc
-    config = WorldConfig(
-        users=users, days=days, seed=seed, start_date=start_date,
-        horizon_days=horizon or settings.label_horizon_days, drift_at=drift_at,
-    )  # fmt: skip
+    config = world_config_from_settings(
+        settings, users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon, drift_at=drift_at
+    )
     url = connect(settings).database_url
     db.init_schema(url)
     try:

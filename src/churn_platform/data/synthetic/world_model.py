@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from churn_platform.settings import Settings
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -126,6 +128,25 @@ class WorldConfig:
 
     def regime(self, day: int) -> Regime:
         return DRIFTED_REGIME if self.drift_at is not None and day >= self.drift_at else Regime()
+
+
+def world_config_from_settings(
+    settings: Settings,
+    *,
+    users: int = WorldConfig.users,
+    days: int = WorldConfig.days,
+    seed: int = WorldConfig.seed,
+    start_date: date = WorldConfig.start_date,
+    horizon_days: int | None = None,
+    drift_at: int | None = None,
+) -> WorldConfig:
+    """The world `churn generate` and the generate flow simulate. Its oracle forecasts churn over the platform's
+    label horizon (CHURN_LABEL_HORIZON_DAYS) unless `horizon_days` says otherwise, so that the oracle AUC a model
+    is measured against forecasts what the labels count."""
+    horizon = settings.label_horizon_days if horizon_days is None else horizon_days
+    return WorldConfig(
+        users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon, drift_at=drift_at
+    )
 
 
 @dataclass
