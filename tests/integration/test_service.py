@@ -33,6 +33,7 @@ from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.online import OnlineFeatures
 from churn_platform.serving import schemas
 from churn_platform.settings import Settings
+from churn_platform.training import registry
 
 SERVING_DB = 13  # a Redis database of its own
 RESPONSE_KEYS = {
@@ -280,7 +281,9 @@ def _arms(served: ServedWorld, user_ids: list[str]) -> dict[str, str]:
 
 def test_ab_assignment_is_sticky_across_restarts_and_splits_as_configured(served: ServedWorld, tmp_path: Path) -> None:
     name = f"ab-{uuid.uuid4().hex[:8]}"
-    records.start_experiment(served.database_url, name, served.versions["gradient_boosting"], 0.3)
+    registered = registry.model_references(served.settings.mlflow_tracking_uri or "", served.settings.model_name)
+    variant = served.versions["gradient_boosting"]
+    records.start_experiment(served.database_url, name, variant, 0.3, registered=registered)
     try:
         deadline = time.monotonic() + 2 * POLL_INTERVAL_S + 5
         while post(served.url, "/predict", {"user_id": served.users[0]})[1]["experiment"] != name:

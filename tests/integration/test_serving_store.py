@@ -16,15 +16,16 @@ import pytest
 from psycopg import sql
 
 from churn_platform import db
+from churn_platform.experiments import records
 from churn_platform.experiments.assignment import bucket
 from churn_platform.experiments.records import (
     ExperimentError,
     experiment_summary,
     list_experiments,
     running_experiment,
-    start_experiment,
     stop_experiment,
 )
+from churn_platform.model.aliases import ModelReferences
 from churn_platform.serving.prediction_log import (
     PredictionLogWriter,
     PredictionRecord,
@@ -33,6 +34,13 @@ from churn_platform.serving.prediction_log import (
 )
 
 T0 = datetime(2025, 6, 1, 12, tzinfo=UTC)
+NAIVE_SOON = datetime.now() + timedelta(days=1)  # a time without a zone: whose clock?
+# What the registry holds in these tests, which are about the records (the registry's side: test_experiment_start.py).
+REGISTERED = ModelReferences("churn", frozenset({"3", "4", "7"}), {"champion": "3", "challenger": "4"})
+
+
+def start_experiment(url: str, name: str, variant: str, variant_share: float, **options: Any) -> records.Experiment:
+    return records.start_experiment(url, name, variant, variant_share, registered=REGISTERED, **options)
 
 
 def _record(user_id: str, request_id: uuid.UUID | None = None, **overrides: Any) -> PredictionRecord:
@@ -152,6 +160,7 @@ def test_a_name_is_used_once(database_url: str) -> None:
         ({"name": "e", "variant": "champion", "variant_share": 0.5}, "both 'champion'"),
         ({"name": "e", "variant": "challenger", "variant_share": 0.5, "salt": ""}, "salt must be a non-empty"),
         ({"name": "e", "variant": "7", "variant_share": 0.5, "ends_at": T0}, "ends_at must be in the future"),
+        ({"name": "e", "variant": "7", "variant_share": 0.5, "ends_at": NAIVE_SOON}, "ends_at must be timezone-aware"),
     ],
 )
 def test_invalid_arguments_are_refused_naming_the_parameter(

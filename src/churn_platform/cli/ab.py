@@ -3,13 +3,14 @@ up within one poll interval)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from churn_platform.cli.output import connect, console, fail
+from churn_platform.experiments.records import planned_end
 from churn_platform.settings import get_settings
 
 ab_app = typer.Typer(
@@ -25,7 +26,8 @@ def ab_start(
     ] = "challenger",
     share: Annotated[float, typer.Option(help="Share of users sent to the variant, between 0 and 1.")] = 0.5,
     ends_at: Annotated[
-        datetime | None, typer.Option(help="Planned end (ISO time, UTC if no zone); default: until stopped.")
+        datetime | None,
+        typer.Option(parser=planned_end, help="Planned end (ISO 8601 time, UTC if no zone); default: until stopped."),
     ] = None,
     salt: Annotated[str | None, typer.Option(help="Assignment salt; default: random (reuse to reproduce).")] = None,
 ) -> None:
@@ -34,22 +36,19 @@ def ab_start(
     from churn_platform.training import registry
 
     settings = get_settings()
-    connections = connect(settings, mlflow=not variant.isdigit())
-    if not variant.isdigit():
-        version = registry.alias_version(connections.mlflow, settings.model_name, variant)
-        if version is None:
-            raise fail(f"--variant: model {settings.model_name} has no alias {variant!r}")
-    if ends_at is not None and ends_at.tzinfo is None:
-        ends_at = ends_at.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+    connections = connect(settings, mlflow=True)
     try:
         started = records.start_experiment(
-            connections.database_url, name, variant, share, ends_at=ends_at, salt=salt, created_by="churn ab start"
-        )
-    except records.ExperimentError as exc:
+            connections.database_url, name, variant, share,
+            registered=registry.model_references(connections.mlflow, settings.model_name),
+            ends_at=ends_at, salt=salt, created_by="churn ab start",
+        )  # fmt: skip
+    except (records.ExperimentError, registry.RegistryError) as exc:
         raise fail(str(exc)) from exc
+    until = f" until {started.ends_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if started.ends_at else ""
     console.print(
         f"experiment {started.name}: {started.variant_share:.0%} of users to {started.variant}, the rest to"
-        f" {started.control}; the service follows within {settings.serve_poll_interval_s:.0f} s"
+        f" {started.control}{until}; the service follows within {settings.serve_poll_interval_s:.0f} s"
     )
 
 

@@ -3,6 +3,9 @@
 At most one experiment runs at a time (a partial unique index backs this up). An experiment runs from its start
 until it is stopped or its planned end (`ends_at`) passes, whichever comes first: the service stops splitting
 traffic at `ends_at` on its own, and the next start (or stop) records that end as `stopped_at`.
+
+Every rule for starting one lives here, whoever starts it (the CLI, a flow, a notebook): the arguments, the arms'
+models as the registry holds them at the start, and the planned end.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from psycopg.rows import class_row
 
 from churn_platform import db
 from churn_platform.experiments.assignment import Arm, assign_arm
+from churn_platform.model.aliases import CHAMPION, ModelReferences, is_version_number
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +93,42 @@ class Experiment:
         return assign_arm(self.name, self.salt, user_id, self.variant_share)
 
 
+def planned_end(text: str) -> datetime:
+    """An experiment's planned end from ISO 8601 text (`2026-07-01`, `2026-07-01T18:00+02:00`, `...Z`).
+
+    A time written without a zone is UTC: the service and the database compare in UTC, wherever the command ran.
+    Raises ValueError for text that is not such a time (a command-line parser reports it against its option).
+    """
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"ends_at must be an ISO 8601 time such as 2026-07-01T18:00+02:00, got {text!r}") from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
 def start_experiment(
     url: str,
     name: str,
     variant: str,
     variant_share: float,
     *,
-    control: str = "champion",
+    registered: ModelReferences,
+    control: str = CHAMPION,
     ends_at: datetime | None = None,
     salt: str | None = None,
     created_by: str | None = None,
 ) -> Experiment:
     """Start an experiment sending `variant_share` of users to `variant` and the rest to `control`.
 
-    Refused (ExperimentError) when another experiment is running or `name` was used before: a name identifies one
-    experiment's log rows forever. The salt is random unless given; reusing a salt reproduces an assignment.
+    `registered` is what the model registry holds now (`training.registry.model_references`): `variant` and
+    `control` (an alias or a version number each) must name two different versions of it. Refused
+    (ExperimentError, naming the parameter) for invalid arguments, a naive or past `ends_at`, another experiment
+    running, or a `name` used before: a name identifies one experiment's log rows forever. The salt is random
+    unless given; reusing a salt reproduces an assignment.
     """
     salt = secrets.token_hex(16) if salt is None else salt
     _validate(name, variant, variant_share, control, ends_at, salt)
+    _check_arms(registered, variant, control)
     params = {
         "name": name, "control": control, "variant": variant, "variant_share": float(variant_share),
         "salt": salt, "ends_at": ends_at, "created_by": created_by,
@@ -214,6 +236,29 @@ def _arm_counts(
     }  # fmt: skip
 
 
+def _check_arms(registered: ModelReferences, variant: str, control: str) -> None:
+    """Each arm names a version the registry holds, and not the same one: the service would route a missing arm's
+    users to the champion, and two arms on one version compare nothing."""
+    versions = {}
+    for parameter, reference in (("variant", variant), ("control", control)):
+        version = registered.resolve(reference)
+        if version is None:
+            if is_version_number(reference):
+                kind, kinds, known = "version", "versions", sorted(registered.versions, key=int)
+            else:
+                kind, kinds, known = "alias", "aliases", sorted(registered.aliases)
+            raise ExperimentError(
+                f"{parameter}: model {registered.model_name} has no {kind} {reference!r}"
+                f" (its {kinds}: {', '.join(known) or 'none'})"
+            )
+        versions[parameter] = version
+    if versions["variant"] == versions["control"]:
+        raise ExperimentError(
+            f"variant {variant!r} and control {control!r} are both version {versions['variant']} of"
+            f" {registered.model_name}: an experiment compares two models"
+        )
+
+
 def _validate(name: str, variant: str, variant_share: float, control: str, ends_at: datetime | None, salt: str) -> None:
     """Refuse arguments the table would refuse, with the parameter's name in the message."""
     for parameter, value in (("name", name), ("variant", variant), ("control", control), ("salt", salt)):
@@ -226,7 +271,7 @@ def _validate(name: str, variant: str, variant_share: float, control: str, ends_
     if not 0 < variant_share < 1:
         raise ExperimentError(f"variant_share must be strictly between 0 and 1, got {variant_share!r}")
     if ends_at is not None:
-        if ends_at.tzinfo is None:
-            raise ExperimentError(f"ends_at must be timezone-aware, got {ends_at!r}")
+        if ends_at.tzinfo is None or ends_at.utcoffset() is None:
+            raise ExperimentError(f"ends_at must be timezone-aware (a naive time is ambiguous), got {ends_at!r}")
         if ends_at <= datetime.now(UTC):
             raise ExperimentError(f"ends_at must be in the future, got {ends_at.isoformat()}")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from churn_platform.model.aliases import is_version_number
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 from churn_platform.model.moved_modules import resolve_moved_modules
 from churn_platform.model.scoring import Scorer, compile_scorer
@@ -228,7 +229,11 @@ class ModelSet:
     def _resolve(self, references: Sequence[str]) -> dict[str, str]:
         """Reference -> version: a version number stands for itself, an alias is looked up (one registry call)."""
         aliases = self.aliases()
-        return {ref: ref if ref.isdigit() else aliases[ref] for ref in references if ref.isdigit() or ref in aliases}
+        return {
+            ref: ref if is_version_number(ref) else aliases[ref]
+            for ref in references
+            if is_version_number(ref) or ref in aliases
+        }
 
     def _registry_aliases(self) -> dict[str, str]:
         from mlflow import MlflowClient

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from churn_platform.model.aliases import CHALLENGER, CHAMPION, PREVIOUS
+from churn_platform.model.aliases import CHALLENGER, CHAMPION, PREVIOUS, ModelReferences
 from churn_platform.model.moved_modules import resolve_moved_modules
 from churn_platform.training.evaluation import write_plots
 from churn_platform.training.trainer import TEST_ROW_KEYS, TrainedModel
@@ -237,6 +237,25 @@ def _registered(client: Any, found: Any, aliases: dict[str, str] | None = None) 
         tags=dict(found.tags or {}),
         created_at=datetime.fromtimestamp(found.creation_timestamp / 1000, tz=UTC),
     )
+
+
+def model_references(tracking_uri: str, model_name: str) -> ModelReferences:
+    """The model's versions and alias map, read once (empty for a model not registered yet).
+
+    A registry that does not answer raises RegistryError: it must never read as "no such version".
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    client = _client(tracking_uri)
+    try:
+        aliases = {alias: str(v) for alias, v in client.get_registered_model(model_name).aliases.items()}
+        versions = frozenset(str(v.version) for v in client.search_model_versions(f"name = '{model_name}'"))
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return ModelReferences(model_name, frozenset(), {})
+        raise RegistryError(f"the MLflow registry at {tracking_uri} did not answer: {exc}") from exc
+    return ModelReferences(model_name, versions, aliases)
 
 
 def load_model(tracking_uri: str, model_name: str, version: str) -> Any:
