@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from churn_platform.data.arrow_copy import HEADER, TRAILER, encode_rows
-from churn_platform.data.ingest.contract import EVENTS, USERS, ContractError, check_columns, check_schema
-from churn_platform.data.ingest.sources import estimate_rows
+from churn_platform.data.ingest.contract import EVENTS, USERS, Contract, ContractError, check_columns, check_schema
+from churn_platform.data.ingest.sources import estimate_rows, iter_chunks, open_source
 from churn_platform.data.ingest.validation import (
     ChunkContext,
     Problem,
+    ValidatedChunk,
     cast_or_null,
     parse_float,
     parse_text,
@@ -64,9 +66,36 @@ def test_a_repeated_column_is_rejected() -> None:
         check_columns(USERS, ["user_id", "plan", "user_id"], "users.csv")
 
 
-def test_optional_columns_may_be_absent() -> None:
-    check_columns(EVENTS, ["event_timestamp", "user_id", "event_type"], "events.csv")
-    check_columns(USERS, ["user_id"], "users.csv")
+def _read(path: Path, contract: Contract, timezone: str | None = None) -> ValidatedChunk:
+    """A file checked and read as a load reads it: its shape, then its one chunk parsed into contract types."""
+    source = open_source(path, contract, timezone=timezone)
+    (batch,) = list(iter_chunks(source, chunk_rows=1_000))
+    return validate_chunk(contract, batch, ChunkContext(source.name, 1, timezone, NOW))
+
+
+def test_optional_columns_may_be_absent(tmp_path: Path) -> None:
+    # Given files with only the required columns (in another order than the contract's)
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "event_timestamp,user_id,event_type\n2024-01-05T10:00:00Z,u1,login\n2024-01-06T10:00+01:00,42,cancel\n"
+    )
+    users = tmp_path / "users.csv"
+    users.write_text("user_id\nu1\n42\n")
+
+    # When they are read
+    read_events, read_users = _read(events, EVENTS), _read(users, USERS)
+
+    # Then every row loads with its values, and each absent optional column is there as NULL
+    assert read_events.good.tolist() == [True, True]
+    assert read_events.values["user_id"].to_pylist() == ["u1", "42"]
+    assert read_events.values["event_type"].to_pylist() == ["login", "cancel"]
+    assert read_events.values["event_timestamp"].to_pylist() == [_utc(2024, 1, 5, 10), _utc(2024, 1, 6, 9)]
+    assert read_events.values["value"].to_pylist() == [None, None]
+    assert read_events.values["event_id"].to_pylist() == [None, None]
+    assert read_users.good.tolist() == [True, True]
+    assert read_users.values["user_id"].to_pylist() == ["u1", "42"]
+    optional = [c.name for c in USERS.columns if not c.required]
+    assert {name: read_users.values[name].to_pylist() for name in optional} == {name: [None, None] for name in optional}
 
 
 @pytest.mark.parametrize(
@@ -86,19 +115,38 @@ def test_a_parquet_column_of_the_wrong_type_is_rejected(field: pa.Field, message
         check_schema(EVENTS, pa.schema(fields), "events.parquet", timezone=None)
 
 
-def test_parquet_types_the_contract_can_hold_are_accepted() -> None:
-    schema = pa.schema(
+def test_parquet_types_the_contract_can_hold_are_accepted(tmp_path: Path) -> None:
+    # Given a Parquet file whose columns are not text or UTC timestamps, but types the contract can hold
+    table = pa.table(
         {
-            "user_id": pa.int64(),  # integer ids load as their decimal text
-            "event_type": pa.dictionary(pa.int8(), pa.string()),
-            "event_timestamp": pa.timestamp("ns", "Europe/Paris"),
-            "value": pa.decimal128(10, 2),
-            "event_id": pa.large_string(),
+            "user_id": pa.array([42, 7], pa.int64()),  # integer ids load as their decimal text
+            "event_type": pa.array(["login", "cancel"]).dictionary_encode(),
+            "event_timestamp": pa.array([datetime(2024, 1, 5, 10), datetime(2024, 7, 5, 10)], pa.timestamp("ns"))
+            .cast(pa.timestamp("ns", "UTC"))
+            .cast(pa.timestamp("ns", "Europe/Paris")),
+            "value": pa.array([Decimal("12.50"), None], pa.decimal128(10, 2)),
+            "event_id": pa.array(["e1", "e2"], pa.large_string()),
         }
     )
-    check_schema(EVENTS, schema, "events.parquet", timezone=None)
-    naive = schema.set(2, pa.field("event_timestamp", pa.timestamp("us")))
-    check_schema(EVENTS, naive, "events.parquet", timezone="Europe/Paris")
+    pq.write_table(table, tmp_path / "events.parquet")
+
+    # When it is read, the values are the file's, in the contract's types
+    read = _read(tmp_path / "events.parquet", EVENTS)
+    assert read.good.tolist() == [True, True]
+    assert read.values["user_id"].to_pylist() == ["42", "7"]
+    assert read.values["event_type"].to_pylist() == ["login", "cancel"]
+    assert read.values["event_timestamp"].to_pylist() == [_utc(2024, 1, 5, 10), _utc(2024, 7, 5, 10)]
+    assert read.values["value"].to_pylist() == [12.5, None]
+    assert read.values["event_id"].to_pylist() == ["e1", "e2"]
+
+    # And naive timestamps, with the zone they are in, are read in that zone (winter and summer offsets)
+    naive = table.set_column(
+        2, "event_timestamp", pa.array([datetime(2024, 1, 5, 10), datetime(2024, 7, 5, 10)], pa.timestamp("us"))
+    )
+    pq.write_table(naive, tmp_path / "naive.parquet")
+    read_naive = _read(tmp_path / "naive.parquet", EVENTS, timezone="Europe/Paris")
+    assert read_naive.good.tolist() == [True, True]
+    assert read_naive.values["event_timestamp"].to_pylist() == [_utc(2024, 1, 5, 9), _utc(2024, 7, 5, 8)]
 
 
 # --- timestamps --------------------------------------------------------------------------------------------------
