@@ -80,8 +80,7 @@ def test_training_set_equals_a_brute_force_as_of_join(feast_settings: Settings, 
         churn_at = cancels.get(key[0])
         assert record["churned"] == (churn_at is not None and churn_at <= key[1] + timedelta(days=HORIZON)), key
         for name, value in labelled[key].items():
-            if name not in record:
-                continue
+            assert name in record, f"feature {name} is missing from the training set"
             got = record[name]
             got = None if got is None or (isinstance(got, float) and pd.isna(got)) else got
             if isinstance(value, float):
