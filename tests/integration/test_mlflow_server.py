@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -65,7 +66,8 @@ def test_a_run_round_trips_its_metric_and_a_proxied_artifact(
 
 
 def test_a_registered_model_loads_by_its_alias(stack_settings: Settings, mlflow_tracking: str) -> None:
-    # Given a tiny model logged and registered through the server
+    # Given a tiny model logged and registered through the server, under a name no other test uses
+    name = f"churn-test-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(7)
     features = rng.normal(size=(40, 3))
     labels = (features[:, 0] > 0).astype(int)
@@ -75,21 +77,23 @@ def test_a_registered_model_loads_by_its_alias(stack_settings: Settings, mlflow_
         logged = mlflow.sklearn.log_model(
             model,
             name="model",
-            registered_model_name="churn-test",
+            registered_model_name=name,
             pip_requirements=[f"scikit-learn=={sklearn.__version__}"],  # skips requirement inference
         )
 
     # When the version gets the alias `champion`
     client = MlflowClient()
-    client.set_registered_model_alias("churn-test", "champion", str(logged.registered_model_version))
+    client.set_registered_model_alias(name, "champion", str(logged.registered_model_version))
 
-    # Then `models:/churn-test@champion` resolves to that version and loads a model that predicts as trained
-    assert client.get_model_version_by_alias("churn-test", "champion").version == str(logged.registered_model_version)
-    loaded = mlflow.sklearn.load_model("models:/churn-test@champion")
+    # Then `models:/<name>@champion` resolves to that version, the first of the model, and loads a model that
+    # predicts as trained
+    assert str(logged.registered_model_version) == "1"
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    loaded = mlflow.sklearn.load_model(f"models:/{name}@champion")
     np.testing.assert_allclose(loaded.predict_proba(features), model.predict_proba(features))
     with psycopg.connect(_mlflow_database(stack_settings)) as conn:
-        aliases = conn.execute("SELECT name, alias FROM registered_model_aliases").fetchall()
-    assert aliases == [("churn-test", "champion")]
+        aliases = conn.execute("SELECT name, alias, version FROM registered_model_aliases WHERE name = %s", (name,))
+        assert aliases.fetchall() == [(name, "champion", 1)]
 
 
 def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
