@@ -86,13 +86,16 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def post(url: str, route: str, body: Any) -> tuple[int, Any]:
-    """POST JSON (or raw bytes) and return the status and the decoded body."""
+def post(url: str, route: str, body: Any, timeout_s: float = 60.0) -> tuple[int, Any]:
+    """POST JSON (or raw bytes) and return the status and the decoded body.
+
+    Raises on a refused or reset connection, a timeout, and an answer whose body is not JSON.
+    """
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(f"{url}{route}", data=data, headers={"Content-Type": "application/json"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(request, timeout=60) as response:
+        with opener.open(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

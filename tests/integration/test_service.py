@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def _move_alias(served: ServedWorld, alias: str, version: str) -> None:
 
 def _wait_until_served_by(served: ServedWorld, version: str, timeout_s: float = 4 * POLL_INTERVAL_S + 5) -> None:
     deadline = time.monotonic() + timeout_s
-    while post(served.url, "/predict", {"user_id": served.users[0]})[1]["model_version"] != version:
+    while post(served.url, "/predict", {"user_id": served.users[0]})[1].get("model_version") != version:
         assert time.monotonic() < deadline, f"version {version} did not start answering within {timeout_s} s"
         time.sleep(0.1)
 
@@ -178,21 +179,58 @@ def test_a_known_user_without_features_is_said_so_not_scored(served: ServedWorld
     assert all(f["status"] == "missing" and f["value"] is None for f in body["features"].values())
 
 
+TRAFFIC_TIMEOUT_S = 5.0  # a /predict slower than this counts as a failed request
+TRAFFIC_FLOOR = 20  # requests each phase of a hot-swap test must see, so the traffic provably ran throughout
+
+
+@dataclass(frozen=True)
+class Request:
+    """One /predict of the background traffic: when it started, and its status and model version, or what
+    went wrong (a refused or reset connection, a timeout, a body that is not JSON)."""
+
+    started: float
+    status: int | None
+    version: str | None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.status != 200 or self.version is None
+
+
 class Traffic:
-    """Requests in a loop on a thread, recording (time, status, model version) of each."""
+    """/predict in a loop on a thread, recording every request, failed or not (nothing it meets ends the loop)."""
 
     def __init__(self, served: ServedWorld) -> None:
         self.served = served
-        self.seen: list[tuple[float, int, str | None]] = []
+        self.seen: list[Request] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         i = 0
         while not self._stop.is_set():
-            status, body = post(self.served.url, "/predict", {"user_id": self.served.users[i % 50]})
-            self.seen.append((time.monotonic(), status, body.get("model_version")))
+            started = time.monotonic()
+            user = {"user_id": self.served.users[i % 50]}
+            try:
+                status, body = post(self.served.url, "/predict", user, timeout_s=TRAFFIC_TIMEOUT_S)
+            except Exception as exc:  # connection errors, timeouts, a 5xx whose body is not JSON: all failures
+                self.seen.append(Request(started, None, None, f"{type(exc).__name__}: {exc}"))
+            else:
+                version = body.get("model_version") if isinstance(body, dict) else None
+                self.seen.append(Request(started, status, version, None if status == 200 else str(body)[:200]))
             i += 1
+
+    def failures(self) -> list[Request]:
+        return [request for request in self.seen if request.failed]
+
+    def wait_for(self, count: Callable[[list[Request]], int], at_least: int, timeout_s: float = 30.0) -> None:
+        """Wait until `count(requests seen)` reaches `at_least`; fail after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while count(list(self.seen)) < at_least:
+            assert self._thread.is_alive(), "the traffic thread stopped"
+            assert time.monotonic() < deadline, f"the traffic did not reach {at_least} within {timeout_s} s"
+            time.sleep(0.05)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -204,18 +242,26 @@ class Traffic:
 
 
 def test_an_alias_move_is_served_within_two_poll_intervals_without_a_failed_request(served: ServedWorld) -> None:
-    boosted = served.versions["gradient_boosting"]
+    boosted, champion = served.versions["gradient_boosting"], _champion(served)
     try:
         with Traffic(served) as traffic:
-            time.sleep(0.5)
-            _move_alias(served, "champion", boosted)  # as a click in the MLflow UI does
+            # Given traffic answered by the champion
+            traffic.wait_for(lambda seen: sum(r.version == champion for r in seen), TRAFFIC_FLOOR)
+
+            # When champion moves, as a click in the MLflow UI does
+            _move_alias(served, "champion", boosted)
             moved_at = time.monotonic()
-            _wait_until_served_by(served, boosted)
-            time.sleep(0.5)
-        first_new = min(t for t, _, version in traffic.seen if version == boosted)
+
+            # Then the traffic is answered by the new version, and goes on being answered by it
+            traffic.wait_for(lambda seen: sum(r.version == boosted for r in seen), TRAFFIC_FLOOR)
+        seen = traffic.seen
+        assert traffic.failures() == [], f"{len(traffic.failures())} of {len(seen)} requests failed"
+        before = [r for r in seen if r.started < moved_at]
+        first_new = min(r.started for r in seen if r.version == boosted)
+        assert len(before) >= TRAFFIC_FLOOR and sum(r.started > first_new for r in seen) >= TRAFFIC_FLOOR - 1
         assert first_new - moved_at <= 2 * POLL_INTERVAL_S
-        assert all(status == 200 for _, status, _ in traffic.seen), {s for _, s, _ in traffic.seen}
-        assert len(traffic.seen) > 20
+        # Once the new version answers, the old one never answers again (one swap, not a flip-flop)
+        assert all(r.version == boosted for r in seen if r.started > first_new)
 
         # The tree model explains itself with TreeSHAP, exactly additive in log-odds
         body = post(served.url, "/explain", {"user_id": served.users[5]})[1]
@@ -224,8 +270,8 @@ def test_an_alias_move_is_served_within_two_poll_intervals_without_a_failed_requ
         total = body["base_value"] + sum(c["contribution"] for c in body["contributions"])
         assert total == pytest.approx(math.log(p / (1 - p)), abs=1e-9)
     finally:
-        _move_alias(served, "champion", _champion(served))
-        _wait_until_served_by(served, _champion(served))
+        _move_alias(served, "champion", champion)
+        _wait_until_served_by(served, champion)
 
 
 def _register_broken_version(served: ServedWorld) -> str:
@@ -252,21 +298,41 @@ def _register_broken_version(served: ServedWorld) -> str:
     return str(info.registered_model_version)
 
 
+def _refusals(served: ServedWorld, version: str) -> list[tuple[str, str]]:
+    with psycopg.connect(served.database_url) as conn:
+        return conn.execute(
+            "SELECT kind, message FROM serving.alerts WHERE subject LIKE %s", (f"% version {version} %",)
+        ).fetchall()
+
+
 def test_a_broken_version_is_refused_and_the_last_good_one_keeps_serving(served: ServedWorld) -> None:
-    broken = _register_broken_version(served)
+    broken, champion = _register_broken_version(served), _champion(served)
     try:
         with Traffic(served) as traffic:
+            traffic.wait_for(len, TRAFFIC_FLOOR)
+            moved_at = time.monotonic()
             _move_alias(served, "champion", broken)
-            time.sleep(3 * POLL_INTERVAL_S)
-        assert all(status == 200 and version == _champion(served) for _, status, version in traffic.seen)
-        with psycopg.connect(served.database_url) as conn:
-            alerts = conn.execute(
-                "SELECT kind, message FROM serving.alerts WHERE subject LIKE %s", (f"% version {broken} %",)
-            ).fetchall()
+
+            # The service refuses the version on its next poll, and says so once
+            deadline = time.monotonic() + 4 * POLL_INTERVAL_S + 5
+            while not _refusals(served, broken):
+                assert time.monotonic() < deadline, f"no refusal of version {broken} was recorded"
+                time.sleep(0.1)
+            refused_at = time.monotonic()
+            # Traffic goes on past two more polls after the refusal: the broken version is not swapped in later
+            traffic.wait_for(
+                lambda seen: sum(r.started > refused_at + 2 * POLL_INTERVAL_S for r in seen), TRAFFIC_FLOOR
+            )
+        seen = traffic.seen
+        assert traffic.failures() == [], f"{len(traffic.failures())} of {len(seen)} requests failed"
+        assert sum(r.started < moved_at for r in seen) >= TRAFFIC_FLOOR
+        assert sum(moved_at <= r.started <= refused_at for r in seen) >= 1
+        assert {r.version for r in seen} == {champion}
+        alerts = _refusals(served, broken)
         assert [kind for kind, _ in alerts] == ["model_refused"]
         assert "smoke prediction" in alerts[0][1]
     finally:
-        _move_alias(served, "champion", _champion(served))
+        _move_alias(served, "champion", champion)
 
 
 def _arms(served: ServedWorld, user_ids: list[str]) -> dict[str, str]:
