@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from typing import Any
 
 import bentoml
@@ -21,11 +22,13 @@ from churn_platform.serving.http_fixes import ApiContractMiddleware, cancel_requ
 from churn_platform.serving.metrics import prometheus_text
 from churn_platform.serving.predictor import ChurnPredictor, UnknownUserError
 from churn_platform.serving.routing import ServiceUnavailableError
-from churn_platform.serving.service_config import PREDICTION_ROUTES, service_options
+from churn_platform.serving.service_config import PREDICTION_ROUTES, REGISTRY_CLIENT_ENVIRONMENT, service_options
 from churn_platform.settings import get_settings
 
 log = logging.getLogger("churn_platform.service")
 settings = get_settings()
+for _name, _value in REGISTRY_CLIENT_ENVIRONMENT.items():  # short registry polls during an outage
+    os.environ.setdefault(_name, _value)
 cancel_request_timers()  # BentoML 1.4's per-request timer leak: see churn_platform.serving.http_fixes
 require_request_bodies()  # and its OpenAPI document's optional request bodies
 # One request scores one user (or a batch) on one core: OpenMP threads in scikit-learn's predict only add

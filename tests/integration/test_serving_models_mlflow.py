@@ -25,6 +25,7 @@ from churn_platform.model.candidates import fit_candidate
 from churn_platform.model.encoding import FeatureEncoder
 from churn_platform.monitoring import alerts
 from churn_platform.serving.models import LoadedModel, ModelSet, load_version
+from churn_platform.serving.service_config import REGISTRY_CLIENT_ENVIRONMENT
 from churn_platform.settings import Settings
 from churn_platform.training import registry
 
@@ -34,10 +35,6 @@ ROWS: list[dict[str, Any]] = [
     {"logins": 9.0, "plan": "b"},
     {"logins": None, "plan": None},
 ]
-# MLflow's client retries a refused connection with exponential backoff: with its defaults (7 retries, factor 2) one
-# alias read against a stopped server took 257 s in our measurement, and so does each poll of the service. One quick
-# retry keeps these polls short; how the service should configure MLflow's client is another question.
-CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 @dataclass
@@ -99,7 +96,7 @@ def tracking(own_registry: OwnRegistry, monkeypatch: pytest.MonkeyPatch) -> Iter
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    for name, value in CLIENT_RETRIES.items():
+    for name, value in REGISTRY_CLIENT_ENVIRONMENT.items():  # as the service configures MLflow's client
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     # Training (`registry.log_and_register`) sets MLflow's process-wide registry URI to the session's server, and

@@ -16,6 +16,15 @@ from churn_platform.settings import Settings
 
 PREDICTION_ROUTES = ("/predict", "/predict_batch", "/explain")
 REQUEST_TIMEOUT_S = 60
+# MLflow's client retries a refused connection with exponential backoff: with its defaults (7 retries, factor 2)
+# one alias read against a stopped registry took 257 s, and so would each of the service's polls during an outage
+# (the alert and the experiment and feature-clock updates that share the poll would wait that long). The service
+# asks once more, quickly, and lets the next poll try again. Variables already set in the environment win.
+REGISTRY_CLIENT_ENVIRONMENT = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def observability_options(settings: Settings, routes: tuple[str, ...] = PREDICTION_ROUTES) -> dict[str, Any]:
