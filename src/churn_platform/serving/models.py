@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,7 @@ import numpy.typing as npt
 
 from churn_platform.model.aliases import is_version_number
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
-from churn_platform.model.moved_modules import resolve_moved_modules
+from churn_platform.model.registered import load_pipeline
 from churn_platform.model.scoring import Scorer, compile_scorer
 
 log = logging.getLogger(__name__)
@@ -133,23 +132,12 @@ def _explainer(loaded: LoadedModel) -> Any:
 
 def load_version(tracking_uri: str, name: str, version: str) -> LoadedModel:
     """Download and load one registered version (scikit-learn flavour, skops with its listed trusted types)."""
-    import mlflow.artifacts
-    import mlflow.sklearn
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         details = client.get_model_version(name, version)
-        # Download through this registry's server explicitly: `models:/` URIs would resolve through MLflow's
-        # process-wide tracking URI, which may be unset (and then default to a local SQLite file).
-        with tempfile.TemporaryDirectory(prefix="churn-model-") as folder:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=client.get_model_version_download_uri(name, version),
-                tracking_uri=tracking_uri,
-                dst_path=folder,
-            )
-            resolve_moved_modules()  # a version registered before our types moved names their old modules
-            model = mlflow.sklearn.load_model(local)
+        model = load_pipeline(tracking_uri, name, version)
     except Exception as exc:
         raise ModelLoadError(f"version {version} of {name} could not be loaded: {exc}") from exc
     steps = getattr(model, "named_steps", {})

@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from churn_platform.model.aliases import CHAMPION
+from churn_platform.model.registered import load_pipeline
 from churn_platform.training import registry
 from churn_platform.training.split import utc_days
 
@@ -121,8 +122,8 @@ def paired_comparison(
             f" cannot be compared with champion version {champion.version} on the same rows: retrain it, or pass"
             " --force to promote anyway"
         )
-    candidate_model = registry.load_model(tracking_uri, candidate.name, candidate.version)
-    champion_model = registry.load_model(tracking_uri, champion.name, champion.version)
+    candidate_model = load_pipeline(tracking_uri, candidate.name, candidate.version)
+    champion_model = load_pipeline(tracking_uri, champion.name, champion.version)
     try:
         return compare_on_rows(rows, candidate_model, champion_model, candidate=candidate, champion=champion)
     except ValueError as exc:

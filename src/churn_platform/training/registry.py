@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 
 from churn_platform.model.aliases import CHALLENGER, CHAMPION, PREVIOUS, ModelReferences
-from churn_platform.model.moved_modules import resolve_moved_modules
 from churn_platform.training.evaluation import write_plots
 from churn_platform.training.trainer import TEST_ROW_KEYS, TrainedModel
 
@@ -256,25 +255,6 @@ def model_references(tracking_uri: str, model_name: str) -> ModelReferences:
             return ModelReferences(model_name, frozenset(), {})
         raise RegistryError(f"the MLflow registry at {tracking_uri} did not answer: {exc}") from exc
     return ModelReferences(model_name, versions, aliases)
-
-
-def load_model(tracking_uri: str, model_name: str, version: str) -> Any:
-    """A registered version's scikit-learn pipeline, downloaded through this registry's server.
-
-    (`models:/` URIs would resolve through MLflow's process-wide tracking URI, which may point elsewhere.)
-    """
-    import mlflow.artifacts
-    import mlflow.sklearn
-
-    client = _client(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="churn-model-") as folder:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=client.get_model_version_download_uri(model_name, version),
-            tracking_uri=tracking_uri,
-            dst_path=folder,
-        )
-        resolve_moved_modules()  # a champion registered before our types moved names their old modules
-        return mlflow.sklearn.load_model(local)
 
 
 def logged_test_rows(tracking_uri: str, run_id: str) -> pd.DataFrame | None:
