@@ -15,21 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
+from tests.small_models import FEATURES, small_pipeline
 
 from churn_platform import stack
-from churn_platform.model.candidates import fit_candidate
-from churn_platform.model.encoding import FeatureEncoder
 from churn_platform.monitoring import alerts
 from churn_platform.serving.models import LoadedModel, ModelSet, load_version
 from churn_platform.serving.service_config import REGISTRY_CLIENT_ENVIRONMENT
 from churn_platform.settings import Settings
 from churn_platform.training import registry
 
-FEATURES = ["logins", "plan"]
 ROWS: list[dict[str, Any]] = [
     {"logins": 3.0, "plan": "a"},
     {"logins": 9.0, "plan": "b"},
@@ -107,16 +104,6 @@ def tracking(own_registry: OwnRegistry, monkeypatch: pytest.MonkeyPatch) -> Iter
     mlflow.set_tracking_uri(None)
 
 
-def _pipeline(seed: int) -> Any:
-    """The platform's encode -> calibrated classifier pipeline, fitted on a small frame."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"logins": rng.poisson(5, 400).astype(float), "plan": rng.choice(["a", "b"], 400)})
-    y = (rng.random(400) < 1 / (1 + np.exp(frame["logins"] - 5))).astype(np.int64)
-    encoder = FeatureEncoder(numeric=["logins"], categorical=["plan"]).fit(frame)
-    x = encoder.transform(frame)
-    return fit_candidate("logistic_regression", encoder, x[:200], y[:200], x[200:], y[200:], seed).model
-
-
 def _register(model_name: str, model: Any) -> str:
     """Log `model` and register it as a new version, as training does (skops, trusted types listed)."""
     import mlflow
@@ -189,7 +176,7 @@ def test_a_stopped_registry_keeps_the_last_good_model_alerts_once_and_recovers(
     served: Served, own_registry: OwnRegistry, tracking: str
 ) -> None:
     # Given a champion loaded from the running server
-    first, second = _register(served.model_name, _pipeline(1)), _register(served.model_name, _pipeline(2))
+    first, second = _register(served.model_name, small_pipeline(1)), _register(served.model_name, small_pipeline(2))
     _set_alias(tracking, served.model_name, "champion", first)
     assert served.models.refresh(["champion"]) == {"champion": first}
     before = _predictions(served.models.current()["champion"])
@@ -225,7 +212,7 @@ def test_a_version_that_fails_to_load_is_refused_once_and_never_retried_by_later
     # Given a champion, then a version that is not the platform's pipeline (a bare classifier) given the alias
     from sklearn.linear_model import LogisticRegression
 
-    good = _register(served.model_name, _pipeline(1))
+    good = _register(served.model_name, small_pipeline(1))
     _set_alias(tracking, served.model_name, "champion", good)
     assert served.models.refresh(["champion"]) == {"champion": good}
     bare = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([0, 0, 1, 1]))
@@ -248,7 +235,10 @@ def test_a_deleted_alias_stops_being_served(served: Served, tracking: str) -> No
     from mlflow import MlflowClient
 
     # Given a champion and a challenger both served
-    champion, challenger = _register(served.model_name, _pipeline(1)), _register(served.model_name, _pipeline(2))
+    champion, challenger = (
+        _register(served.model_name, small_pipeline(1)),
+        _register(served.model_name, small_pipeline(2)),
+    )
     _set_alias(tracking, served.model_name, "champion", champion)
     _set_alias(tracking, served.model_name, "challenger", challenger)
     assert served.models.refresh(["champion", "challenger"]) == {"champion": champion, "challenger": challenger}
@@ -263,7 +253,7 @@ def test_a_deleted_alias_stops_being_served(served: Served, tracking: str) -> No
 
 
 def test_version_numbers_and_aliases_resolve_to_the_same_loaded_model(served: Served, tracking: str) -> None:
-    version = _register(served.model_name, _pipeline(3))
+    version = _register(served.model_name, small_pipeline(3))
     _set_alias(tracking, served.model_name, "champion", version)
 
     assert served.models.refresh(["champion", version]) == {"champion": version, version: version}

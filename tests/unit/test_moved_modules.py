@@ -6,23 +6,10 @@ import io
 import zipfile
 
 import numpy as np
-import pandas as pd
 import skops.io
-from sklearn.pipeline import Pipeline
+from tests.small_models import small_frame, small_pipeline
 
-from churn_platform.model.candidates import fit_candidate
 from churn_platform.model.encoding import FeatureEncoder
-
-
-def _pipeline() -> tuple[Pipeline, pd.DataFrame]:
-    rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"logins": rng.poisson(5, 300).astype(float), "plan": rng.choice(["a", "b"], 300)})
-    y = (rng.random(300) < 1 / (1 + np.exp(frame["logins"] - 5))).astype(np.int64)
-    encoder = FeatureEncoder(numeric=["logins"], categorical=["plan"]).fit(frame)
-    x = encoder.transform(frame)
-    fitted = fit_candidate("logistic_regression", encoder, x[:150], y[:150], x[150:], y[150:], 3)
-    return fitted.model, frame
-
 
 # Where our types lived before the model package: a saved model names them by these paths.
 MOVED_MODULES = {
@@ -48,7 +35,7 @@ def _as_registered_before_the_move(archive: bytes) -> bytes:
 
 def test_a_model_saved_under_the_old_module_paths_loads_and_scores_the_same() -> None:
     # Given a pipeline saved as a version registered before the move would have been
-    model, frame = _pipeline()
+    model, (frame, _) = small_pipeline(3, rows=300), small_frame(3, rows=300)
     old = _as_registered_before_the_move(skops.io.dumps(model))
     names = skops.io.get_untrusted_types(data=old)
     assert any(name.startswith("churn_platform.training.") for name in names)  # the archive names the old paths

@@ -8,24 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from tests.small_models import FEATURES, small_pipeline
 
 from churn_platform.model.candidates import fit_candidate
 from churn_platform.model.encoding import FeatureEncoder
 from churn_platform.serving.models import LoadedModel, ModelLoadError, ModelSet, smoke_check, smoke_rows
 
-FEATURES = ["logins", "plan"]
-
-
-def _pipeline(seed: int) -> Any:
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"logins": rng.poisson(5, 400).astype(float), "plan": rng.choice(["a", "b"], 400)})
-    y = (rng.random(400) < 1 / (1 + np.exp(frame["logins"] - 5))).astype(np.int64)
-    encoder = FeatureEncoder(numeric=["logins"], categorical=["plan"]).fit(frame)
-    x = encoder.transform(frame)
-    return fit_candidate("logistic_regression", encoder, x[:200], y[:200], x[200:], y[200:], seed).model
-
-
-GOOD = {"1": _pipeline(1), "2": _pipeline(2)}
+GOOD = {"1": small_pipeline(1), "2": small_pipeline(2)}
 
 
 class Registry:
@@ -103,7 +92,7 @@ def test_a_version_that_fails_to_load_is_refused_once_and_the_last_good_keeps_se
 def test_a_version_that_fails_its_smoke_prediction_is_refused(
     models: ModelSet, registry: Registry, alerts: list[tuple[str, str, str]]
 ) -> None:
-    broken = _pipeline(3)
+    broken = small_pipeline(3)
     broken.named_steps["classify"].predict_proba = lambda x: np.full((len(x), 2), np.nan)
     registry.models["4"] = broken
     models.refresh(["champion"])
