@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from churn_platform import db, stack
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, get_settings
 
 
 def _with_database(url: str, database: str) -> str:
@@ -120,6 +120,15 @@ def make_database(server_url: str) -> Iterator[Callable[[], str]]:
 def database_url(make_database: Callable[[], str]) -> str:
     """A fresh, schema-initialised database for one test."""
     return make_database()
+
+
+@pytest.fixture
+def platform_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The platform's settings (as the CLI and the flows read them) pointed at the test's database."""
+    monkeypatch.setenv("CHURN_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield database_url
+    get_settings.cache_clear()
 
 
 @pytest.fixture

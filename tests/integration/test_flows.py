@@ -27,17 +27,8 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-def flow_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The flows' settings pointed at the test's database."""
-    monkeypatch.setenv("CHURN_DATABASE_URL", database_url)
-    get_settings.cache_clear()
-    yield database_url
-    get_settings.cache_clear()
-
-
 def test_the_ingest_flows_load_files_and_publish_a_summary_artifact(
-    prefect_server: None, flow_database: str, tmp_path: Path
+    prefect_server: None, platform_database: str, tmp_path: Path
 ) -> None:
     # Given a users file and an events file with one bad row
     users = tmp_path / "users.csv"
@@ -51,7 +42,7 @@ def test_the_ingest_flows_load_files_and_publish_a_summary_artifact(
 
     # Then the rows are in the platform database
     assert (users_summary.rows_loaded, events_summary.rows_loaded, events_summary.rows_quarantined) == (2, 2, 1)
-    with psycopg.connect(flow_database) as conn:
+    with psycopg.connect(platform_database) as conn:
         loaded = conn.execute("SELECT user_id, event_timestamp FROM raw.events ORDER BY 1").fetchall()
     assert loaded == [("u1", datetime(2024, 1, 5, 9, tzinfo=UTC)), ("u2", datetime(2024, 1, 5, 10, tzinfo=UTC))]
     # And each flow left a markdown artifact with its summary
@@ -60,13 +51,13 @@ def test_the_ingest_flows_load_files_and_publish_a_summary_artifact(
     assert any(f"events load {events_summary.load_id}" in str(a.data) for a in artifacts)
 
 
-def test_the_world_flows_generate_and_advance_a_world(prefect_server: None, flow_database: str) -> None:
+def test_the_world_flows_generate_and_advance_a_world(prefect_server: None, platform_database: str) -> None:
     # When a small world is generated and then advanced through the flows
     generated = generate_world_flow(users=120, days=40, seed=3)
     advanced = advance_world_flow(days=5)
 
     # Then the database holds the continued world, and the flows published its summary
-    with psycopg.connect(flow_database) as conn:
+    with psycopg.connect(platform_database) as conn:
         days = conn.execute("SELECT days_simulated FROM synthetic.worlds").fetchone()
         events = conn.execute("SELECT count(*) FROM raw.events").fetchone()
     assert days == (45,)
@@ -114,7 +105,7 @@ def test_the_generate_command_and_flow_build_the_same_world_from_the_same_inputs
 
 
 def test_the_features_flow_computes_snapshots_and_materializes(
-    prefect_server: None, flow_database: str, monkeypatch: pytest.MonkeyPatch, stack_settings: Settings
+    prefect_server: None, platform_database: str, monkeypatch: pytest.MonkeyPatch, stack_settings: Settings
 ) -> None:
     # Given a small world, a Redis database of its own for the online store, and the repository's definitions
     redis_url = stack.redis_url(stack_settings).rsplit("/", 1)[0] + "/11"
@@ -128,7 +119,7 @@ def test_the_features_flow_computes_snapshots_and_materializes(
     run = features_flow(until=date(2025, 2, 9))
 
     # Then snapshots and labels are in PostgreSQL and the latest snapshot is in Redis
-    with psycopg.connect(flow_database) as conn:
+    with psycopg.connect(platform_database) as conn:
         snapshots = conn.execute("SELECT count(*), max(event_timestamp) FROM features.churn_v1").fetchone()
         labels = conn.execute("SELECT count(*) FROM features.churn_labels").fetchone()
     assert snapshots is not None

@@ -6,7 +6,6 @@ import hashlib
 import json
 import struct
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from typer.testing import CliRunner
 
 from churn_platform import cli, db
 from churn_platform.data.ingest.loads import ContractError, LoadSummary, ingest_events, ingest_users
-from churn_platform.settings import get_settings
 
 
 def _key(canonical: bytes) -> uuid.UUID:
@@ -396,16 +394,7 @@ def test_progress_reports_every_row_once(database_url: str, tmp_path: Path) -> N
     assert sum(seen) == summary.rows_read == 6
 
 
-@pytest.fixture
-def cli_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The CLI's settings pointed at the test's database."""
-    monkeypatch.setenv("CHURN_DATABASE_URL", database_url)
-    get_settings.cache_clear()
-    yield database_url
-    get_settings.cache_clear()
-
-
-def test_the_cli_loads_a_good_file_and_prints_the_summary(cli_database: str, tmp_path: Path) -> None:
+def test_the_cli_loads_a_good_file_and_prints_the_summary(platform_database: str, tmp_path: Path) -> None:
     path = write_csv(tmp_path, "good.csv", "u1,login,2024-01-05T10:00:00Z,,\nu1,login,2024-01-05T10:00:00Z,,\n,x,y,,\n")
 
     result = CliRunner().invoke(cli.app, ["ingest", "events", str(path)])
@@ -413,10 +402,10 @@ def test_the_cli_loads_a_good_file_and_prints_the_summary(cli_database: str, tmp
     assert result.exit_code == 0, result.output
     assert "rows read" in result.stdout and "quarantined" in result.stdout
     assert "│         3 │      1 │          1 │           1 │" in result.stdout
-    assert len(stored_events(cli_database)) == 1
+    assert len(stored_events(platform_database)) == 1
 
 
-def test_the_cli_reports_a_contract_error_in_one_line_and_exits_1(cli_database: str, tmp_path: Path) -> None:
+def test_the_cli_reports_a_contract_error_in_one_line_and_exits_1(platform_database: str, tmp_path: Path) -> None:
     path = write_csv(tmp_path, "bad.csv", "u1,login\n", header="user_id,event_type\n")
 
     result = CliRunner().invoke(cli.app, ["ingest", "events", str(path)])
@@ -425,7 +414,7 @@ def test_the_cli_reports_a_contract_error_in_one_line_and_exits_1(cli_database: 
     assert "error:" in result.stderr and "required column(s) event_timestamp missing" in result.stderr
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
-    assert query_rows(cli_database, "SELECT count(*) FROM raw.loads") == [(0,)]
+    assert query_rows(platform_database, "SELECT count(*) FROM raw.loads") == [(0,)]
 
 
 def test_summaries_render_as_markdown() -> None:
