@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import json
@@ -54,7 +55,7 @@ class Component(Protocol):
     def status(self) -> ComponentStatus: ...
 
 
-class ExternalServer:
+class ExternalServer(abc.ABC):
     """A server the user runs, configured by its URL: the platform checks it, and never starts or stops it.
 
     A subclass gives the component's name, how errors call it (`label`) and the setting that configured it, and
@@ -69,9 +70,9 @@ class ExternalServer:
     def __init__(self, url: str) -> None:
         self.url = url
 
+    @abc.abstractmethod
     def health(self) -> tuple[bool, str]:
         """Whether the server at `url` answers, and what it said."""
-        raise NotImplementedError
 
     def start(self) -> str:
         """Check the server (there is nothing to start); return its URL, or raise a StackError naming the setting."""
