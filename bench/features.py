@@ -46,7 +46,7 @@ SNAPSHOTS_PER_USER = 8
 # feature view's TTL (Feast's point-in-time rule), fetched into a DataFrame.
 HAND_WRITTEN_PIT_SQL = """
 SELECT l.user_id, l.event_timestamp, l.churned, s.*
-FROM features.churn_labels l
+FROM {labels} l
 LEFT JOIN LATERAL (
     SELECT {columns} FROM features.{table} f
     WHERE f.user_id = l.user_id AND f.event_timestamp <= l.event_timestamp
@@ -56,10 +56,10 @@ LEFT JOIN LATERAL (
 WHERE l.horizon_days = %(horizon)s
 """
 KEEP_EIGHT_LABELS_SQL = """
-DELETE FROM features.churn_labels l USING (
+DELETE FROM {labels} l USING (
     SELECT user_id, event_timestamp,
            row_number() OVER (PARTITION BY user_id ORDER BY md5(user_id || event_timestamp::text)) AS pick
-    FROM features.churn_labels
+    FROM {labels}
 ) r
 WHERE r.user_id = l.user_id AND r.event_timestamp = l.event_timestamp AND r.pick > %(keep)s
 """
@@ -105,7 +105,7 @@ def latency_line(name: str, samples: list[float], raw: list[float] | None = None
 
 def hand_written_training_set(url: str, catalog: Catalog, settings: Settings, ttl: timedelta) -> pd.DataFrame:
     columns = ", ".join(f"f.{name}" for name in catalog.names)
-    query = HAND_WRITTEN_PIT_SQL.format(table=catalog.name, columns=columns)
+    query = HAND_WRITTEN_PIT_SQL.format(table=catalog.name, labels=catalog.labels_table, columns=columns)
     with psycopg.connect(url) as conn:
         cur = conn.execute(query, {"horizon": settings.label_horizon_days, "ttl": ttl})
         names = [c.name for c in cur.description or []]
@@ -230,9 +230,9 @@ def run(servers: Connections, users: int, days: int, reads: int, repeats: int) -
         print(f"  snapshot computation: {run_.rows_written:,} rows in {time.perf_counter() - started:.1f} s")
         snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
         with psycopg.connect(url) as conn:
-            conn.execute(KEEP_EIGHT_LABELS_SQL, {"keep": SNAPSHOTS_PER_USER})
+            conn.execute(KEEP_EIGHT_LABELS_SQL.format(labels=catalog.labels_table), {"keep": SNAPSHOTS_PER_USER})
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE features.churn_labels")  # fresh statistics for both plans
+            conn.execute(f"VACUUM ANALYZE {catalog.labels_table}")  # fresh statistics for both plans
         feast_repo.apply(settings, stack.connect(settings, redis=True))
 
         bench_training_set(url, settings, catalog, repeats)

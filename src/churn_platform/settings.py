@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -17,6 +17,8 @@ from pydantic_settings import (
 
 # Variables of the tools the platform drives, read from the environment and `.env` under their own names.
 TOOL_VARIABLES = frozenset({"mlflow_tracking_uri", "prefect_api_url"})
+# The categorical columns of raw.users (attributes as at signup) a catalog may use.
+USER_ATTRIBUTES = ("plan", "channel", "region")
 
 
 class PlatformDotEnv(DotEnvSettingsSource):
@@ -80,18 +82,33 @@ class Settings(BaseSettings):
         description="Prefect API (the tool's own variable); unset runs flows on a temporary local server.",
     )
 
-    # The churn definition: which events end a customer, and/or how long a silence counts as churn.
+    # The churn definition: contractual (an event such as `cancel` ends the relationship) or non-contractual (a
+    # snapshot is churned when no qualifying event follows within the label horizon).
+    churn_definition: Literal["contractual", "non_contractual"] = Field(
+        default="contractual",
+        description="`contractual`: churned when a churn event (CHURN_CHURN_EVENT_TYPES) falls within the label"
+        " horizon; `non_contractual`: churned when no qualifying event (CHURN_ACTIVITY_EVENT_TYPES) does.",
+    )
     churn_event_types: Annotated[tuple[str, ...], NoDecode] = Field(
         default=("cancel",),
-        description="Event types that mark a churn (comma-separated in the environment).",
+        description="Event types that end a relationship (comma-separated in the environment); a later event of"
+        " another type reopens it. May be empty for a non-contractual business.",
+    )
+    activity_event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Event types whose absence over the label horizon is non-contractual churn (e.g. `purchase`);"
+        " empty: every event type that is not a churn event type (comma-separated in the environment).",
     )
     inactivity_days: int | None = Field(
         default=None,
-        ge=1,
-        description="Days without any event after which a user counts as churned (non-contractual businesses).",
+        description="Replaced by CHURN_CHURN_DEFINITION=non_contractual with CHURN_LABEL_HORIZON_DAYS; setting it"
+        " is an error that says so.",
     )
     label_horizon_days: int = Field(
-        default=30, ge=1, description="H: a snapshot is labelled churned if churn happens within (t, t + H]."
+        default=30,
+        ge=1,
+        description="H, in days: a snapshot at t is labelled by what happens in the H days from t (see"
+        " CHURN_CHURN_DEFINITION).",
     )
 
     feature_event_types: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -104,6 +121,11 @@ class Settings(BaseSettings):
     )
     feature_windows_days: Annotated[tuple[int, ...], NoDecode] = Field(
         default=(7, 30), description="Windows, in days, of the catalog's counts (comma-separated)."
+    )
+    feature_user_attributes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("plan", "channel"),
+        description="Columns of raw.users (as at signup) the catalog uses as categorical features: any of plan,"
+        " channel, region; empty for a business whose users file has none (comma-separated).",
     )
     feature_catalog: str = Field(default="churn_v1", description="Name (version) of the feature catalog.")
     feature_repo: Path = Field(default=Path("feature_repo"), description="The Feast repository folder.")
@@ -185,7 +207,9 @@ class Settings(BaseSettings):
 
     @field_validator(
         "churn_event_types",
+        "activity_event_types",
         "feature_event_types",
+        "feature_user_attributes",
         "feature_valued_event_types",
         "feature_windows_days",
         "serve_risk_bands",
@@ -212,6 +236,17 @@ class Settings(BaseSettings):
         )  # keeps a per-call `_env_file`
         return init_settings, env_settings, dotenv, file_secret_settings
 
+    @field_validator("feature_user_attributes")
+    @classmethod
+    def _known_user_attributes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(USER_ATTRIBUTES))
+        if unknown:
+            raise ValueError(
+                f"CHURN_FEATURE_USER_ATTRIBUTES: {unknown} are not columns of raw.users"
+                f" (known: {list(USER_ATTRIBUTES)})"
+            )
+        return value
+
     @field_validator("serve_risk_bands")
     @classmethod
     def _ordered_bands(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -221,10 +256,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _need_a_churn_definition(self) -> Settings:
-        if not self.churn_event_types and self.inactivity_days is None:
+        if self.inactivity_days is not None:
             raise ValueError(
-                "CHURN_CHURN_EVENT_TYPES is empty and CHURN_INACTIVITY_DAYS is unset: "
-                "set at least one so churn is defined"
+                "CHURN_INACTIVITY_DAYS was replaced: set CHURN_CHURN_DEFINITION=non_contractual and"
+                f" CHURN_LABEL_HORIZON_DAYS={self.inactivity_days} (a snapshot is churned when no qualifying event,"
+                " CHURN_ACTIVITY_EVENT_TYPES, follows within the horizon)"
+            )
+        if self.churn_definition == "contractual" and not self.churn_event_types:
+            raise ValueError(
+                "CHURN_CHURN_EVENT_TYPES is empty under CHURN_CHURN_DEFINITION=contractual: name the event that ends"
+                " a relationship (e.g. cancel), or set CHURN_CHURN_DEFINITION=non_contractual"
+            )
+        overlap = set(self.activity_event_types) & set(self.churn_event_types)
+        if overlap:
+            raise ValueError(
+                f"{sorted(overlap)} are both churn events (CHURN_CHURN_EVENT_TYPES) and qualifying activity"
+                " (CHURN_ACTIVITY_EVENT_TYPES): an event cannot both end and continue a relationship"
             )
         return self
 

@@ -58,7 +58,7 @@ def small_world_with_snapshots(settings: Settings, url: str) -> None:
     """150 users over 60 days (seed 4) and their daily snapshots up to 2025-03-01, churn = a cancel event."""
     world.generate_world(url, WorldConfig(users=150, days=60, seed=4))
     catalog = catalog_from_settings(settings)
-    snapshots.compute_snapshots(url, catalog, ChurnDefinition(("cancel",), None), date(2025, 3, 1))
+    snapshots.compute_snapshots(url, catalog, ChurnDefinition("contractual", ("cancel",)), date(2025, 3, 1))
 
 
 def labelled_world(settings: Settings, url: str, config: WorldConfig, until: date) -> None:

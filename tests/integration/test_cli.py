@@ -96,7 +96,7 @@ def test_the_readme_commands_leave_their_outcome_in_the_servers(
             ),
         )
         assert latest == last + timedelta(days=1) and snapshotted == USERS
-        labelled, churned = _one(url, "SELECT count(*), count(*) FILTER (WHERE churned) FROM features.churn_labels")
+        labelled, churned = _one(url, "SELECT count(*), count(*) FILTER (WHERE churned) FROM features.churn_v1_labels")
         assert 0 < churned < labelled
 
         # `churn features apply` registers the feature service in Feast's SQL registry

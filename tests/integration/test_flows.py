@@ -121,7 +121,7 @@ def test_the_features_flow_computes_snapshots_and_materializes(
     # Then snapshots and labels are in PostgreSQL and the latest snapshot is in Redis
     with psycopg.connect(platform_database) as conn:
         snapshots = conn.execute("SELECT count(*), max(event_timestamp) FROM features.churn_v1").fetchone()
-        labels = conn.execute("SELECT count(*) FROM features.churn_labels").fetchone()
+        labels = conn.execute("SELECT count(*) FROM features.churn_v1_labels").fetchone()
     assert snapshots is not None
     assert snapshots[0] > 0
     assert labels is not None

@@ -1,4 +1,4 @@
-"""The churn definition in SQL: cancel events, inactivity windows, or both."""
+"""The churn definitions in SQL: contractual (a cancel ends a relationship) and non-contractual (going quiet)."""
 
 from __future__ import annotations
 
@@ -47,37 +47,32 @@ def history(database_url: str) -> str:
     return database_url
 
 
-def test_explicit_churn_events(history: str) -> None:
-    with psycopg.connect(history) as conn:
-        times = labels.churn_times(conn, ChurnDefinition(("cancel",), None))
-    assert times == {"a": T0 + timedelta(days=40)}
+def _rate(url: str, definition: ChurnDefinition) -> labels.LabelRate:
+    with psycopg.connect(url) as conn:
+        return labels.positive_label_rate(conn, definition, horizon_days=30)
 
 
-def test_inactivity_window_churns_at_the_start_of_a_full_silence(history: str) -> None:
-    with psycopg.connect(history) as conn:
-        times = labels.churn_times(conn, ChurnDefinition((), 30))
-    # b went silent after day 20: churned 30 days later; c's 50-day gap counts even though c came back
-    # (the first churn is the one that counts); d's silence has not lasted 30 days by the end of the data;
-    # a's last event is the cancel on day 40, 60 days before the end of the data
-    assert times == {
-        "b": T0 + timedelta(days=50),
-        "c": T0 + timedelta(days=30),
-        "a": T0 + timedelta(days=70),
-    }
-
-
-def test_both_definitions_take_the_earliest(history: str) -> None:
-    with psycopg.connect(history) as conn:
-        times = labels.churn_times(conn, ChurnDefinition(("cancel",), 30))
-    assert times["a"] == T0 + timedelta(days=40)
-    assert times["b"] == T0 + timedelta(days=50)
-
-
-def test_positive_label_rate_counts_only_labelled_active_snapshots(history: str) -> None:
-    with psycopg.connect(history) as conn:
-        rate = labels.positive_label_rate(conn, ChurnDefinition(("cancel",), None), horizon_days=30)
+def test_contractual_rate_counts_a_user_until_their_cancel(history: str) -> None:
+    rate = _rate(history, ChurnDefinition("contractual", ("cancel",)))
     # Daily snapshots at midnight of days 1..70 (the data ends on day 100, H = 30); a user counts from their
-    # first event until they churn. a: days 1..39, positive on days 10..39 (cancel on day 40 within (t, t+30]);
-    # b and c: days 1..70, never positive; d: first seen on day 80, in no snapshot.
-    assert rate.snapshots == 39 + 70 + 70
-    assert rate.rate == pytest.approx(30 / 179)
+    # first event until a cancel ends them. a: days 1..40 (the cancel at day 40 is not before t = day 40),
+    # positive on days 11..40 (the cancel falls in [t, t + 30)); b and c: days 1..70, never positive; d: first
+    # seen on day 80, in no snapshot.
+    assert rate.snapshots == 40 + 70 + 70
+    assert rate.rate == pytest.approx(30 / 180)
+
+
+def test_non_contractual_rate_keeps_every_user_and_lets_them_come_back(history: str) -> None:
+    rate = _rate(history, ChurnDefinition("non_contractual", (), ()))
+    # Every event counts as activity and nothing ends a relationship: a, b and c are in every snapshot of days
+    # 1..70. Positive when no event falls in [t, t + 30): a after day 40 (30 days), b after day 20 (50), c before
+    # its return on day 50 (days 1..20) and after it (51..70): 40.
+    assert rate.snapshots == 3 * 70
+    assert rate.rate == pytest.approx((30 + 50 + 40) / 210)
+
+
+def test_non_contractual_with_a_cancel_that_ends_the_relationship(history: str) -> None:
+    rate = _rate(history, ChurnDefinition("non_contractual", ("cancel",), ("login",)))
+    # a is in the population until its cancel (days 1..40) and positive on days 31..40 (no login ahead)
+    assert rate.snapshots == 40 + 70 + 70
+    assert rate.rate == pytest.approx((10 + 50 + 40) / 180)

@@ -141,7 +141,7 @@ def test_a_replaced_world_replaces_the_online_values(
     url = make_database()
     with platform_settings(url, redis_db_url(stack_settings, REPLACED_DB)) as current:
         catalog = catalog_from_settings(current)
-        definition = ChurnDefinition(("cancel",), None)
+        definition = ChurnDefinition("contractual", ("cancel",))
         feast_repo.apply(current, connections(current))
         readings = []
         for seed in (5, 6):

@@ -34,10 +34,32 @@ def test_churn_event_types_come_comma_separated(monkeypatch: pytest.MonkeyPatch)
 
 def test_churn_must_be_defined_somehow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHURN_CHURN_EVENT_TYPES", "")
-    with pytest.raises(ValidationError, match="CHURN_INACTIVITY_DAYS"):
+    with pytest.raises(ValidationError, match="CHURN_CHURN_DEFINITION=non_contractual"):
         Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("CHURN_CHURN_DEFINITION", "non_contractual")
+    monkeypatch.setenv("CHURN_ACTIVITY_EVENT_TYPES", "purchase")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.churn_definition, settings.activity_event_types) == ("non_contractual", ("purchase",))
+
+
+def test_the_replaced_inactivity_setting_says_what_replaced_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHURN_INACTIVITY_DAYS", "45")
-    assert Settings(_env_file=None).inactivity_days == 45  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="CHURN_CHURN_DEFINITION=non_contractual and CHURN_LABEL_HORIZON_DAYS=45"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_an_event_cannot_both_end_and_continue_a_relationship(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURN_ACTIVITY_EVENT_TYPES", "purchase,cancel")
+    with pytest.raises(ValidationError, match="cancel"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_user_attributes_must_be_columns_of_the_users_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURN_FEATURE_USER_ATTRIBUTES", "plan,shoe_size")
+    with pytest.raises(ValidationError, match="shoe_size"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("CHURN_FEATURE_USER_ATTRIBUTES", "")
+    assert Settings(_env_file=None).feature_user_attributes == ()  # type: ignore[call-arg]
 
 
 def test_bentomls_access_log_and_tracing_are_off_on_the_prediction_routes_unless_asked(

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from churn_platform.cli.output import EndDay, FirstDay, connect, console, day_range, fail
-from churn_platform.features import feast_repo, feature_batch, online, snapshots, training_sets
+from churn_platform.data.labels import ChurnDefinition
+from churn_platform.features import definitions, feast_repo, feature_batch, online, snapshots, training_sets
 from churn_platform.features.catalog import catalog_from_settings, catalog_markdown
 from churn_platform.settings import get_settings
 
@@ -25,6 +26,12 @@ def features_compute(
         str | None,
         typer.Option(help="Last snapshot day (YYYY-MM-DD), inclusive [default: the day after the last event]."),
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace", help="Drop the catalog's snapshots and labels and compute them again (after a change)."
+        ),
+    ] = False,
 ) -> None:
     """Compute daily snapshots after the last stored one up to --until, then label those whose horizon passed."""
     settings = get_settings()
@@ -35,15 +42,20 @@ def features_compute(
         raise fail(f"--until: {exc}") from exc
     if last_day is None:
         raise fail("there are no events yet: run `churn generate` or `churn ingest events` first")
+    catalog, definition = catalog_from_settings(settings), ChurnDefinition.from_settings(settings)
     with console.status("computing snapshots and labels in PostgreSQL..."):
-        run, labelled = snapshots.refresh(url, settings, last_day)
+        try:
+            run, labelled = snapshots.refresh(url, settings, last_day, replace=replace)
+        except definitions.DefinitionChangedError as exc:
+            raise fail(str(exc)) from exc
     if run.first_day is None:
         console.print(f"{run.table}: already up to date until {run.last_day}")
     else:
         console.print(
             f"{run.table}: {run.rows_written:,} snapshots for {run.first_day} .. {run.last_day} in {run.seconds:.1f} s"
         )
-    console.print(f"features.churn_labels: {labelled:,} new labels (horizon {settings.label_horizon_days} days)")
+    horizon = settings.label_horizon_days
+    console.print(f"{catalog.labels_table}: {labelled:,} new labels, churned = {definition.describe(horizon)}")
 
 
 @features_app.command("docs")

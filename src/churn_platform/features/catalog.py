@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from churn_platform.settings import Settings
+from churn_platform.settings import USER_ATTRIBUTES, Settings
 
 Dtype = Literal["int", "float", "text"]
+UserColumn = Literal["plan", "channel", "region"]
 
 # Feast's names for a catalog's objects are defined here once; feature_repo/ and the library both read them.
 FEATURES_SCHEMA = "features"  # the PostgreSQL schema of the snapshot tables
@@ -27,52 +28,118 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 @dataclass(frozen=True)
 class EventCount:
-    """Events of one type in the last `window_days` days."""
+    """Events of one type in the last `window_days` days (None: the user's whole history)."""
 
     event_type: str
-    window_days: int
+    window_days: int | None
     dtype: Dtype = "int"
 
     @property
     def name(self) -> str:
-        return f"{_slug(self.event_type)}_count_{self.window_days}d"
+        return f"{_slug(self.event_type)}_count_{_window_suffix(self.window_days)}"
 
     @property
     def meaning(self) -> str:
-        return f"number of `{self.event_type}` events in the {self.window_days} days before the snapshot"
+        return f"number of `{self.event_type}` events {_window_words(self.window_days)}"
 
 
 @dataclass(frozen=True)
 class EventValueSum:
-    """Sum of the `value` of one event type in the last `window_days` days."""
+    """Sum of the `value` of one event type in the last `window_days` days (None: the whole history)."""
 
     event_type: str
-    window_days: int
+    window_days: int | None
     dtype: Dtype = "float"
 
     @property
     def name(self) -> str:
-        return f"{_slug(self.event_type)}_value_sum_{self.window_days}d"
+        return f"{_slug(self.event_type)}_value_sum_{_window_suffix(self.window_days)}"
 
     @property
     def meaning(self) -> str:
-        return f"sum of the `value` of `{self.event_type}` events in the {self.window_days} days before the snapshot"
+        return f"sum of the `value` of `{self.event_type}` events {_window_words(self.window_days)}"
+
+
+@dataclass(frozen=True)
+class EventValueMean:
+    """Mean `value` of one event type over the last `window_days` days (None: the whole history)."""
+
+    event_type: str
+    window_days: int | None
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return f"{_slug(self.event_type)}_value_mean_{_window_suffix(self.window_days)}"
+
+    @property
+    def meaning(self) -> str:
+        return f"mean `value` of `{self.event_type}` events {_window_words(self.window_days)} (empty without one)"
+
+
+@dataclass(frozen=True)
+class LastEventValue:
+    """The `value` of the user's last event of one type before the snapshot."""
+
+    event_type: str
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return f"{_slug(self.event_type)}_value_last"
+
+    @property
+    def meaning(self) -> str:
+        return f"`value` of the last `{self.event_type}` event before the snapshot (empty without one)"
 
 
 @dataclass(frozen=True)
 class ActiveDays:
-    """Distinct days with at least one event in the last `window_days` days."""
+    """Distinct days with at least one event in the last `window_days` days (None: the whole history)."""
 
-    window_days: int
+    window_days: int | None
     dtype: Dtype = "int"
 
     @property
     def name(self) -> str:
-        return f"active_days_{self.window_days}d"
+        return f"active_days_{_window_suffix(self.window_days)}"
 
     @property
     def meaning(self) -> str:
-        return f"distinct days with any event in the {self.window_days} days before the snapshot"
+        return f"distinct days with any event {_window_words(self.window_days)}"
+
+
+@dataclass(frozen=True)
+class MeanGapDays:
+    """The user's usual gap: days from the first to the last active day over the active days minus one."""
+
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return "mean_gap_days"
+
+    @property
+    def meaning(self) -> str:
+        return (
+            "mean days between consecutive active days over the whole history before the snapshot (empty with"
+            " fewer than two active days)"
+        )
+
+
+@dataclass(frozen=True)
+class GapRatio:
+    """The current silence over the usual gap: above 1, quieter than usual."""
+
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return "current_gap_over_mean_gap"
+
+    @property
+    def meaning(self) -> str:
+        return "`days_since_last_event` over `mean_gap_days` (above 1: quieter than usual; empty without a gap)"
 
 
 @dataclass(frozen=True)
@@ -129,7 +196,7 @@ class TenureDays:
 class UserAttribute:
     """A column of `raw.users`, as it is."""
 
-    column: Literal["plan", "channel", "region"]
+    column: UserColumn
     dtype: Dtype = "text"
 
     @property
@@ -138,11 +205,23 @@ class UserAttribute:
 
     @property
     def meaning(self) -> str:
-        return f"the user's `{self.column}` from raw.users"
+        return f"the user's `{self.column}` from raw.users (as at signup: a later change is an event)"
 
 
-Feature = EventCount | EventValueSum | ActiveDays | ActivityTrend | DaysSinceLastEvent | TenureDays | UserAttribute
-WindowedFeature = EventCount | EventValueSum | ActiveDays
+Feature = (
+    EventCount
+    | EventValueSum
+    | EventValueMean
+    | LastEventValue
+    | ActiveDays
+    | ActivityTrend
+    | DaysSinceLastEvent
+    | TenureDays
+    | MeanGapDays
+    | GapRatio
+    | UserAttribute
+)
+WindowedFeature = EventCount | EventValueSum | EventValueMean | ActiveDays
 
 
 @dataclass(frozen=True)
@@ -190,15 +269,20 @@ class Catalog:
         """The event types the catalog counts or sums, in first-use order."""
         seen: dict[str, None] = {}
         for f in self.features:
-            if isinstance(f, EventCount | EventValueSum):
+            if isinstance(f, EventCount | EventValueSum | EventValueMean | LastEventValue):
                 seen.setdefault(f.event_type)
         return list(seen)
+
+    @property
+    def labels_table(self) -> str:
+        """`features.<catalog name>_labels`: the labels of this catalog's snapshots, per horizon."""
+        return f"{FEATURES_SCHEMA}.{self.name}_labels"
 
     @property
     def longest_window_days(self) -> int:
         windows = [1]
         for f in self.features:
-            if isinstance(f, EventCount | EventValueSum | ActiveDays):
+            if isinstance(f, EventCount | EventValueSum | EventValueMean | ActiveDays) and f.window_days:
                 windows.append(f.window_days)
             elif isinstance(f, ActivityTrend):
                 windows.append(f.long_days)
@@ -211,21 +295,43 @@ def default_catalog(
     *,
     count_windows: Sequence[int] = (7, 30),
     value_window: int = 30,
+    user_attributes: Sequence[UserColumn] = ("plan", "channel"),
     name: str = "churn_v1",
 ) -> Catalog:
-    """A sensible catalog for any set of event types: counts per window, value sums, activity and tenure.
+    """A sensible catalog for any set of event types: counts per window and over the whole history, value sums,
+    means and last values, activity, recency, tenure and the user's usual gap between active days.
 
-    A business whose only event is `purchase` with a value gets purchase counts and purchase value sums, plus the
-    generic features, without code changes.
+    A business whose only event is `purchase` with a value gets recency, frequency and monetary features (the
+    RFM a retention team knows) and their trends, without code changes.
     """
     features: list[Feature] = []
     for event_type in event_types:
         features.extend(EventCount(event_type, w) for w in count_windows)
-    features.extend(EventValueSum(t, value_window) for t in valued_event_types)
+        features.append(EventCount(event_type, None))
+    for event_type in valued_event_types:
+        features += [
+            EventValueSum(event_type, value_window),
+            EventValueSum(event_type, None),
+            EventValueMean(event_type, None),
+            LastEventValue(event_type),
+        ]
     short, long = min(count_windows), max(count_windows)
-    features += [ActiveDays(long), ActivityTrend(short, long), DaysSinceLastEvent(), TenureDays()]
-    features += [UserAttribute("plan"), UserAttribute("channel")]
+    features += [ActiveDays(long), ActiveDays(None), ActivityTrend(short, long), DaysSinceLastEvent(), TenureDays()]
+    features += [MeanGapDays(), GapRatio()]
+    features += [UserAttribute(column) for column in user_attributes]
     return Catalog(name, tuple(features))
+
+
+def _window_suffix(window_days: int | None) -> str:
+    return "all" if window_days is None else f"{window_days}d"
+
+
+def _window_words(window_days: int | None) -> str:
+    return (
+        "over the whole history before the snapshot"
+        if window_days is None
+        else (f"in the {window_days} days before the snapshot")
+    )
 
 
 def _slug(event_type: str) -> str:
@@ -240,8 +346,15 @@ def catalog_from_settings(settings: Settings) -> Catalog:
         settings.feature_valued_event_types,
         count_windows=settings.feature_windows_days,
         value_window=max(settings.feature_windows_days),
+        user_attributes=[_user_column(c) for c in settings.feature_user_attributes],
         name=settings.feature_catalog,
     )
+
+
+def _user_column(column: str) -> UserColumn:
+    if column not in USER_ATTRIBUTES:
+        raise ValueError(f"{column!r} is not a user attribute (known: {list(USER_ATTRIBUTES)})")
+    return column  # type: ignore[return-value]
 
 
 def catalog_markdown(catalog: Catalog) -> str:
@@ -251,7 +364,8 @@ def catalog_markdown(catalog: Catalog) -> str:
         "",
         "Generated from the feature catalog by `churn features docs`; do not edit by hand. The catalog comes from",
         "configuration (`CHURN_FEATURE_EVENT_TYPES`, `CHURN_FEATURE_VALUED_EVENT_TYPES`,",
-        "`CHURN_FEATURE_WINDOWS_DAYS`), so your own event types give their own features without code changes.",
+        "`CHURN_FEATURE_WINDOWS_DAYS`, `CHURN_FEATURE_USER_ATTRIBUTES`), so your own event types give their own",
+        "features without code changes.",
         "",
         "Every feature of a snapshot at time t (midnight UTC) uses only events with `event_timestamp < t`;",
         "a window of w days covers the days t - w .. t - 1.",

@@ -108,7 +108,7 @@ class WorldSummary:
 
 
 # A synthetic world's churn is its cancel events: the simulator emits one for every churn.
-WORLD_CHURN_DEFINITION = labels.ChurnDefinition(("cancel",), None)
+WORLD_CHURN_DEFINITION = labels.ChurnDefinition("contractual", ("cancel",))
 
 
 def user_ids(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
