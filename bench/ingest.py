@@ -8,6 +8,7 @@ new events into the 1.4M-event table: the incremental path (no target). Every ru
 
     uv run python -m bench.ingest       # on CHURN_DATABASE_URL's server, or the embedded stack when unset
     uv run python -m bench.ingest -v    # also log the split of every load (copy / indexes, or staging / insert)
+    uv run python -m bench.ingest --events 200000   # a smaller file (the incremental one scales with it)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ console = Console()
 
 
 def realistic_events(seed: int = 7, events: int = EVENTS, year_start_s: int = YEAR_START_S) -> pa.Table:
-    """Events (1.4M) of ~1,000 users over a year (2024): skewed activity, daily rhythm, priced purchases, churners."""
+    """Events (1.4M by default) of ~1,000 users over a year (2024): skewed activity, daily rhythm, priced purchases, churners."""
     rng = np.random.default_rng(seed)
     activity = rng.lognormal(mean=0.0, sigma=1.0, size=USERS)
     starts = rng.uniform(0, 0.5, USERS) * YEAR_S  # first day in the year
@@ -120,39 +121,41 @@ def median_ingest_rates(server: str, label: str, paths: Sequence[Path]) -> list[
     return [statistics.median(run[i].rows_per_second for run in runs) for i in range(len(paths))]
 
 
-def median_peer_rate(server: str, csv_path: Path) -> float:
+def median_peer_rate(server: str, csv_path: Path, events: int) -> float:
     seconds = []
     for run in range(1, RUNS + 1):
         seconds.append(time_peer_copy(server, csv_path))
-        console.print(f"  peer run {run}: {seconds[-1]:.2f} s ({EVENTS / seconds[-1]:,.0f} events/s)")
-    return EVENTS / statistics.median(seconds)
+        console.print(f"  peer run {run}: {seconds[-1]:.2f} s ({events / seconds[-1]:,.0f} events/s)")
+    return events / statistics.median(seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log the split of every load")
+    parser.add_argument("--events", type=int, default=EVENTS, help=f"events in the file (default {EVENTS:,})")
     args = parser.parse_args()
+    new_events = max(args.events * NEW_EVENTS // EVENTS, 1)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     # An embedded PostgreSQL it had to start is stopped at the end.
     with stack.running(Settings()) as servers, tempfile.TemporaryDirectory(prefix="churn-bench-") as folder:
         server = servers.database_url
-        events = realistic_events()
+        events = realistic_events(events=args.events)
         parquet_path, csv_path = Path(folder) / "events.parquet", Path(folder) / "events.csv"
         new_path = Path(folder) / "new_events.parquet"
         pq.write_table(events, parquet_path)
         pacsv.write_csv(events, csv_path)
-        pq.write_table(realistic_events(seed=8, events=NEW_EVENTS, year_start_s=YEAR_START_S + YEAR_S), new_path)
+        pq.write_table(realistic_events(seed=8, events=new_events, year_start_s=YEAR_START_S + YEAR_S), new_path)
         console.print(f"{events.num_rows:,} events of {USERS:,} users; {RUNS} runs per format, median reported")
         parquet, incremental = median_ingest_rates(server, "parquet ingest", [parquet_path, new_path])
         (csv,) = median_ingest_rates(server, "csv ingest", [csv_path])
-        peer = median_peer_rate(server, csv_path)
-    table = Table(title=f"ingest of {EVENTS:,} events (target {TARGET_EVENTS_PER_S:,} events/s)")
+        peer = median_peer_rate(server, csv_path, events.num_rows)
+    table = Table(title=f"ingest of {events.num_rows:,} events (target {TARGET_EVENTS_PER_S:,} events/s)")
     for column in ("path", "median events/s", "vs target", "vs peer"):
         table.add_column(column, justify="right")
     rows = [
         ("parquet", parquet, True),
         ("csv", csv, True),
-        (f"incremental: +{NEW_EVENTS // 1_000}k into {EVENTS / 1e6:g}M", incremental, False),
+        (f"incremental: +{new_events:,} into {events.num_rows:,}", incremental, False),
         ("peer: plain COPY csv, no index", peer, True),
     ]
     for name, rate, has_target in rows:
