@@ -54,7 +54,7 @@ console = Console()
 
 
 def realistic_events(seed: int = 7, events: int = EVENTS, year_start_s: int = YEAR_START_S) -> pa.Table:
-    """Events (1.4M by default) of ~1,000 users over a year (2024): skewed activity, daily rhythm, priced purchases, churners."""
+    """`events` events of ~1,000 users over a year (2024): skewed activity, daily rhythm, priced purchases, churners."""
     rng = np.random.default_rng(seed)
     activity = rng.lognormal(mean=0.0, sigma=1.0, size=USERS)
     starts = rng.uniform(0, 0.5, USERS) * YEAR_S  # first day in the year
