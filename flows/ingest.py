@@ -25,9 +25,11 @@ def load_users(url: str, path: str, timezone: str | None) -> loads.LoadSummary:
 @task
 def publish(summary: loads.LoadSummary) -> None:
     get_run_logger().info(
-        "%s load %s of %s: %s rows read, %s loaded, %s duplicates, %s quarantined in %.1f s",
+        "%s load %s of %s: %s rows read, %s loaded, %s duplicates, %s quarantined (%s in-file repeats, "
+        "%s new users) in %.1f s",
         summary.kind, summary.load_id, summary.source, f"{summary.rows_read:,}", f"{summary.rows_loaded:,}",
-        f"{summary.rows_duplicate:,}", f"{summary.rows_quarantined:,}", summary.seconds,
+        f"{summary.rows_duplicate:,}", f"{summary.rows_quarantined:,}", f"{summary.rows_repeated:,}",
+        f"{summary.users_added:,}", summary.seconds,
     )  # fmt: skip
     create_markdown_artifact(
         key=f"{summary.kind}-load", markdown=summary.to_markdown(), description=f"{summary.kind} load"

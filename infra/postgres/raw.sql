@@ -9,8 +9,23 @@ CREATE TABLE IF NOT EXISTS raw.loads (
     rows_read        bigint      NOT NULL DEFAULT 0,
     rows_loaded      bigint      NOT NULL DEFAULT 0,
     rows_duplicate   bigint      NOT NULL DEFAULT 0,
-    rows_quarantined bigint      NOT NULL DEFAULT 0
+    rows_quarantined bigint      NOT NULL DEFAULT 0,
+    -- events: rows repeating an identical earlier row of the file (kept as their own events; among the loaded
+    -- or duplicate rows), and the file's users raw.users did not know (added without attributes)
+    rows_repeated    bigint      NOT NULL DEFAULT 0,
+    users_added      bigint      NOT NULL DEFAULT 0
 );
+-- Databases created before these counts existed get them when the schema is applied again. Checked first: ALTER
+-- TABLE locks raw.loads even when the column exists, and would wait for every load in progress.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute WHERE attrelid = 'raw.loads'::regclass AND attname = 'users_added'
+    ) THEN
+        ALTER TABLE raw.loads ADD COLUMN IF NOT EXISTS rows_repeated bigint NOT NULL DEFAULT 0,
+                              ADD COLUMN IF NOT EXISTS users_added bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS raw.users (
     user_id    text COLLATE "C" PRIMARY KEY CHECK (user_id <> ''),

@@ -6,6 +6,7 @@ import hashlib
 import json
 import struct
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typer.testing import CliRunner
 
 from churn_platform import cli, db
 from churn_platform.data.ingest.loads import ContractError, LoadSummary, ingest_events, ingest_users
+from churn_platform.serving.predictor import KNOWN_USERS_SQL
 
 
 def _key(canonical: bytes) -> uuid.UUID:
@@ -304,20 +306,129 @@ def test_overlapping_files_in_different_formats_never_duplicate_an_event(databas
     ]
 
 
-def test_rows_repeated_within_a_file_collapse_and_the_first_wins(database_url: str, tmp_path: Path) -> None:
-    body = (
-        "u1,login,2024-01-05T10:00:00Z,,\n"
-        "u1,login,2024-01-05T10:00:00.000Z,,\n"  # the same instant written differently
-        "u2,buy,2024-01-05T11:00:00Z,1,ev-1\n"
-        "u2,buy,2024-01-05T11:00:00Z,2,ev-1\n"  # the same event_id with other content
-    )
-    summary = ingest_events(database_url, write_csv(tmp_path, "repeats.csv", body), now=NOW)
+def _repeat_key(user: str, kind: str, at: datetime, value: float | None, occurrence: int) -> uuid.UUID:
+    """The documented key of the k-th repeat (k >= 1) of an identical row without an event_id."""
+    if occurrence == 0:
+        return _content_key(user, kind, at, value)
+    micros = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    amount = b"" if value is None else struct.pack(">d", value)
+    parts = [user.encode(), kind.encode(), struct.pack(">q", micros), amount, struct.pack(">q", occurrence)]
+    return _key(b"\x1f".join(parts))
 
-    assert (summary.rows_read, summary.rows_loaded, summary.rows_duplicate) == (4, 2, 2)
-    assert stored_events(database_url) == [
-        ("u1", "login", utc(2024, 1, 5, 10), None, None),
-        ("u2", "buy", utc(2024, 1, 5, 11), 1.0, "ev-1"),
-    ]
+
+def _keys(url: str) -> set[uuid.UUID]:
+    return {key for (key,) in query_rows(url, "SELECT event_key FROM raw.events")}
+
+
+REPEATS = (
+    "u1,login,2024-01-05T10:00:00Z,,\n"
+    "u1,buy,2024-01-05T00:00:00Z,5,\n"  # two purchases of 5 on the same day, at day resolution: two events
+    "u1,login,2024-01-05T11:00:00.000+01:00,,\n"  # the first row again, written differently
+    "u1,buy,2024-01-05T00:00:00Z,5,\n"
+    "u2,buy,2024-01-05T11:00:00Z,1,ev-1\n"
+    "u2,buy,2024-01-05T11:00:00Z,2,ev-1\n"  # the same event_id with other content: one event, the first row
+    "u1,buy,2024-01-05T00:00:00Z,5,\n"
+)
+REPEAT_KEYS = {
+    _repeat_key("u1", "login", utc(2024, 1, 5, 10), None, 0),
+    _repeat_key("u1", "login", utc(2024, 1, 5, 10), None, 1),
+    *(_repeat_key("u1", "buy", utc(2024, 1, 5), 5.0, k) for k in range(3)),
+    _key(b"id\x1fev-1"),
+}
+
+
+def test_identical_rows_of_a_file_are_each_an_event_and_a_repeated_event_id_is_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path, "repeats.csv", REPEATS)
+
+    # When a file with identical rows is loaded
+    first = ingest_events(database_url, path, now=NOW)
+
+    # Then each row without an event_id is an event, keyed by its occurrence, and the summary counts the repeats
+    assert (first.rows_read, first.rows_loaded, first.rows_duplicate, first.rows_repeated) == (7, 6, 1, 3)
+    assert _keys(database_url) == REPEAT_KEYS
+    assert ("u2", "buy", utc(2024, 1, 5, 11), 1.0, "ev-1") in stored_events(database_url)
+
+    # And loading it again stores nothing more: each row is stored once
+    content = db.checksums(database_url)
+    again = ingest_events(database_url, path, now=NOW)
+    assert (again.rows_loaded, again.rows_duplicate, again.rows_repeated) == (0, 7, 3)
+    assert db.checksums(database_url) == content
+    assert query_rows(database_url, "SELECT rows_repeated FROM raw.loads ORDER BY load_id") == [(3,), (3,)]
+
+
+def test_a_second_file_adds_only_the_repeats_beyond_the_first(database_url: str, tmp_path: Path) -> None:
+    # Given a CSV with a purchase twice, then a Parquet file with it three times (the instant in another zone)
+    ingest_events(database_url, write_csv(tmp_path, "two.csv", "u1,buy,2024-01-05T00:00:00Z,5,\n" * 2), now=NOW)
+    three = write_parquet(
+        tmp_path,
+        "three.parquet",
+        {
+            "user_id": pa.array(["u1"] * 3),
+            "event_type": pa.array(["buy"] * 3),
+            "event_timestamp": pa.array([utc(2024, 1, 5)] * 3, pa.timestamp("ms", "Asia/Tokyo")),
+            "value": pa.array([5.0] * 3),
+        },
+    )
+
+    # When the second file is loaded, then it adds the third occurrence only
+    summary = ingest_events(database_url, three, now=NOW)
+
+    assert (summary.rows_loaded, summary.rows_duplicate, summary.rows_repeated) == (1, 2, 2)
+    assert _keys(database_url) == {_repeat_key("u1", "buy", utc(2024, 1, 5), 5.0, k) for k in range(3)}
+
+
+def test_a_repeat_in_a_later_chunk_is_counted_once_per_repeat(make_database: Callable[[], str], tmp_path: Path) -> None:
+    # Given rows A B A C A B read two at a time, so every repeat is in another chunk than the row it repeats
+    rows = {name: f"u{name},login,2024-01-05T10:00:00Z,,\n" for name in "ABC"}
+    path = write_csv(tmp_path, "chunks.csv", "".join(rows[name] for name in "ABACAB"))
+    chunked, whole = make_database(), make_database()
+
+    # When it is loaded in chunks of 2, and in one chunk elsewhere
+    summaries = [ingest_events(chunked, path, now=NOW, chunk_rows=2), ingest_events(whole, path, now=NOW)]
+
+    # Then both count the same three repeats, store the six rows, and give them the same keys
+    assert [(s.rows_loaded, s.rows_repeated) for s in summaries] == [(6, 3), (6, 3)]
+    at = utc(2024, 1, 5, 10)
+    expected = {_repeat_key("uA", "login", at, None, k) for k in range(3)}
+    expected |= {_repeat_key("uB", "login", at, None, k) for k in range(2)} | {_content_key("uC", "login", at, None)}
+    assert _keys(chunked) == _keys(whole) == expected
+
+
+def test_csv_and_parquet_of_the_same_rows_give_the_same_keys(make_database: Callable[[], str], tmp_path: Path) -> None:
+    # Given the same five rows, two of them repeated, as a CSV in UTC+1 and as a Parquet file in UTC
+    csv_path = write_csv(
+        tmp_path,
+        "same.csv",
+        "u1,buy,2024-01-05T11:00:00+01:00,9.5,\n"
+        "u1,buy,2024-01-05T11:00:00+01:00,9.5,\n"
+        "u2,login,2024-01-06T01:00:00+01:00,,\n"
+        "u1,buy,2024-01-05T10:00:00Z,9.5,\n"
+        "u2,login,2024-01-06T01:00:00+01:00,,e-1\n",
+    )
+    parquet_path = write_parquet(
+        tmp_path,
+        "same.parquet",
+        {
+            "user_id": pa.array(["u1", "u1", "u2", "u1", "u2"]),
+            "event_type": pa.array(["buy", "buy", "login", "buy", "login"]),
+            "event_timestamp": pa.array(
+                [utc(2024, 1, 5, 10)] * 2 + [utc(2024, 1, 6)] + [utc(2024, 1, 5, 10), utc(2024, 1, 6)],
+                pa.timestamp("us", "UTC"),
+            ),
+            "value": pa.array([9.5, 9.5, None, 9.5, None]),
+            "event_id": pa.array([None, None, None, None, "e-1"]),
+        },
+    )
+    from_csv, from_parquet = make_database(), make_database()
+
+    csv_load = ingest_events(from_csv, csv_path, now=NOW)
+    parquet_load = ingest_events(from_parquet, parquet_path, now=NOW)
+
+    assert csv_load.rows_repeated == parquet_load.rows_repeated == 2
+    assert _keys(from_csv) == _keys(from_parquet)
+    assert len(_keys(from_csv)) == 5
 
 
 # --- users -------------------------------------------------------------------------------------------------------
@@ -382,6 +493,37 @@ def test_users_with_naive_signup_times_need_a_time_zone(database_url: str, tmp_p
     assert [row[:2] for row in _users(database_url)] == [("u1", utc(2024, 1, 5, 1))]
 
 
+def test_a_file_of_events_alone_makes_its_users_known(database_url: str, tmp_path: Path) -> None:
+    # Given no users file, and events of two customers (the first load into an empty table goes in bulk)
+    events = write_csv(tmp_path, "buys.csv", "c1,buy,2024-01-05T00:00:00Z,5,\nc2,buy,2024-01-06T00:00:00Z,7,\n")
+
+    # When the events are loaded
+    first = ingest_events(database_url, events, now=NOW)
+
+    # Then both customers are users without attributes, known to serving, added by that load
+    assert (first.method, first.users_added) == ("bulk", 2)
+    assert _users(database_url) == [
+        ("c1", None, None, None, None, None, first.load_id),
+        ("c2", None, None, None, None, None, first.load_id),
+    ]
+    assert query_rows(database_url, "SELECT users_added FROM raw.loads") == [(2,)]
+    known = query_rows(database_url, KNOWN_USERS_SQL.replace("%(ids)s", "ARRAY['c1', 'c2', 'c9']"))
+    assert sorted(known) == [("c1",), ("c2",)]
+
+    # And a users file fills one in, which a later events file (incremental) leaves alone while adding a new user
+    users = write_csv(tmp_path, "u.csv", "c1,2023-12-01T00:00:00Z,basic,9,ads,EU\n", USERS_HEADER)
+    filled = ingest_users(database_url, users)
+    more = write_csv(tmp_path, "more.csv", "c1,buy,2024-02-01T00:00:00Z,3,\nc3,buy,2024-02-01T00:00:00Z,4,\n")
+    later = ingest_events(database_url, more, now=NOW, allow_bulk=False)
+    assert (filled.rows_loaded, later.method, later.users_added) == (1, "incremental", 1)
+    assert _users(database_url) == [
+        ("c1", utc(2023, 12, 1), "basic", 9.0, "ads", "EU", filled.load_id),
+        ("c2", None, None, None, None, None, first.load_id),
+        ("c3", None, None, None, None, None, later.load_id),
+    ]
+    assert ingest_events(database_url, events, now=NOW).users_added == 0
+
+
 # --- progress and the command line -------------------------------------------------------------------------------
 
 
@@ -401,8 +543,9 @@ def test_the_cli_loads_a_good_file_and_prints_the_summary(platform_database: str
 
     assert result.exit_code == 0, result.output
     assert "rows read" in result.stdout and "quarantined" in result.stdout
-    assert "│         3 │      1 │          1 │           1 │" in result.stdout
-    assert len(stored_events(platform_database)) == 1
+    assert "│         3 │      2 │          0 │           1 │" in result.stdout
+    assert "in-file repeats: 1 " in result.stdout and "new users from events: 1" in result.stdout
+    assert len(stored_events(platform_database)) == 2
 
 
 def test_the_cli_reports_a_contract_error_in_one_line_and_exits_1(platform_database: str, tmp_path: Path) -> None:
@@ -418,8 +561,8 @@ def test_the_cli_reports_a_contract_error_in_one_line_and_exits_1(platform_datab
 
 
 def test_summaries_render_as_markdown() -> None:
-    summary = LoadSummary(7, "events", "/data/e.csv", 1_000, 900, 50, 50, 2.0, "bulk")
+    summary = LoadSummary(7, "events", "/data/e.csv", 1_000, 900, 50, 50, 2.0, "bulk", rows_repeated=30, users_added=4)
     assert summary.rows_per_second == 500
     assert "### events load 7 (bulk)" in summary.to_markdown()
-    assert "| 1,000 | 900 | 50 | 50 | 2.00 | 500 |" in summary.to_markdown()
+    assert "| 1,000 | 900 | 50 | 50 | 30 | 4 | 2.00 | 500 |" in summary.to_markdown()
     assert json.dumps(summary.__dict__)  # plain values: loggable and serialisable as a flow result

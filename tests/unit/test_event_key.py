@@ -12,19 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from churn_platform.data.arrow_copy import encode_rows
-from churn_platform.data.ingest.event_key import canonical_event_bytes, event_keys
+from churn_platform.data.ingest.event_key import FileEventKeys, RepeatCounter, canonical_event_bytes, event_keys
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = b"\x1f"
 
 
-def _reference_key(user: str, kind: str, at: datetime, value: float | None, event_id: str | None) -> bytes:
+def _reference_key(
+    user: str, kind: str, at: datetime, value: float | None, event_id: str | None, occurrence: int = 0
+) -> bytes:
     """The documented key of one event, by hand: struct for the numbers, mmh3 for the hash."""
     if event_id is not None:
         return mmh3.hash_bytes(b"id" + US + event_id.encode())
     micros = (at - EPOCH) // timedelta(microseconds=1)
     amount = b"" if value is None else struct.pack(">d", 0.0 if value == 0 else value)
-    return mmh3.hash_bytes(user.encode() + US + kind.encode() + US + struct.pack(">q", micros) + US + amount)
+    content = user.encode() + US + kind.encode() + US + struct.pack(">q", micros) + US + amount
+    return mmh3.hash_bytes(content + (US + struct.pack(">q", occurrence) if occurrence else b""))
 
 
 def _keys(
@@ -107,3 +110,97 @@ events = st.tuples(
 def test_keys_match_the_row_by_row_reference(rows: list[tuple[str, str, datetime, float | None, str | None]]) -> None:
     users, kinds, times, values, ids = (list(column) for column in zip(*rows, strict=True))
     assert _keys(users, kinds, times, values, ids) == [_reference_key(*row) for row in rows]
+
+
+Row = tuple[str, str, datetime, float | None, str | None]
+
+
+def _columns(rows: list[Row]) -> list[pa.Array]:
+    users, kinds, times, values, ids = (list(column) for column in zip(*rows, strict=True))
+    return [
+        pa.array(users, pa.string()),
+        pa.array(kinds, pa.string()),
+        pa.array(times, pa.timestamp("us", "UTC")),
+        pa.array(values, pa.float64()),
+        pa.array(ids, pa.string()),
+    ]
+
+
+def _reference_file_keys(rows: list[Row]) -> list[bytes]:
+    """Row by row: a row without an event_id is numbered by the identical rows before it in the file."""
+    seen: dict[tuple[str, str, datetime, float | None], int] = {}
+    keys = []
+    for user, kind, at, value, event_id in rows:
+        occurrence = 0
+        if event_id is None:
+            content = (user, kind, at, 0.0 if value == 0 else value)
+            occurrence = seen.get(content, 0)
+            seen[content] = occurrence + 1
+        keys.append(_reference_key(user, kind, at, value, event_id, occurrence))
+    return keys
+
+
+def test_a_repeat_key_hashes_the_content_then_its_occurrence() -> None:
+    at = datetime(2024, 1, 5, tzinfo=UTC)
+    content = b"u1\x1fbuy\x1f" + struct.pack(">q", 1_704_412_800_000_000) + b"\x1f" + struct.pack(">d", 5.0)
+
+    keys = FileEventKeys().keys(*_columns([("u1", "buy", at, 5.0, None)] * 3))
+
+    assert keys.to_pylist() == [
+        mmh3.hash_bytes(content),  # the first occurrence keeps the plain content key
+        mmh3.hash_bytes(content + b"\x1f" + struct.pack(">q", 1)),
+        mmh3.hash_bytes(content + b"\x1f" + struct.pack(">q", 2)),
+    ]
+
+
+def test_a_repeated_event_id_keeps_one_key_and_is_no_repeat() -> None:
+    at = datetime(2024, 1, 5, tzinfo=UTC)
+    file = FileEventKeys()
+
+    keys = file.keys(*_columns([("u1", "buy", at, 5.0, "ord-1"), ("u1", "buy", at, 5.0, "ord-1")]))
+
+    assert keys.to_pylist() == [mmh3.hash_bytes(b"id\x1ford-1")] * 2
+    assert file.rows_repeated == 0
+
+
+def test_keys_that_share_a_fingerprint_but_differ_are_not_repeats() -> None:
+    # Given two keys equal in their first 8 bytes (the sort fingerprint) and different after, in two calls
+    counter = RepeatCounter()
+    first, other = b"\x01" * 8 + b"\x02" * 8, b"\x01" * 8 + b"\x03" * 8
+
+    def keys(*digests: bytes) -> pa.FixedSizeBinaryArray:
+        return pa.array(list(digests), pa.binary(16))
+
+    # Then neither is numbered, within a call or across calls; an equal key is
+    assert counter.occurrences(keys(first, other)) is None
+    assert counter.occurrences(keys(other)).tolist() == [1]  # type: ignore[union-attr]
+    assert counter.occurrences(keys(first, other, first)).tolist() == [1, 2, 2]  # type: ignore[union-attr]
+    assert counter.repeats == 4
+
+
+repeated_events = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2"]),
+        st.sampled_from(["buy", "login"]),
+        st.sampled_from([datetime(2024, 1, day, tzinfo=UTC) for day in (1, 2)]),
+        st.sampled_from([None, 0.0, -0.0, 5.0]),
+        st.sampled_from([None, None, None, "e-1"]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(repeated_events, st.integers(1, 9))
+def test_a_file_keyed_chunk_by_chunk_numbers_repeats_across_chunks(rows: list[Row], chunk_rows: int) -> None:
+    file = FileEventKeys()
+    columns = _columns(rows)
+
+    keys = [
+        key
+        for start in range(0, len(rows), chunk_rows)
+        for key in file.keys(*(column.slice(start, chunk_rows) for column in columns)).to_pylist()
+    ]
+
+    assert keys == _reference_file_keys(rows)
+    assert file.rows_repeated == sum(key != _reference_key(*row) for key, row in zip(keys, rows, strict=True))

@@ -52,6 +52,11 @@ def _ingest(load: Callable[..., loads.LoadSummary], file: Path, timezone: str | 
             raise fail(escape(str(exc))) from exc  # messages quote Arrow types such as timestamp[us]
         progress.update(task, total=summary.rows_read, completed=summary.rows_read)
     console.print(_load_table(summary))
+    if summary.kind == "events":  # both within the counts above: repeats are loaded or duplicates
+        console.print(
+            f"in-file repeats: {summary.rows_repeated:,} (rows identical to an earlier row of the file, each its own"
+            f" event); new users from events: {summary.users_added:,}"
+        )
     if summary.rows_quarantined:
         console.print(f"[yellow]quarantined rows:[/] SELECT * FROM raw.quarantine WHERE load_id = {summary.load_id}")
 

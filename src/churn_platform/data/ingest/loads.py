@@ -51,7 +51,8 @@ INSERT_LOAD = "INSERT INTO raw.loads (kind, source) VALUES (%(kind)s, %(source)s
 FINISH_LOAD = """
 UPDATE raw.loads
 SET finished_at = clock_timestamp(), source_sha256 = %(sha256)s, rows_read = %(rows_read)s,
-    rows_loaded = %(rows_loaded)s, rows_duplicate = %(rows_duplicate)s, rows_quarantined = %(rows_quarantined)s
+    rows_loaded = %(rows_loaded)s, rows_duplicate = %(rows_duplicate)s, rows_quarantined = %(rows_quarantined)s,
+    rows_repeated = %(rows_repeated)s, users_added = %(users_added)s
 WHERE load_id = %(load_id)s"""
 
 INSERT_QUARANTINE = """
@@ -77,7 +78,12 @@ ON CONFLICT (user_id) DO NOTHING"""
 
 @dataclass(frozen=True)
 class LoadSummary:
-    """What one load did: every row read is loaded, a duplicate of a stored row, or quarantined."""
+    """What one load did: every row read is loaded, a duplicate of a stored row, or quarantined.
+
+    Events loads also count the rows that repeat an identical earlier row of the file (kept as events of their
+    own, so counted as loaded, or as duplicates when the file was loaded before), and the users of the file that
+    `raw.users` did not know yet (added without attributes).
+    """
 
     load_id: int
     kind: str
@@ -88,6 +94,8 @@ class LoadSummary:
     rows_quarantined: int
     seconds: float
     method: str  # events: "bulk", "incremental" or "incremental after bulk"; users: "upsert"
+    rows_repeated: int = 0
+    users_added: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -100,9 +108,10 @@ class LoadSummary:
                 f"### {self.kind} load {self.load_id} ({self.method})",
                 f"`{self.source}`",
                 "",
-                "| rows read | loaded | duplicates | quarantined | seconds | rows/s |",
-                "|---:|---:|---:|---:|---:|---:|",
+                "| rows read | loaded | duplicates | quarantined | in-file repeats | new users | seconds | rows/s |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
                 f"| {self.rows_read:,} | {self.rows_loaded:,} | {self.rows_duplicate:,} | {self.rows_quarantined:,}"
+                f" | {self.rows_repeated:,} | {self.users_added:,}"
                 f" | {self.seconds:.2f} | {self.rows_per_second:,.0f} |",
             ]
         )
@@ -153,6 +162,8 @@ def _finish(
             "rows_loaded": loaded.rows_loaded,
             "rows_duplicate": duplicates,
             "rows_quarantined": staged.rows_quarantined,
+            "rows_repeated": loaded.rows_repeated,
+            "users_added": loaded.users_added,
         },
     )
     return LoadSummary(
@@ -165,6 +176,8 @@ def _finish(
         rows_quarantined=staged.rows_quarantined,
         seconds=time.perf_counter() - started,
         method=loaded.method,
+        rows_repeated=loaded.rows_repeated,
+        users_added=loaded.users_added,
     )
 
 
@@ -210,6 +223,9 @@ def ingest_events(
     allow_bulk: bool = True,
 ) -> LoadSummary:
     """Load an events file into `raw.events`, quarantining bad rows; all or nothing, and idempotent.
+
+    Identical rows of the file are distinct events (numbered by occurrence, see `event_key`); the file's users
+    that `raw.users` lacks get a row there without attributes, in the same transaction.
 
     Args:
         url: the platform database.

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg.copy import QueuedLibpqWriter
 
 from churn_platform.data.arrow_copy import HEADER, TRAILER, encode_rows
 from churn_platform.data.ingest.contract import EVENTS, USERS, Contract
-from churn_platform.data.ingest.event_key import event_keys
+from churn_platform.data.ingest.event_key import FileEventKeys
 from churn_platform.data.ingest.sources import SourceFile, iter_chunks
 from churn_platform.data.ingest.validation import ChunkContext, ValidatedChunk, quarantine_records, validate_chunk
 
@@ -63,11 +64,21 @@ class CopyTarget:
     create: str | None = None
 
 
-def keyed_events(chunk: ValidatedChunk, first_row: int) -> list[pa.Array]:
-    """event_key, then the events contract's columns: the columns of the events staging table."""
-    good = chunk.good_values()
-    key = event_keys(good["user_id"], good["event_type"], good["event_timestamp"], good["value"], good["event_id"])
-    return [key, *(good[name] for name in EVENTS.names)]
+@dataclass
+class KeyedEvents:
+    """The COPY columns of one file's events, chunk by chunk in file order: event_key, then the events contract's
+    columns (the columns of the events staging table). Keys number the in-file repeats of identical rows across
+    chunks, so a file needs its own instance; the file's user ids are gathered on the way."""
+
+    keys: FileEventKeys = field(default_factory=FileEventKeys)
+    user_ids: set[str] = field(default_factory=set)
+
+    def __call__(self, chunk: ValidatedChunk, first_row: int) -> list[pa.Array]:
+        good = chunk.good_values()
+        user_id = good["user_id"]
+        key = self.keys.keys(user_id, good["event_type"], good["event_timestamp"], good["value"], good["event_id"])
+        self.user_ids.update(pc.unique(user_id).to_pylist())
+        return [key, *(good[name] for name in EVENTS.names)]
 
 
 def numbered_users(chunk: ValidatedChunk, first_row: int) -> list[pa.Array]:
@@ -77,7 +88,11 @@ def numbered_users(chunk: ValidatedChunk, first_row: int) -> list[pa.Array]:
     return [numbers, *(good[name] for name in USERS.names)]
 
 
-EVENTS_STAGING = CopyTarget(COPY_EVENTS_STAGING, keyed_events, CREATE_EVENTS_STAGING)
+def events_staging(events: KeyedEvents) -> CopyTarget:
+    """The TEMP events staging table as the COPY target of a file's `events`."""
+    return CopyTarget(COPY_EVENTS_STAGING, events, CREATE_EVENTS_STAGING)
+
+
 USERS_STAGING = CopyTarget(COPY_USERS_STAGING, numbered_users, CREATE_USERS_STAGING)
 
 
