@@ -120,32 +120,38 @@ def _digests(keys: pa.FixedSizeBinaryArray) -> npt.NDArray[np.void]:
 
 @dataclass(frozen=True)
 class _Run:
-    """Digests seen earlier in the file, sorted by their first 8 bytes (`fingerprint`)."""
+    """Keys seen earlier in the file as two 8-byte halves, sorted by the first (`fingerprint`)."""
 
     fingerprint: npt.NDArray[np.uint64]
-    digest: npt.NDArray[np.void]
+    rest: npt.NDArray[np.uint64]
 
-    def count(self, fingerprint: npt.NDArray[np.uint64], digest: npt.NDArray[np.void]) -> npt.NDArray[np.int64]:
-        """How many times the run holds each digest (exact: equal fingerprints are compared in full)."""
+    def count(self, fingerprint: npt.NDArray[np.uint64], rest: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
+        """How many times the run holds each key (exact: the keys of equal fingerprints are compared in full)."""
         left = np.searchsorted(self.fingerprint, fingerprint, side="left")
         width = np.searchsorted(self.fingerprint, fingerprint, side="right") - left
-        which = np.repeat(np.arange(len(digest)), width)
+        which = np.repeat(np.arange(len(rest)), width)
         position = left[which] + np.arange(len(which)) - np.repeat(np.cumsum(width) - width, width)
-        same = self.digest[position] == digest[which]
-        return np.bincount(which[same], minlength=len(digest)).astype(np.int64)
+        same = self.rest[position] == rest[which]
+        return np.bincount(which[same], minlength=len(rest)).astype(np.int64)
 
     def merged(self, other: _Run) -> _Run:
-        fingerprint = np.concatenate([self.fingerprint, other.fingerprint])
-        order = np.argsort(fingerprint, kind="stable")  # two sorted runs: one merge pass
-        return _Run(fingerprint[order], np.concatenate([self.digest, other.digest])[order])
+        """Both runs in one, by a merge pass: `other`'s keys go after this run's equal fingerprints."""
+        size = len(self.fingerprint) + len(other.fingerprint)
+        at = np.searchsorted(self.fingerprint, other.fingerprint, side="right") + np.arange(len(other.fingerprint))
+        mine = np.ones(size, dtype=bool)
+        mine[at] = False
+        fingerprint, rest = np.empty(size, dtype=np.uint64), np.empty(size, dtype=np.uint64)
+        fingerprint[at], rest[at] = other.fingerprint, other.rest
+        fingerprint[mine], rest[mine] = self.fingerprint, self.rest
+        return _Run(fingerprint, rest)
 
 
 @dataclass
 class RepeatCounter:
     """Numbers each content key by how many identical ones came before it in the file, across calls in file order.
 
-    A chunk's digests are sorted by fingerprint (their first 8 bytes, uniformly distributed) and kept as a run;
-    runs are merged as in a binary counter, so a file keeps O(log n) of them. Only the rows whose fingerprint
+    A chunk's keys are sorted by fingerprint (their first 8 bytes, uniformly distributed) and kept as a run; runs
+    of equal size are merged as in a binary counter, so a file keeps O(log n) of them. Only the rows whose fingerprint
     repeats within the chunk or appears in a run, nearly always genuine repeats, are compared in full.
     """
 
@@ -156,7 +162,8 @@ class RepeatCounter:
         """The occurrence number of each content key, counting the keys of earlier calls and those earlier in
         `keys`; None when every one is 0 (no key was seen before)."""
         digest = _digests(keys)
-        fingerprint = digest.view(">u8")[::2].astype(np.uint64)
+        halves = digest.view(">u8").astype(np.uint64)
+        fingerprint, rest = halves[::2], halves[1::2]
         order = np.argsort(fingerprint)
         in_order = fingerprint[order]
         same_as_next = in_order[1:] == in_order[:-1]
@@ -170,15 +177,17 @@ class RepeatCounter:
         if candidate.any():
             rows = np.sort(order[candidate])  # in file order
             occurrence = np.zeros(len(digest), dtype=np.int64)
-            occurrence[rows] = self._seen_before(fingerprint[rows], digest[rows])
+            occurrence[rows] = self._seen_before(fingerprint[rows], rest[rows], digest[rows])
             self.repeats += int(np.count_nonzero(occurrence))
         if len(order):
-            self._push(_Run(in_order, digest[order]))
+            self._push(_Run(in_order, rest[order]))
         return occurrence if occurrence is not None and occurrence.any() else None
 
-    def _seen_before(self, fingerprint: npt.NDArray[np.uint64], digest: npt.NDArray[np.void]) -> npt.NDArray[np.int64]:
-        """For digests in file order: how many equal ones the runs hold, plus how many came earlier among them."""
-        earlier = sum((run.count(fingerprint, digest) for run in self._runs), np.zeros(len(digest), dtype=np.int64))
+    def _seen_before(
+        self, fingerprint: npt.NDArray[np.uint64], rest: npt.NDArray[np.uint64], digest: npt.NDArray[np.void]
+    ) -> npt.NDArray[np.int64]:
+        """For keys in file order: how many equal ones the runs hold, plus how many came earlier among them."""
+        earlier = sum((run.count(fingerprint, rest) for run in self._runs), np.zeros(len(digest), dtype=np.int64))
         order = np.argsort(digest, kind="stable")  # equal digests keep their file order
         in_order = digest[order]
         starts = np.ones(len(order), dtype=bool)
@@ -190,7 +199,7 @@ class RepeatCounter:
 
     def _push(self, run: _Run) -> None:
         self._runs.append(run)
-        while len(self._runs) > 1 and len(self._runs[-2].fingerprint) <= 2 * len(self._runs[-1].fingerprint):
+        while len(self._runs) > 1 and len(self._runs[-2].fingerprint) <= len(self._runs[-1].fingerprint):
             last = self._runs.pop()
             self._runs[-1] = self._runs[-1].merged(last)
 
