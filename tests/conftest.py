@@ -69,6 +69,15 @@ def mlflow_server(stack_settings: Settings) -> str:
     return stack.mlflow_tracking_uri(stack_settings)
 
 
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server for every flow run of the session (it takes ~13 s to start: once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture
 def mlflow_tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The session's MLflow server as this test's tracking and registry URI; mlflow's globals are reset after."""

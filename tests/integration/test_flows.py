@@ -1,8 +1,8 @@
-"""Prefect flows on a temporary Prefect server (started once for the module: it takes ~13 s)."""
+"""Prefect flows on the session's temporary Prefect server (`prefect_server`, started once: it takes ~13 s)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -14,17 +14,10 @@ from flows.generate import advance_world_flow, generate_world_flow
 from flows.ingest import ingest_events_flow, ingest_users_flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 
 from churn_platform import stack
 from churn_platform.data.synthetic import world
 from churn_platform.settings import Settings, get_settings
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_the_ingest_flows_load_files_and_publish_a_summary_artifact(
