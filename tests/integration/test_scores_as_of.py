@@ -68,7 +68,7 @@ def snapshot_rows(settings: Settings, day: date) -> pd.DataFrame:
     catalog = catalog_from_settings(settings)
     with psycopg.connect(settings.database_url or "") as conn:
         cur = conn.execute(
-            f"SELECT s.*, l.churned FROM {catalog.table} s LEFT JOIN features.churn_labels l"
+            f"SELECT s.*, l.churned FROM {catalog.table} s LEFT JOIN {catalog.labels_table} l"
             " ON l.user_id = s.user_id AND l.event_timestamp = s.event_timestamp AND l.horizon_days = %(h)s"
             " WHERE s.event_timestamp = %(t)s ORDER BY s.user_id",
             {"t": f"{day} 00:00+00", "h": settings.label_horizon_days},

@@ -17,7 +17,7 @@ from psycopg import sql
 
 from churn_platform.connections import Connections
 from churn_platform.features import feast_repo
-from churn_platform.features.catalog import FEATURES_SCHEMA, Catalog
+from churn_platform.features.catalog import Catalog
 from churn_platform.settings import Settings
 
 # The entity rows: every user of the snapshot at one time.
@@ -29,7 +29,6 @@ TABLE_EXISTS_SQL = "SELECT to_regclass(%(table)s) IS NOT NULL"
 REALISED_LABELS_SQL = (
     "SELECT user_id, churned FROM {table} WHERE event_timestamp = %(at)s AND horizon_days = %(horizon)s"
 )
-LABELS_TABLE = "churn_labels"  # in FEATURES_SCHEMA: one table for every catalog
 
 
 class PopulationError(LookupError):
@@ -53,7 +52,7 @@ def snapshot_time(day: date) -> datetime:
 
 
 def _snapshot_table(catalog: Catalog) -> sql.Identifier:
-    return sql.Identifier(FEATURES_SCHEMA, catalog.name)
+    return sql.Identifier(*catalog.table.split("."))
 
 
 def _exists(conn: psycopg.Connection, qualified: str) -> bool:
@@ -122,14 +121,14 @@ def population_features(
     return frame
 
 
-def realised_labels(database_url: str, day: date, horizon_days: int) -> pd.DataFrame:
-    """user_id and churned for the users of the snapshot of `day` whose label over `horizon_days` is known."""
-    qualified = f"{FEATURES_SCHEMA}.{LABELS_TABLE}"
+def realised_labels(database_url: str, catalog: Catalog, day: date, horizon_days: int) -> pd.DataFrame:
+    """user_id and churned for the users of the snapshot of `day` whose label over `horizon_days` is known (the
+    catalog's labels table)."""
     with psycopg.connect(database_url) as conn:
-        if not _exists(conn, qualified):
+        if not _exists(conn, catalog.labels_table):
             return pd.DataFrame({"user_id": pd.Series(dtype=str), "churned": pd.Series(dtype=bool)})
         cur = conn.execute(
-            sql.SQL(REALISED_LABELS_SQL).format(table=sql.Identifier(FEATURES_SCHEMA, LABELS_TABLE)),
+            sql.SQL(REALISED_LABELS_SQL).format(table=sql.Identifier(*catalog.labels_table.split("."))),
             {"at": snapshot_time(day), "horizon": horizon_days},
         )
         rows = cur.fetchall()

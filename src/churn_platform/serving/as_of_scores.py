@@ -113,7 +113,7 @@ def score_as_of(
     step(f"scoring {len(features):,} users")
     probabilities = pipeline_scores(model, features)
     step(f"reading the realised labels over {settings.label_horizon_days} days")
-    labels = population.realised_labels(connections.database_url, as_of, settings.label_horizon_days)
+    labels = population.realised_labels(connections.database_url, catalog, as_of, settings.label_horizon_days)
     frame = _scores_frame(features, probabilities, labels, settings, as_of, model)
     return ScoredUsers(frame, as_of, settings.model_name, number, reference, catalog.name, settings.label_horizon_days)
 
