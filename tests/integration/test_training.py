@@ -20,7 +20,7 @@ from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
-from churn_platform.training import pipeline, promotion, registry
+from churn_platform.training import pipeline, promotion, registry, report
 from churn_platform.training.split import time_split
 from churn_platform.training.trainer import TrainConfig, TrainedModel, train_model
 
@@ -65,6 +65,25 @@ def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings,
                  "oracle_roc_auc", "auc_to_oracle"):  # fmt: skip
         assert name in version.metrics, name
     assert version.metrics["test_roc_auc"] > version.metrics["baseline_roc_auc"]
+    assert version.metrics["recency_roc_auc"] == version.metrics["baseline_roc_auc"]
+
+    # The classical baselines were scored on the model's own test rows: recency, and a BG/NBD fitted on the histories
+    # as of the day after the training window
+    trained, test_rows = result.trained, result.trained.test_frame
+    assert trained.bgnbd is not None
+    assert trained.bgnbd.fitted_as_of.date() == trained.split.train.last + timedelta(days=1)
+    assert 100 < trained.bgnbd.fit.customers <= 500  # the users active before then (signups are spread out)
+    assert version.metrics["bgnbd_roc_auc"] == pytest.approx(roc_auc_score(test_rows["churned"], test_rows["p_bgnbd"]))
+    assert version.metrics["recency_roc_auc"] == pytest.approx(
+        roc_auc_score(test_rows["churned"], test_rows["p_recency"])
+    )
+    assert 0.5 < version.metrics["bgnbd_roc_auc"] < version.metrics["oracle_roc_auc"]
+    assert version.metrics["model_lift_over_bgnbd_auc"] == pytest.approx(
+        version.metrics["test_roc_auc"] - version.metrics["bgnbd_roc_auc"]
+    )
+    assert {"bgnbd_r", "bgnbd_alpha", "bgnbd_a", "bgnbd_b"} <= set(version.metrics)
+    shown = ("test_roc_auc", "recency_roc_auc", "bgnbd_roc_auc", "oracle_roc_auc")
+    assert report.metric_rows(result)[0] == ("ROC AUC", *(f"{version.metrics[k]:.4f}" for k in shown))
     assert version.tags["feature_service"] == "churn_v1"
     assert version.tags["feature_definitions_hash"] == result.trained.definitions_hash
     assert version.tags["git_commit"] and version.tags["training_range"].count("..") == 1

@@ -34,7 +34,7 @@ def train(
             raise fail(f"MLflow at {connections.mlflow}: {exc}") from exc
     trained, registered = result.trained, result.registered
     table = Table(title=f"{trained.candidate} on the test window {trained.split.test}")
-    for column in ("metric", "model", "baseline", "oracle"):
+    for column in report.COLUMNS:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in report.metric_rows(result):
         table.add_row(*row)

@@ -1,5 +1,5 @@
-"""Evaluation on the test window: ranking, calibration and business metrics, each next to the trivial baseline
-and (for a synthetic world) the oracle, with the plots that show them."""
+"""Evaluation on the test window: ranking, calibration and business metrics, each next to the classical baselines
+(recency, BG/NBD) and (for a synthetic world) the oracle, with the plots that show them."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def write_plots(
     y: Labels,
     p: Scores,
     *,
-    baseline: Scores,
+    recency: Scores,
+    bgnbd: Scores | None,
     oracle: Scores | None,
     importance: dict[str, float],
 ) -> list[Path]:
@@ -112,7 +113,9 @@ def write_plots(
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
-    curves = {"model": p, "baseline (days since last event)": baseline}
+    curves = {"model": p, "recency (days since last event)": recency}
+    if bgnbd is not None:
+        curves["BG/NBD (P no purchase in the horizon)"] = bgnbd
     if oracle is not None:
         curves["oracle (the world's own probability)"] = oracle
     written = []

@@ -1,5 +1,6 @@
-"""Training as the platform runs it: a Feast training set for a time range, the oracle of a synthetic world, one
-run of `trainer.train_model`, then MLflow (tracked run, registered version, aliases)."""
+"""Training as the platform runs it: a Feast training set for a time range, the oracle of a synthetic world, the
+BG/NBD baseline over the raw events, one run of `trainer.train_model`, then MLflow (tracked run, registered version,
+aliases)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
 from churn_platform.training import registry
 from churn_platform.training.evaluation import Scores
+from churn_platform.training.purchase_histories import bgnbd_lookup
 from churn_platform.training.split import utc_days
 from churn_platform.training.trainer import OracleLookup, TrainConfig, TrainedModel, train_model
 
@@ -79,7 +81,9 @@ def train(
     )
     if rows.frame.empty:
         raise ValueError("no labelled snapshots in that range: run `churn features compute` first")
-    trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days))
+    activity: tuple[str, ...] = getattr(settings, "activity_event_types", ())
+    bgnbd = bgnbd_lookup(url, activity_event_types=activity, churn_event_types=settings.churn_event_types)
+    trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days), bgnbd)
     if not register:
         return TrainResult(trained, None)
     stamps = utc_days(rows.frame["event_timestamp"])

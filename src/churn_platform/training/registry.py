@@ -104,7 +104,8 @@ def log_and_register(
                 Path(folder),
                 y,
                 trained.test_frame["p_model"].to_numpy(),
-                baseline=trained.test_frame["p_baseline"].to_numpy(),
+                recency=trained.test_frame["p_recency"].to_numpy(),
+                bgnbd=None if trained.bgnbd_roc_auc is None else trained.test_frame["p_bgnbd"].to_numpy(),
                 oracle=None if trained.oracle_roc_auc is None else trained.test_frame["p_oracle"].to_numpy(),
                 importance=trained.importance,
             )

@@ -1,10 +1,11 @@
 """One training run, without MLflow: split a training set in time, fit and calibrate the candidates, pick the best
-on validation, and evaluate it on the test window next to the trivial baseline and the oracle."""
+on validation, and evaluate it on the test window next to the classical baselines (recency, BG/NBD) and the oracle."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from churn_platform.features.catalog import Catalog
 from churn_platform.features.training_sets import TrainingSet
 from churn_platform.model.candidates import CANDIDATES, FittedCandidate, fit_candidate
 from churn_platform.model.encoding import FeatureEncoder
+from churn_platform.training.baselines import BaselineLookup, BgNbdBaseline, recency_scores
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
 from churn_platform.training.split import TimeSplit, time_split
 
@@ -43,16 +45,23 @@ class TrainedModel:
     model: Any  # sklearn Pipeline: FeatureEncoder -> calibrated classifier
     split: TimeSplit
     evaluation: Evaluation
-    baseline_roc_auc: float
+    recency_roc_auc: float
+    bgnbd: BgNbdBaseline | None  # None for data without any qualifying event before the fit time
+    bgnbd_roc_auc: float | None
     oracle_roc_auc: float | None
     validation: dict[str, dict[str, float]]  # candidate -> validation metrics
     importance: dict[str, float]
     rows: dict[str, int]
     feature_service: str
     definitions_hash: str
-    # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_baseline, p_oracle
+    # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_recency, p_bgnbd, p_oracle
     test_frame: pd.DataFrame = field(repr=False)
     input_example: pd.DataFrame = field(repr=False)  # feature rows from the test window, for the model signature
+
+    @property
+    def baseline_roc_auc(self) -> float:
+        """The recency baseline's ROC AUC, under its first name."""
+        return self.recency_roc_auc
 
     @property
     def auc_to_oracle(self) -> float | None:
@@ -61,8 +70,17 @@ class TrainedModel:
     def metrics(self) -> dict[str, float]:
         """Every metric of the run, under the names outside scripts read (test_roc_auc, auc_to_oracle, ...)."""
         metrics = self.evaluation.metrics()
-        metrics["baseline_roc_auc"] = self.baseline_roc_auc
-        metrics["model_lift_over_baseline_auc"] = self.evaluation.roc_auc - self.baseline_roc_auc
+        metrics["recency_roc_auc"] = self.recency_roc_auc
+        metrics["model_lift_over_recency_auc"] = self.evaluation.roc_auc - self.recency_roc_auc
+        # The recency baseline's first names: scripts and older versions' comparisons read them.
+        metrics["baseline_roc_auc"] = self.recency_roc_auc
+        metrics["model_lift_over_baseline_auc"] = metrics["model_lift_over_recency_auc"]
+        if self.bgnbd is not None and self.bgnbd_roc_auc is not None:
+            metrics["bgnbd_roc_auc"] = self.bgnbd_roc_auc
+            metrics["model_lift_over_bgnbd_auc"] = self.evaluation.roc_auc - self.bgnbd_roc_auc
+            metrics.update(self.bgnbd.fit.params.metrics())
+            metrics["bgnbd_log_likelihood"] = self.bgnbd.fit.log_likelihood
+            metrics["bgnbd_customers"] = float(self.bgnbd.fit.customers)
         if self.oracle_roc_auc is not None and self.auc_to_oracle is not None:
             metrics["oracle_roc_auc"] = self.oracle_roc_auc
             metrics["auc_to_oracle"] = self.auc_to_oracle
@@ -72,9 +90,13 @@ class TrainedModel:
 
 
 def baseline_scores(frame: pd.DataFrame) -> Scores:
-    """The trivial baseline: the longer since the last event, the likelier churn (never active ranks highest)."""
-    days = frame[BASELINE_FEATURE].to_numpy(dtype=np.float64, na_value=np.nan)
-    return np.where(np.isnan(days), np.nanmax(days, initial=0.0) + 1.0, days)
+    """The recency baseline: the longer since the last event, the likelier churn (never active ranks highest)."""
+    return recency_scores(frame[BASELINE_FEATURE].to_numpy(dtype=np.float64, na_value=np.nan))
+
+
+def bgnbd_fit_time(split: TimeSplit) -> datetime:
+    """BG/NBD is fitted on the histories as of the first day after the training window (UTC midnight)."""
+    return datetime.combine(split.train.last + timedelta(days=1), time(), tzinfo=UTC)
 
 
 def encoder_for(catalog: Catalog) -> FeatureEncoder:
@@ -84,9 +106,14 @@ def encoder_for(catalog: Catalog) -> FeatureEncoder:
 
 
 def train_model(
-    training: TrainingSet, catalog: Catalog, config: TrainConfig, oracle: OracleLookup | None = None
+    training: TrainingSet,
+    catalog: Catalog,
+    config: TrainConfig,
+    oracle: OracleLookup | None = None,
+    bgnbd: BaselineLookup | None = None,
 ) -> TrainedModel:
-    """Fit every candidate on the training window, keep the best by validation ROC AUC, evaluate it on test."""
+    """Fit every candidate on the training window, keep the best by validation ROC AUC, evaluate it on test next to
+    the recency baseline, a BG/NBD fitted at the end of the training window (given `bgnbd`) and the oracle."""
     frame = training.frame
     if BASELINE_FEATURE not in catalog.names:
         raise ValueError(f"catalog {catalog.name} has no `{BASELINE_FEATURE}` feature, which the baseline scores with")
@@ -125,17 +152,23 @@ def train_model(
     threshold = best_f1_threshold(labels["validation"], best.classifier.predict_proba(encoded["validation"])[:, 1])
     p_test = best.classifier.predict_proba(encoded["test"])[:, 1]
     y_test = labels["test"]
-    baseline = baseline_scores(parts["test"])
+    recency = baseline_scores(parts["test"])
+    fitted_bgnbd = bgnbd(parts["test"], bgnbd_fit_time(split), training.horizon_days) if bgnbd is not None else None
     oracle_p = oracle(parts["test"]) if oracle is not None else None
     test_frame = parts["test"][[*TEST_ROW_KEYS, *encoder.feature_names]].assign(
-        p_model=p_test, p_baseline=baseline, p_oracle=oracle_p if oracle_p is not None else np.nan
+        p_model=p_test,
+        p_recency=recency,
+        p_bgnbd=fitted_bgnbd.p_churn if fitted_bgnbd is not None else np.nan,
+        p_oracle=oracle_p if oracle_p is not None else np.nan,
     )
     return TrainedModel(
         candidate=best.name,
         model=best.model,
         split=split,
         evaluation=evaluate(y_test, p_test, threshold),
-        baseline_roc_auc=float(roc_auc_score(y_test, baseline)),
+        recency_roc_auc=float(roc_auc_score(y_test, recency)),
+        bgnbd=fitted_bgnbd,
+        bgnbd_roc_auc=None if fitted_bgnbd is None else float(roc_auc_score(y_test, fitted_bgnbd.p_churn)),
         oracle_roc_auc=None if oracle_p is None else float(roc_auc_score(y_test, oracle_p)),
         validation=validation,
         importance=feature_importance(best.model, parts["test"], y_test, encoder.feature_names, config.seed),
