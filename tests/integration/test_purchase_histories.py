@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from churn_platform.data.labels import ChurnDefinition
 from churn_platform.training.purchase_histories import customer_histories, row_histories
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -87,7 +88,7 @@ def test_row_histories_equal_a_brute_force_point_in_time_computation(
     as_of = [START + timedelta(seconds=offset) for _, offset in rows]
     frame = pd.DataFrame({"user_id": [user for user, _ in rows], "event_timestamp": pd.to_datetime(as_of, utc=True)})
 
-    found = row_histories(events_db, frame, activity_event_types=activity, churn_event_types=CHURN_TYPES)
+    found = row_histories(events_db, frame, ChurnDefinition("non_contractual", CHURN_TYPES, activity))
 
     expected = [_brute_force(events, user, at, activity) for (user, _), at in zip(rows, as_of, strict=True)]
     assert list(found.columns) == ["x", "t_x", "age"] and len(found) == len(rows)
@@ -104,7 +105,7 @@ def test_customer_histories_hold_every_customer_seen_before_the_fit_time(
     _load(events_db, events)
     as_of = START + timedelta(seconds=offset)
 
-    found = customer_histories(events_db, as_of, activity_event_types=activity, churn_event_types=CHURN_TYPES)
+    found = customer_histories(events_db, as_of, ChurnDefinition("non_contractual", CHURN_TYPES, activity))
 
     expected = {user: _brute_force(events, user, as_of, activity) for user in ("a", "b", "c")}
     seen = {user: history for user, history in expected.items() if history[2] > 0}  # T > 0: a qualifying event

@@ -14,6 +14,7 @@ import pandas as pd
 
 from churn_platform import db
 from churn_platform.connections import Connections
+from churn_platform.data.labels import ChurnDefinition
 from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
@@ -81,8 +82,7 @@ def train(
     )
     if rows.frame.empty:
         raise ValueError("no labelled snapshots in that range: run `churn features compute` first")
-    activity: tuple[str, ...] = getattr(settings, "activity_event_types", ())
-    bgnbd = bgnbd_lookup(url, activity_event_types=activity, churn_event_types=settings.churn_event_types)
+    bgnbd = bgnbd_lookup(url, ChurnDefinition.from_settings(settings))
     trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days), bgnbd)
     if not register:
         return TrainResult(trained, None)

@@ -1,26 +1,21 @@
 """Point-in-time purchase histories for BG/NBD, from `raw.events`, and the lookup the training pipeline hands down.
 
-A customer's history at time t counts distinct UTC days with a qualifying event before t: x = those days minus one
-(repeat purchase days), t_x = days from the first such day to the last, T (`age`) = days from the first such day to
-t. Only events with event_timestamp < t count. A user without a qualifying event before t gets x = t_x = T = 0,
+A customer's history at time t counts distinct UTC days with a qualifying event (as the churn definition's labels
+count them: `data.labels.QUALIFYING_EVENT`) before t: x = those days minus one (repeat purchase days), t_x = days
+from the first such day to the last, T (`age`) = days from the first such day to t. Only events with
+event_timestamp < t count. A user without a qualifying event before t gets x = t_x = T = 0,
 which BG/NBD scores as a customer acquired at t.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 import pandas as pd
 
 from churn_platform import db
+from churn_platform.data.labels import QUALIFYING_EVENT, ChurnDefinition
 from churn_platform.training.baselines import HISTORY_COLUMNS, BaselineLookup, BgNbdBaseline, bgnbd_baseline
-
-# Qualifying events: the named activity types, or with none named every type that is not a churn event type.
-QUALIFYING_EVENT = """
-CASE WHEN cardinality(%(activity)s::text[]) > 0 THEN e.event_type = ANY(%(activity)s::text[])
-     ELSE e.event_type <> ALL(%(churn)s::text[]) END
-"""
 
 CREATE_HISTORY_ROWS_SQL = """
 CREATE TEMP TABLE history_rows (
@@ -32,10 +27,10 @@ COPY_HISTORY_ROWS_SQL = "COPY history_rows (row_id, user_id, as_of) FROM STDIN"
 # Each row's history at its own as_of: a day counts when its first qualifying event is before as_of.
 ROW_HISTORIES_SQL = f"""
 WITH active_days AS (
-    SELECT e.user_id, date_trunc('day', e.event_timestamp AT TIME ZONE 'UTC') AS day, min(e.event_timestamp) AS first_at
-    FROM raw.events e
-    WHERE e.user_id IN (SELECT user_id FROM history_rows)
-      AND e.event_timestamp < (SELECT max(as_of) FROM history_rows)
+    SELECT user_id, date_trunc('day', event_timestamp AT TIME ZONE 'UTC') AS day, min(event_timestamp) AS first_at
+    FROM raw.events
+    WHERE user_id IN (SELECT user_id FROM history_rows)
+      AND event_timestamp < (SELECT max(as_of) FROM history_rows)
       AND {QUALIFYING_EVENT}
     GROUP BY 1, 2
 )
@@ -52,9 +47,9 @@ ORDER BY h.row_id
 # Every customer with a qualifying event before as_of, at as_of: what BG/NBD is fitted on.
 CUSTOMER_HISTORIES_SQL = f"""
 WITH active_days AS (
-    SELECT e.user_id, date_trunc('day', e.event_timestamp AT TIME ZONE 'UTC') AS day
-    FROM raw.events e
-    WHERE e.event_timestamp < %(as_of)s AND {QUALIFYING_EVENT}
+    SELECT user_id, date_trunc('day', event_timestamp AT TIME ZONE 'UTC') AS day
+    FROM raw.events
+    WHERE event_timestamp < %(as_of)s AND {QUALIFYING_EVENT}
     GROUP BY 1, 2
 )
 SELECT user_id,
@@ -67,52 +62,35 @@ ORDER BY user_id
 """
 
 
-def _types(activity_event_types: Sequence[str], churn_event_types: Sequence[str]) -> dict[str, list[str]]:
-    return {"activity": list(activity_event_types), "churn": list(churn_event_types)}
-
-
-def row_histories(
-    url: str,
-    rows: pd.DataFrame,
-    *,
-    activity_event_types: Sequence[str],
-    churn_event_types: Sequence[str],
-) -> pd.DataFrame:
-    """(x, t_x, age) for each row (user_id, event_timestamp) at its own timestamp, in the rows' order."""
+def row_histories(url: str, rows: pd.DataFrame, definition: ChurnDefinition) -> pd.DataFrame:
+    """(x, t_x, age) for each row (user_id, event_timestamp) at its own timestamp, in the rows' order; qualifying
+    events as the churn definition's labels count them."""
     stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
     with db.connect(url) as conn, conn.cursor() as cur:
         cur.execute(CREATE_HISTORY_ROWS_SQL)
         with cur.copy(COPY_HISTORY_ROWS_SQL) as copy:
             for row_id, (user_id, stamp) in enumerate(zip(rows["user_id"], stamps, strict=True)):
                 copy.write_row((row_id, str(user_id), stamp.to_pydatetime()))
-        cur.execute(ROW_HISTORIES_SQL, _types(activity_event_types, churn_event_types))
+        cur.execute(ROW_HISTORIES_SQL, definition.sql_params())
         found = pd.DataFrame(cur.fetchall(), columns=["row_id", *HISTORY_COLUMNS])
     return found.drop(columns="row_id").astype({"x": "int64", "t_x": "float64", "age": "float64"})
 
 
-def customer_histories(
-    url: str,
-    as_of: datetime,
-    *,
-    activity_event_types: Sequence[str],
-    churn_event_types: Sequence[str],
-) -> pd.DataFrame:
+def customer_histories(url: str, as_of: datetime, definition: ChurnDefinition) -> pd.DataFrame:
     """(user_id, x, t_x, age) at `as_of` for every user with a qualifying event before it."""
     with db.connect(url) as conn:
-        params = {"as_of": as_of, **_types(activity_event_types, churn_event_types)}
-        found = conn.execute(CUSTOMER_HISTORIES_SQL, params)
+        found = conn.execute(CUSTOMER_HISTORIES_SQL, {"as_of": as_of, **definition.sql_params()})
         frame = pd.DataFrame(found.fetchall(), columns=["user_id", *HISTORY_COLUMNS])
     return frame.astype({"x": "int64", "t_x": "float64", "age": "float64"})
 
 
-def bgnbd_lookup(url: str, *, activity_event_types: Sequence[str], churn_event_types: Sequence[str]) -> BaselineLookup:
+def bgnbd_lookup(url: str, definition: ChurnDefinition) -> BaselineLookup:
     """The BG/NBD baseline over the platform's events: fitted on every customer's history at the fit time, scoring
     each row from its own history at its own time."""
-    types = {"activity_event_types": activity_event_types, "churn_event_types": churn_event_types}
 
     def lookup(rows: pd.DataFrame, fitted_as_of: datetime, horizon_days: int) -> BgNbdBaseline | None:
-        customers = customer_histories(url, fitted_as_of, **types)
-        scored = row_histories(url, rows, **types)
+        customers = customer_histories(url, fitted_as_of, definition)
+        scored = row_histories(url, rows, definition)
         return bgnbd_baseline(customers, scored, fitted_as_of=fitted_as_of, horizon_days=horizon_days)
 
     return lookup
