@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from churn_platform.data.synthetic import world
-from churn_platform.data.synthetic.world_model import WorldConfig, world_config_from_settings
+from churn_platform.data.synthetic.world_model import Returns, WorldConfig, WorldKind, world_config_from_settings
 from churn_platform.settings import get_settings
 from flows.common import platform_connections
 
@@ -37,12 +37,15 @@ def generate_world_flow(
     start_date: date = WorldConfig.start_date,
     horizon_days: int | None = None,
     drift_at: int | None = None,
+    kind: WorldKind = WorldConfig.kind,
+    returns: Returns = WorldConfig.returns,
     replace: bool = False,
 ) -> world.WorldSummary:
-    """Simulate a subscription product and load it into PostgreSQL (the oracle's horizon: the label horizon)."""
+    """Simulate a subscription product or a shop's purchases and load it into PostgreSQL (the oracle's horizon: the
+    label horizon)."""
     config = world_config_from_settings(
         get_settings(), users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon_days,
-        drift_at=drift_at,
+        drift_at=drift_at, kind=kind, returns=returns,
     )  # fmt: skip
     url = platform_connections().database_url
     summary = generate(url, config, replace)

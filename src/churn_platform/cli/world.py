@@ -14,7 +14,7 @@ from rich.table import Table
 from churn_platform import db
 from churn_platform.cli.output import connect, console, fail
 from churn_platform.data.synthetic import world
-from churn_platform.data.synthetic.world_model import WorldConfig, world_config_from_settings
+from churn_platform.data.synthetic.world_model import Returns, WorldConfig, WorldKind, world_config_from_settings
 from churn_platform.settings import get_settings
 
 world_app = typer.Typer(help="The synthetic world.", no_args_is_help=True)
@@ -54,17 +54,25 @@ def generate(
     drift_at: Annotated[
         int | None, typer.Option("--drift-at", min=1, help="Day index from which the world drifts.")
     ] = None,
+    kind: Annotated[
+        WorldKind,
+        typer.Option(help="subscription: a product with plans and cancel events; purchases: a shop without contracts."),
+    ] = WorldConfig.kind,
+    returns: Annotated[
+        Returns, typer.Option(help="purchases worlds: how often dormant customers come back (rare or common).")
+    ] = WorldConfig.returns,
     replace: Annotated[bool, typer.Option("--replace", help="Discard the world or data already loaded.")] = False,
 ) -> None:
-    """Simulate a subscription product and load its users and events into PostgreSQL."""
+    """Simulate a subscription product or a shop's purchases and load its users and events into PostgreSQL."""
     settings = get_settings()
     try:
         start_date = date.fromisoformat(start)
     except ValueError as exc:
         raise fail(f"--start: {exc}") from exc
     config = world_config_from_settings(
-        settings, users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon, drift_at=drift_at
-    )
+        settings, users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon, drift_at=drift_at,
+        kind=kind, returns=returns,
+    )  # fmt: skip
     url = connect(settings).database_url
     db.init_schema(url)
     try:

@@ -18,7 +18,6 @@ from churn_platform.data.synthetic.world_model import (
     ENGAGEMENT_NOISE,
     ENGAGEMENT_PERSISTENCE,
     EVENT_CODE,
-    EVENT_TYPES,
     MICROS_PER_DAY,
     PAYMENT_FAILURE_DECAY,
     PLAN_PRICES,
@@ -27,6 +26,7 @@ from churn_platform.data.synthetic.world_model import (
     RECENT_SMOOTHING,
     REGIONS,
     SECONDS_PER_DAY,
+    SUBSCRIPTION_EVENT_TYPES,
     TICKET_DECAY,
     TREND_SMOOTHING,
     DayEvents,
@@ -36,7 +36,9 @@ from churn_platform.data.synthetic.world_model import (
     SimulatedDays,
     WorldConfig,
     WorldState,
+    arrivals_today,
     hazard_log_odds,
+    initial_signup_days,
     log_engagement,
     sigmoid,
 )
@@ -76,20 +78,10 @@ def _draw_users(rng: np.random.Generator, n: int, signup_days: IntArray, regime:
 def new_world(config: WorldConfig) -> WorldState:
     """The initial state: every initial user drawn, signups spread over the simulated period."""
     rng = np.random.default_rng(config.seed)
-    n = config.users
-    # A launch cohort in the first week, the rest arriving steadily until 85% of the period.
-    arrival_span = max(1, int(config.days * 0.85))
-    in_cohort = rng.random(n) < config.launch_cohort
-    signup_days = np.where(in_cohort, rng.integers(0, 7, n), rng.integers(0, arrival_span, n))
-    signup_days = np.sort(signup_days)  # user ids follow signup order
-    users = _draw_users(rng, n, signup_days, config.regime(0))
-    return WorldState(
-        day=0,
-        next_event_seq=0,
-        rng_state=dict(rng.bit_generator.state),
-        arrival_rate=float((~in_cohort).sum() / arrival_span),
-        **users,
-    )
+    signup_days, arrival_rate = initial_signup_days(rng, config, cohort_days=7)
+    users = _draw_users(rng, config.users, signup_days, config.regime(0))
+    rng_state = dict(rng.bit_generator.state)
+    return WorldState(day=0, next_event_seq=0, rng_state=rng_state, arrival_rate=arrival_rate, **users)
 
 
 def _day_bounds(state: WorldState, day: int, users: IntArray, cancel_second: IntArray) -> tuple[IntArray, IntArray]:
@@ -158,7 +150,7 @@ def simulate_day(
     minutes_scale = regime.session_minutes * np.exp(0.3 * (engagement - POPULATION_ENGAGEMENT))
 
     parts_user, parts_code, parts_value, parts_second = [], [], [], []
-    for name in EVENT_TYPES:
+    for name in SUBSCRIPTION_EVENT_TYPES:
         c = counts[name]
         idx = np.repeat(np.arange(active.shape[0]), c)
         if idx.shape[0] == 0:
@@ -214,9 +206,7 @@ def simulate_day(
 
 def _add_arrivals(config: WorldConfig, state: WorldState, rng: np.random.Generator) -> IntArray:
     """After the initial period, new users keep arriving at the initial steady rate."""
-    if state.day < config.days:
-        return np.empty(0, dtype=np.int64)
-    n = int(rng.poisson(state.arrival_rate))
+    n = arrivals_today(config, state, rng)
     if n == 0:
         return np.empty(0, dtype=np.int64)
     first = state.n_users

@@ -25,8 +25,8 @@ from psycopg.types.json import Jsonb
 from churn_platform import db
 from churn_platform.data import binary_copy, labels
 from churn_platform.data.binary_copy import Field
-from churn_platform.data.synthetic import simulator, world_model
-from churn_platform.data.synthetic.world_model import DayEvents, DayOracle, WorldConfig, WorldState
+from churn_platform.data.synthetic import kinds, world_model
+from churn_platform.data.synthetic.world_model import DayEvents, DayOracle, SimulatedState, WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,6 @@ class WorldSummary:
     written: Written | None = None  # None: a summary of what is stored, not of a write
 
 
-# A synthetic world's churn is its cancel events: the simulator emits one for every churn.
-WORLD_CHURN_DEFINITION = labels.ChurnDefinition("contractual", ("cancel",))
-
-
 def user_ids(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
     """User ids `u0000042` for user indices, as fixed-width bytes (vectorised: no string formatting per row)."""
     if indices.size and int(indices.max()) >= 10**USER_ID_DIGITS:
@@ -183,7 +179,7 @@ def encode_oracle(rows: list[DayOracle], config: WorldConfig) -> memoryview | No
 
 
 def _write_users(
-    cur: psycopg.Cursor[Any], state: WorldState, config: WorldConfig, users: npt.NDArray[np.int64], load_id: int
+    cur: psycopg.Cursor[Any], state: SimulatedState, config: WorldConfig, users: npt.NDArray[np.int64], load_id: int
 ) -> None:
     epoch = np.datetime64(config.start_date, "s")
     signup = epoch + (state.signup_day[users] * world_model.SECONDS_PER_DAY + state.signup_second[users]).astype(
@@ -191,14 +187,13 @@ def _write_users(
     )
     ids = user_ids(users)
     with cur.copy(COPY_USERS_SQL) as copy:
-        for i, u in enumerate(users):
-            plan = int(state.initial_plan[u])  # the plan at signup; later changes are plan_* events
+        for i, (u, (plan, price)) in enumerate(zip(users, state.signup_plans(users), strict=True)):
             copy.write_row(
                 (
                     ids[i].decode(),
                     f"{signup[i]}+00:00",
-                    world_model.PLANS[plan],
-                    float(world_model.PLAN_PRICES[plan]),
+                    plan,
+                    price,
                     world_model.CHANNELS[int(state.channel[u])],
                     world_model.REGIONS[int(state.region[u])],
                     load_id,
@@ -209,7 +204,7 @@ def _write_users(
 def _simulate_into(
     cur: psycopg.Cursor[Any],
     config: WorldConfig,
-    state: WorldState,
+    state: SimulatedState,
     days: int,
     load_id: int,
     progress: Callable[[int], None] | None,
@@ -227,7 +222,7 @@ def _simulate_into(
     with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
         copy.write(binary_copy.HEADER)
         for _ in range(days):
-            simulated = simulator.simulate(config, state, 1)
+            simulated = kinds.simulate(config, state, 1)
             pending.append(simulated.events)
             pending_rows += len(simulated.events)
             oracle.extend(simulated.oracle)
@@ -246,7 +241,7 @@ def _simulate_into(
     return written, oracle
 
 
-def _save_state(cur: psycopg.Cursor[Any], config: WorldConfig, state: WorldState) -> None:
+def _save_state(cur: psycopg.Cursor[Any], config: WorldConfig, state: SimulatedState) -> None:
     cur.execute(
         SAVE_WORLD_SQL,
         {
@@ -301,7 +296,7 @@ def generate_world(
         # accepts COPY FREEZE, and with wal_level=minimal its load and index builds skip the WAL.
         cur.execute(TRUNCATE_WORLD_SQL)
         _truncate_derived(cur)
-        state = simulator.new_world(config)
+        state = kinds.new_world(config)
         load_id = _load_id(cur, f"synthetic world: seed={config.seed} users={config.users} days={config.days}")
         # The events table is empty here: load it without indexes and build them once at the end.
         with db.indexes_deferred(cur, "raw.events"):
@@ -316,7 +311,7 @@ def generate_world(
 
 def _write_users_and_oracle(
     cur: psycopg.Cursor[Any],
-    state: WorldState,
+    state: SimulatedState,
     config: WorldConfig,
     users: npt.NDArray[np.int64],
     load_id: int,
@@ -349,7 +344,7 @@ def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None
         if row is None:
             raise NoWorldError("this database holds no synthetic world: run `churn generate` first")
         config = WorldConfig.from_json(row[0])
-        state = WorldState.from_bytes(bytes(row[1]), row[2])
+        state = kinds.state_from_bytes(config, bytes(row[1]), row[2])
         first_new_user = state.n_users
         load_id = _load_id(cur, f"synthetic world advance: days {state.day}..{state.day + days - 1}")
         written, oracle = _simulate_into(cur, config, state, days, load_id, progress)
@@ -361,24 +356,26 @@ def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None
     return summarise(url, config, state, Written(written, sum(o.user_index.shape[0] for o in oracle), seconds))
 
 
-def load_world(url: str) -> tuple[WorldConfig, WorldState] | None:
+def load_world(url: str) -> tuple[WorldConfig, SimulatedState] | None:
     """The stored world's configuration and state, or None."""
     with db.connect(url) as conn:
         row = conn.execute(LOAD_WORLD_SQL).fetchone()
     if row is None:
         return None
-    return WorldConfig.from_json(row[0]), WorldState.from_bytes(bytes(row[1]), row[2])
+    config = WorldConfig.from_json(row[0])
+    return config, kinds.state_from_bytes(config, bytes(row[1]), row[2])
 
 
-def summarise(url: str, config: WorldConfig, state: WorldState, written: Written | None = None) -> WorldSummary:
+def summarise(url: str, config: WorldConfig, state: SimulatedState, written: Written | None = None) -> WorldSummary:
     """Users, events by type and the positive-label rate of what the database now holds, and what was written.
 
-    The rate uses the world's own churn definition: its `cancel` events, over its oracle's horizon.
+    The rate uses the world's own churn definition over its oracle's horizon: a subscription world's `cancel`
+    events, or no purchase within the horizon in a purchases world.
     """
     with db.connect(url) as conn:
         by_type = {str(t): int(n) for t, n in conn.execute(EVENT_COUNTS_SQL)}
-        rate = labels.positive_label_rate(conn, WORLD_CHURN_DEFINITION, config.horizon_days)
-    active = int(((state.signup_day < state.day) & (state.churn_day < 0)).sum())
+        rate = labels.positive_label_rate(conn, kinds.churn_definition(config), config.horizon_days)
+    active = state.active_users()
     return WorldSummary(
         config=config,
         first_day=config.start_date,
@@ -396,14 +393,17 @@ def summary_rows(summary: WorldSummary) -> list[tuple[str, str]]:
     """The summary as (what, value) rows, for the CLI's table and the flows' Markdown artifact."""
     cfg = summary.config
     rate = "-" if summary.positive_label_rate is None else f"{summary.positive_label_rate:.1%}"
+    purchases = cfg.kind == "purchases"
+    churn = f"no purchase within {cfg.horizon_days} days" if purchases else f"churn within {cfg.horizon_days} days"
     return [
+        ("kind", f"purchases (returns: {cfg.returns})" if purchases else cfg.kind),
         ("seed", str(cfg.seed)),
         ("period", f"{summary.first_day} .. {summary.last_day}"),
-        ("drift from day", "-" if cfg.drift_at is None else str(cfg.drift_at)),
+        *([] if purchases else [("drift from day", "-" if cfg.drift_at is None else str(cfg.drift_at))]),
         ("users (active now)", f"{summary.users:,} ({summary.active_users:,})"),
         ("events in database", f"{sum(summary.events_by_type.values()):,}"),
         *((f"  {t}", f"{n:,}") for t, n in summary.events_by_type.items()),
-        (f"churn within {cfg.horizon_days} days of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots"),
+        (f"{churn} of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots"),
     ] + (
         []
         if summary.written is None

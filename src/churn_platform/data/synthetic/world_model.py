@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
-from typing import Any
+from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,7 @@ IntArray = npt.NDArray[np.int64]
 SECONDS_PER_DAY = 86_400
 MICROS_PER_DAY = SECONDS_PER_DAY * 1_000_000
 
-EVENT_TYPES: tuple[str, ...] = (
+SUBSCRIPTION_EVENT_TYPES: tuple[str, ...] = (
     "login",
     "session",
     "feature_use",
@@ -36,9 +36,17 @@ EVENT_TYPES: tuple[str, ...] = (
     "plan_downgrade",
     "cancel",
 )
+PURCHASE_EVENT_TYPES: tuple[str, ...] = ("purchase",)
+# One code per event type across the kinds of world (the codes of the subscription world's types come first).
+EVENT_TYPES = SUBSCRIPTION_EVENT_TYPES + PURCHASE_EVENT_TYPES
 EVENT_CODE = {name: code for code, name in enumerate(EVENT_TYPES)}
-# Event types that carry a value (session minutes, or a price for payments and plan changes).
-VALUED_EVENT_TYPES = frozenset({"session", "payment", "payment_failed", "plan_upgrade", "plan_downgrade"})
+# Event types that carry a value (session minutes, a price for payments and plan changes, a purchase's amount).
+VALUED_EVENT_TYPES = frozenset({"session", "payment", "payment_failed", "plan_upgrade", "plan_downgrade", "purchase"})
+
+# The kinds of world: a subscription product (cancel events), or a shop without contracts (purchases only).
+WorldKind = Literal["subscription", "purchases"]
+# How often a purchases world's dormant customers come back: rarely, or commonly (after long silences).
+Returns = Literal["rare", "common"]
 
 PLANS: tuple[str, ...] = ("basic", "standard", "premium")
 PLAN_PRICES = np.array([9.99, 19.99, 39.99])
@@ -112,7 +120,9 @@ class WorldConfig:
     start_date: date = date(2025, 1, 1)
     horizon_days: int = 30
     drift_at: int | None = None  # day index from which the drifted regime applies
-    launch_cohort: float = 0.35  # share of the initial users who sign up in the first week
+    launch_cohort: float = 0.35  # share of the initial users who sign up in the first weeks
+    kind: WorldKind = "subscription"  # stored configs from before there were kinds are subscription worlds
+    returns: Returns = "rare"  # purchases worlds: how often dormant customers reactivate
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -139,44 +149,47 @@ def world_config_from_settings(
     start_date: date = WorldConfig.start_date,
     horizon_days: int | None = None,
     drift_at: int | None = None,
+    kind: WorldKind = WorldConfig.kind,
+    returns: Returns = WorldConfig.returns,
 ) -> WorldConfig:
     """The world `churn generate` and the generate flow simulate. Its oracle forecasts churn over the platform's
     label horizon (CHURN_LABEL_HORIZON_DAYS) unless `horizon_days` says otherwise, so that the oracle AUC a model
     is measured against forecasts what the labels count."""
     horizon = settings.label_horizon_days if horizon_days is None else horizon_days
     return WorldConfig(
-        users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon, drift_at=drift_at
-    )
+        users=users, days=days, seed=seed, start_date=start_date, horizon_days=horizon, drift_at=drift_at, kind=kind,
+        returns=returns,
+    )  # fmt: skip
 
 
-@dataclass
-class WorldState:
-    """Everything the simulator knows, per user, at the start of `day` (the next day to simulate)."""
+@dataclass(kw_only=True)
+class SimulatedState:
+    """What every world's simulator carries: the clock, the random generator, and who arrived when and how.
+
+    Each kind of world adds its own per-user latent arrays; all of it is saved and restored as one npz blob plus
+    a few JSON scalars, so a world can be continued day by day.
+    """
 
     day: int
     next_event_seq: int
     rng_state: dict[str, Any]
     signup_day: IntArray
     signup_second: IntArray
-    plan: IntArray
-    initial_plan: IntArray
     channel: IntArray
     region: IntArray
-    baseline: FloatArray  # personal mean log-engagement
-    decline_start: IntArray  # day a slow decline begins (a large number for users who never decline)
-    decline_rate: FloatArray  # log-engagement lost per day once declining
-    deviation: FloatArray  # AR(1) deviation of log-engagement
-    engagement_recent: FloatArray  # 14-day exponential average of log-engagement, up to yesterday
-    engagement_avg: FloatArray  # 30-day exponential average of log-engagement, up to yesterday
-    ticket_pressure: FloatArray
-    payment_failure_pressure: FloatArray
-    payment_failure_prob: FloatArray
-    churn_day: IntArray  # -1 while active
     arrival_rate: float = 0.0  # expected new signups per day once the initial users have arrived
 
     @property
     def n_users(self) -> int:
         return int(self.signup_day.shape[0])
+
+    def active_users(self) -> int:
+        """Users who have arrived and are active now (the summary's "active now")."""
+        raise NotImplementedError
+
+    def signup_plans(self, users: IntArray) -> list[tuple[str | None, float | None]]:
+        """Plan and plan price at signup of each user, for raw.users (None where the world has no plans)."""
+        return [(None, None)] * int(users.shape[0])
 
     def to_bytes(self) -> bytes:
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)}
@@ -189,7 +202,7 @@ class WorldState:
                 "arrival_rate": self.arrival_rate}  # fmt: skip
 
     @classmethod
-    def from_bytes(cls, blob: bytes, scalars: dict[str, Any]) -> WorldState:
+    def from_bytes(cls, blob: bytes, scalars: dict[str, Any]) -> Self:
         with np.load(io.BytesIO(blob)) as loaded:
             arrays = {name: loaded[name] for name in loaded.files}
         expected = {f.name for f in fields(cls)} - set(scalars)
@@ -200,6 +213,57 @@ class WorldState:
                 " regenerate it with `churn generate --replace`"
             )
         return cls(**arrays, **scalars)
+
+
+@dataclass(kw_only=True)
+class WorldState(SimulatedState):
+    """Everything the subscription simulator knows, per user, at the start of `day` (the next day to simulate)."""
+
+    plan: IntArray
+    initial_plan: IntArray
+    baseline: FloatArray  # personal mean log-engagement
+    decline_start: IntArray  # day a slow decline begins (a large number for users who never decline)
+    decline_rate: FloatArray  # log-engagement lost per day once declining
+    deviation: FloatArray  # AR(1) deviation of log-engagement
+    engagement_recent: FloatArray  # 14-day exponential average of log-engagement, up to yesterday
+    engagement_avg: FloatArray  # 30-day exponential average of log-engagement, up to yesterday
+    ticket_pressure: FloatArray
+    payment_failure_pressure: FloatArray
+    payment_failure_prob: FloatArray
+    churn_day: IntArray  # -1 while active
+
+    def active_users(self) -> int:
+        return int(((self.signup_day < self.day) & (self.churn_day < 0)).sum())
+
+    def signup_plans(self, users: IntArray) -> list[tuple[str | None, float | None]]:
+        # The plan at signup; later changes are plan_* events.
+        plans = self.initial_plan[users]
+        return [(PLANS[int(p)], float(PLAN_PRICES[int(p)])) for p in plans]
+
+
+def initial_signup_days(rng: np.random.Generator, config: WorldConfig, cohort_days: int) -> tuple[IntArray, float]:
+    """Signup days of a world's initial users, sorted (user ids follow signup order), and the steady arrival rate.
+
+    A launch cohort arrives over the first `cohort_days`; the rest arrive steadily until 85% of the period, and
+    new users keep arriving at that rate after it.
+    """
+    n = config.users
+    arrival_span = max(1, int(config.days * 0.85))
+    in_cohort = rng.random(n) < config.launch_cohort
+    signup_days = np.where(in_cohort, rng.integers(0, cohort_days, n), rng.integers(0, arrival_span, n))
+    return np.sort(signup_days).astype(np.int64), float((~in_cohort).sum() / arrival_span)
+
+
+def arrivals_today(config: WorldConfig, state: SimulatedState, rng: np.random.Generator) -> int:
+    """How many new users arrive today: none during the initial period (its users are drawn up front)."""
+    if state.day < config.days:
+        return 0
+    return int(rng.poisson(state.arrival_rate))
+
+
+def calendar_days(config: WorldConfig, days: IntArray) -> npt.NDArray[np.datetime64]:
+    """The dates of day indices."""
+    return np.datetime64(config.start_date, "D") + days
 
 
 @dataclass
