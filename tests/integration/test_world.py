@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import numpy as np
 import psycopg
@@ -164,3 +164,43 @@ def test_checksums_do_not_depend_on_the_session_time_zone(database_url: str, mon
     monkeypatch.setenv("PGTZ", "Asia/Kolkata")
     monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")
     assert db.checksums(database_url) == in_utc
+
+
+def test_a_purchases_world_loads_continues_and_labels_no_purchase_within_the_horizon(
+    platform_database: str,
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn_platform import cli
+
+    # Given `churn generate --kind purchases --returns common` on a fresh database
+    result = CliRunner().invoke(
+        cli.app,
+        ["generate", "--kind", "purchases", "--returns", "common", "--users", "200", "--days", "90",
+         "--horizon", "14", "--seed", "3"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # Then the stored world is a purchases world, its users have no plan, and its only events are purchases
+    stored = world.load_world(platform_database)
+    assert stored is not None
+    config, state = stored
+    assert (config.kind, config.returns, config.horizon_days) == ("purchases", "common", 14)
+    with psycopg.connect(platform_database) as conn:
+        assert conn.execute("SELECT count(*), count(plan), count(channel) FROM raw.users").fetchone() == (200, 0, 200)
+        types = conn.execute("SELECT DISTINCT event_type FROM raw.events").fetchall()
+        first_day = conn.execute("SELECT min(day) FROM synthetic.oracle_churn").fetchone()
+    assert types == [("purchase",)]
+    # And the summary's rate is "no purchase within H days", computed from the database as the labels define it
+    summary = world.summarise(platform_database, config, state)
+    assert summary.positive_label_rate is not None and 0.2 < summary.positive_label_rate < 0.95
+    assert ("kind", "purchases (returns: common)") in world.summary_rows(summary)
+
+    # When the world is advanced, it continues where it stopped, and `churn world show` reads it back
+    advanced = world.advance_world(platform_database, 5)
+    assert advanced.last_day == date(2025, 4, 5)
+    assert _count(platform_database, "raw.users") == advanced.users
+    show = CliRunner().invoke(cli.app, ["world", "show"], terminal_width=200)
+    assert show.exit_code == 0, show.output
+    assert "no purchase within 14 days" in show.output
+    assert first_day == (date(2025, 1, 2),)
