@@ -76,3 +76,13 @@ def test_non_contractual_with_a_cancel_that_ends_the_relationship(history: str) 
     # a is in the population until its cancel (days 1..40) and positive on days 31..40 (no login ahead)
     assert rate.snapshots == 40 + 70 + 70
     assert rate.rate == pytest.approx((10 + 50 + 40) / 180)
+
+
+def test_a_large_population_is_summarised_over_a_fixed_sample_of_users(history: str) -> None:
+    with psycopg.connect(history) as conn:
+        full = labels.positive_label_rate(conn, ChurnDefinition("non_contractual", (), ()), 30)
+        sampled = labels.positive_label_rate(conn, ChurnDefinition("non_contractual", (), ()), 30, sample_users=2)
+        again = labels.positive_label_rate(conn, ChurnDefinition("non_contractual", (), ()), 30, sample_users=2)
+    # Four users over a cap of two: one user in two, chosen by a hash of the id (the same ones every time)
+    assert (full.sampled_one_in, sampled.sampled_one_in) == (1, 2)
+    assert sampled.snapshots < full.snapshots and sampled == again

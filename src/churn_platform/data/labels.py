@@ -108,6 +108,7 @@ members AS (
     SELECT f.user_id, coalesce(u.signup_at, f.first_at) AS since
     FROM (SELECT user_id, min(event_timestamp) AS first_at FROM raw.events GROUP BY user_id) AS f
     LEFT JOIN raw.users u USING (user_id)
+    WHERE abs(hashtext(f.user_id)) %% %(one_in)s = 0
 ),
 buckets AS ({DAY_BUCKETS_SQL} GROUP BY 1, 2),
 days AS (
@@ -130,16 +131,28 @@ WHERE grid.day BETWEEN bounds.first_day AND bounds.last_day AND since < t AND NO
 """
 
 
+USERS_SQL = "SELECT count(DISTINCT user_id) FROM raw.events"
+# The rate walks a dense (user, day) grid: beyond this many users, a fixed sample of them (by a hash of the id).
+RATE_SAMPLE_USERS = 5_000
+
+
 @dataclass(frozen=True)
 class LabelRate:
     snapshots: int
     rate: float | None
+    sampled_one_in: int = 1  # the rate is over one user in this many
 
 
-def positive_label_rate(conn: psycopg.Connection, definition: ChurnDefinition, horizon_days: int) -> LabelRate:
-    """Share of labelled daily snapshots that are positive under the definition, over the whole population."""
+def positive_label_rate(
+    conn: psycopg.Connection, definition: ChurnDefinition, horizon_days: int, *, sample_users: int = RATE_SAMPLE_USERS
+) -> LabelRate:
+    """Share of labelled daily snapshots that are positive under the definition, over the population (or, beyond
+    `sample_users` users, over a deterministic sample of about that many)."""
+    users_row = conn.execute(USERS_SQL).fetchone()
+    users = int(users_row[0]) if users_row else 0
+    one_in = max(1, -(-users // sample_users))
     statement = sql.SQL(POSITIVE_LABEL_RATE_SQL).format(ahead=sql.Literal(horizon_days - 1))
-    row = conn.execute(statement, {**definition.sql_params(), "horizon": horizon_days}).fetchone()
+    row = conn.execute(statement, {**definition.sql_params(), "horizon": horizon_days, "one_in": one_in}).fetchone()
     if row is None or not row[0]:
-        return LabelRate(0, None)
-    return LabelRate(int(row[0]), float(row[1]))
+        return LabelRate(0, None, one_in)
+    return LabelRate(int(row[0]), float(row[1]), one_in)

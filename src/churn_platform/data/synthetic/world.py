@@ -105,6 +105,7 @@ class WorldSummary:
     positive_label_rate: float | None
     labelled_snapshots: int
     written: Written | None = None  # None: a summary of what is stored, not of a write
+    rate_sampled_one_in: int = 1  # the label rate is over one user in this many (large worlds)
 
 
 def user_ids(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
@@ -386,6 +387,7 @@ def summarise(url: str, config: WorldConfig, state: SimulatedState, written: Wri
         positive_label_rate=rate.rate,
         labelled_snapshots=rate.snapshots,
         written=written,
+        rate_sampled_one_in=rate.sampled_one_in,
     )
 
 
@@ -393,6 +395,7 @@ def summary_rows(summary: WorldSummary) -> list[tuple[str, str]]:
     """The summary as (what, value) rows, for the CLI's table and the flows' Markdown artifact."""
     cfg = summary.config
     rate = "-" if summary.positive_label_rate is None else f"{summary.positive_label_rate:.1%}"
+    sampled = "" if summary.rate_sampled_one_in == 1 else f" (of one user in {summary.rate_sampled_one_in})"
     purchases = cfg.kind == "purchases"
     churn = f"no purchase within {cfg.horizon_days} days" if purchases else f"churn within {cfg.horizon_days} days"
     return [
@@ -403,7 +406,7 @@ def summary_rows(summary: WorldSummary) -> list[tuple[str, str]]:
         ("users (active now)", f"{summary.users:,} ({summary.active_users:,})"),
         ("events in database", f"{sum(summary.events_by_type.values()):,}"),
         *((f"  {t}", f"{n:,}") for t, n in summary.events_by_type.items()),
-        (f"{churn} of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots"),
+        (f"{churn} of a snapshot", f"{rate} of {summary.labelled_snapshots:,} snapshots{sampled}"),
     ] + (
         []
         if summary.written is None
