@@ -141,6 +141,15 @@ class Settings(BaseSettings):
         ge=1,
         description="Train on every n-th daily snapshot of each user (neighbouring days are nearly the same row).",
     )
+    train_validation: Literal["auto", "time", "folds"] = Field(
+        default="auto",
+        description="Validation design: `time` (a validation window between train and test, two gaps of H),"
+        " `folds` (user folds inside the training window, one gap of H before test), `auto` (`time` when the"
+        " labelled history fits it, else `folds`).",
+    )
+    train_folds: int = Field(
+        default=5, ge=2, description="K of the `folds` design: folds grouped by user inside the training window."
+    )
     promotion_auc_margin: float = Field(
         default=0.01,
         ge=0,

@@ -136,6 +136,38 @@ def test_promote_moves_champion_and_rollback_restores_it(world_settings: Setting
     assert [v.version for v in listed] == sorted((v.version for v in listed), key=int, reverse=True)
 
 
+def test_a_version_validated_by_user_folds_records_its_design_and_is_compared_on_its_test_rows(
+    world_settings: Settings, mlflow_tracking: str
+) -> None:
+    import mlflow
+
+    uri, name = mlflow_tracking, world_settings.model_name
+    if registry.alias_version(uri, name, "champion") is None:
+        pipeline.train(world_settings, connections(world_settings, mlflow=True))
+    champion = registry.alias_version(uri, name, "champion")
+    assert champion is not None and registry.get_version(uri, name, champion).tags["validation_design"] == "time"
+    folds = world_settings.model_copy(update={"train_validation": "folds", "train_folds": 3})
+
+    result = pipeline.train(folds, connections(folds, mlflow=True))
+
+    version, split = result.registered, result.trained.split
+    assert version is not None and split.design == "folds" and split.validation is None
+    assert version.tags["validation_design"] == "folds (3 user folds)" and "rows_validation" not in version.tags
+    assert version.tags["outcomes_seen_through"] == (split.test.first - timedelta(days=1)).isoformat()
+    params = mlflow.get_run(version.run_id).data.params
+    assert (params["validation"], params["validation_design"], params["validation_folds"]) == ("folds", "folds", "3")
+    assert {f"validation_{c}_roc_auc" for c in result.trained.validation} <= set(version.metrics)
+    assert version.metrics["test_roc_auc"] > version.metrics["baseline_roc_auc"]
+    # Promotion scores the time-validated champion on this version's test rows: the same check as ever
+    promoted = promotion.promote(uri, name, version.version, margin=1.0)  # a margin that lets the check pass
+    assert promoted.aliases == ("champion",)
+    assert (
+        f"champion version {champion}) on the same {result.trained.evaluation.rows:,} rows"
+        in (promoted.tags["promotion_check"])
+    )
+    registry.rollback(uri, name)
+
+
 @pytest.fixture(scope="module")
 def flipped_test_labels(world_settings: Settings, rows: training_sets.TrainingSet) -> TrainedModel:
     """The honest model (true labels to fit and calibrate on), tested on inverted labels: its own test AUC is about

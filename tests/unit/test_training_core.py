@@ -32,7 +32,7 @@ def test_split_leaves_a_full_horizon_between_train_validation_and_test() -> None
 
 
 def test_split_of_a_short_history_names_what_it_needs() -> None:
-    with pytest.raises(SplitError, match=r"cover 60 days .* needs at least 89"):
+    with pytest.raises(SplitError, match=r"cover 60 days .* `time` needs 89 \(14 test \+ 14 validation \+ 2 x 30 gap"):
         time_split(_days(date(2025, 1, 1), 60), gap_days=30, test_days=14, validation_days=14)
 
 

@@ -39,6 +39,8 @@ def train(
     for row in report.metric_rows(result):
         table.add_row(*row)
     console.print(table)
+    folds = f", {trained.folds} user folds" if trained.folds else ""
+    console.print(f"split ({trained.split.design} validation{folds}): {trained.split}")
     if registered is not None:
         roles = ", ".join(registered.aliases) or "no alias"
         console.print(f"registered {registered.name} version {registered.version} ({roles})")

@@ -3,7 +3,7 @@ class up, then calibrated on the validation window so their probabilities mean w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 
 Labels = npt.NDArray[np.int64]
+Folds = Sequence[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]  # (rows fitted on, rows scored) per fold
 
 
 def signed_log1p(x: FloatMatrix) -> FloatMatrix:
@@ -60,7 +61,8 @@ CANDIDATES: dict[str, Callable[[int], Any]] = {
 
 @dataclass
 class FittedCandidate:
-    """A candidate fitted on the training window and calibrated on the validation window."""
+    """A candidate fitted on the training window and calibrated on the validation window (or on out-of-fold
+    predictions of the training window)."""
 
     name: str
     model: Pipeline  # encode -> calibrated classifier; takes a DataFrame of features
@@ -75,6 +77,11 @@ class FittedCandidate:
     def classifier(self) -> ClassifierMixin:
         classifier: ClassifierMixin = self.model.named_steps["classify"]
         return classifier
+
+    def calibrated(self, decision_scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """P(churn) the model gives rows with these (uncalibrated) decision scores: its one sigmoid applied."""
+        calibrator = self.classifier.calibrated_classifiers_[0].calibrators[0]  # type: ignore[attr-defined]
+        return np.asarray(calibrator.predict(decision_scores), dtype=np.float64)
 
 
 def fit_candidate(
@@ -93,3 +100,25 @@ def fit_candidate(
     calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method="sigmoid")
     calibrated.fit(x_validation, y_validation)
     return FittedCandidate(name, Pipeline([("encode", encoder), ("classify", calibrated)]), scores)
+
+
+def fit_candidate_on_folds(
+    name: str,
+    encoder: FeatureEncoder,
+    x_train: FloatMatrix,
+    y_train: Labels,
+    folds: Folds,
+    out_of_fold: npt.NDArray[np.float64],
+    seed: int,
+) -> FittedCandidate:
+    """Fit on the whole training window; calibrate (Platt) on the out-of-fold decision scores of `folds`.
+
+    scikit-learn's CalibratedClassifierCV with ensemble=False does exactly that (cross_val_predict over the folds,
+    one sigmoid on those predictions, then one fit on all rows): one estimator and one sigmoid, the shape that
+    compiled scoring and exact explanations read. An ensemble of K fold models would be K times slower to serve
+    and has no exact additive explanation. The cost is K + 1 fits. `out_of_fold` are the candidate's decision
+    scores over the same folds (training.folds), kept as its validation scores.
+    """
+    calibrated = CalibratedClassifierCV(CANDIDATES[name](seed), method="sigmoid", cv=list(folds), ensemble=False)
+    calibrated.fit(x_train, y_train)
+    return FittedCandidate(name, Pipeline([("encode", encoder), ("classify", calibrated)]), out_of_fold)

@@ -74,6 +74,8 @@ def train(
         seed=settings.train_seed,
         test_days=settings.train_test_days,
         validation_days=settings.train_validation_days,
+        validation=settings.train_validation,
+        folds=settings.train_folds,
     )
     catalog = catalog_from_settings(settings)
     url = connections.database_url
@@ -91,6 +93,9 @@ def train(
         "seed": config.seed,
         "test_days": config.test_days,
         "validation_days": config.validation_days,
+        "validation": config.validation,  # as asked (auto, time, folds)
+        "validation_design": trained.split.design,  # as used
+        "validation_folds": trained.folds or 0,  # K of the folds design (0: a validation window)
         "snapshot_every_days": settings.train_snapshot_every_days,
         "label_horizon_days": settings.label_horizon_days,
         "candidates": ",".join(config.candidates),

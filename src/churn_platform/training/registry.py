@@ -12,7 +12,7 @@ import logging
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +159,12 @@ def version_tags(trained: TrainedModel, training_range: str) -> dict[str, str]:
         "training_range": training_range,
         "split": str(split),
         "test_window": str(split.test),
-        # Labels fitted or calibrated on (up to the validation window's end) looked this far ahead: a version scored
-        # on rows of this day or earlier is scored on outcomes it learned from.
-        "outcomes_seen_through": (split.validation.last + timedelta(days=split.gap_days)).isoformat(),
+        # `time` (a validation window) or `folds` (user folds inside the training window)
+        "validation_design": split.design if trained.folds is None else f"{split.design} ({trained.folds} user folds)",
+        # Labels fitted or calibrated on (up to the validation window's end, or the training window's with user
+        # folds) looked this far ahead: a version scored on rows of this day or earlier is scored on outcomes it
+        # learned from.
+        "outcomes_seen_through": split.outcomes_seen_through.isoformat(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "candidate": trained.candidate,
         **{f"rows_{part}": str(count) for part, count in trained.rows.items()},

@@ -9,17 +9,19 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import log_loss, roc_auc_score
 
 from churn_platform.features.catalog import Catalog
 from churn_platform.features.training_sets import TrainingSet
-from churn_platform.model.candidates import CANDIDATES, FittedCandidate, fit_candidate
-from churn_platform.model.encoding import FeatureEncoder
+from churn_platform.model.candidates import CANDIDATES, FittedCandidate, Labels, fit_candidate, fit_candidate_on_folds
+from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 from churn_platform.training.baselines import BaselineLookup, BgNbdBaseline, recency_scores
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
-from churn_platform.training.split import TimeSplit, time_split
+from churn_platform.training.folds import cross_validate, user_folds
+from churn_platform.training.split import TimeSplit, ValidationChoice, training_split
 
 BASELINE_FEATURE = "days_since_last_event"
 TEST_ROW_KEYS = ("user_id", "event_timestamp", "churned")  # a test row's identity and label, before its features
@@ -29,12 +31,14 @@ OracleLookup = Callable[[pd.DataFrame], Scores | None]  # test rows -> the world
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What a run varies: its seed, its windows and its candidates."""
+    """What a run varies: its seed, its windows, its validation design and its candidates."""
 
     seed: int = 7
     test_days: int = 28
-    validation_days: int = 28
+    validation_days: int = 28  # the `time` design's validation window
     candidates: Sequence[str] = tuple(CANDIDATES)
+    validation: ValidationChoice = "auto"  # `time`, `folds` (user folds inside the training window), or `auto`
+    folds: int = 5  # K of the `folds` design
 
 
 @dataclass
@@ -49,7 +53,8 @@ class TrainedModel:
     bgnbd: BgNbdBaseline | None  # None for data without any qualifying event before the fit time
     bgnbd_roc_auc: float | None
     oracle_roc_auc: float | None
-    validation: dict[str, dict[str, float]]  # candidate -> validation metrics
+    validation: dict[str, dict[str, float]]  # candidate -> validation (or out-of-fold) metrics
+    folds: int | None  # K user folds of the `folds` design; None with a validation window
     importance: dict[str, float]
     rows: dict[str, int]
     feature_service: str
@@ -112,19 +117,23 @@ def train_model(
     oracle: OracleLookup | None = None,
     bgnbd: BaselineLookup | None = None,
 ) -> TrainedModel:
-    """Fit every candidate on the training window, keep the best by validation ROC AUC, evaluate it on test next to
-    the recency baseline, a BG/NBD fitted at the end of the training window (given `bgnbd`) and the oracle."""
+    """Fit every candidate on the training window, keep the best by validation ROC AUC (a later window, or user
+    folds inside the training window), evaluate it on test next to the recency baseline, a BG/NBD fitted at the
+    end of the training window (given `bgnbd`) and the oracle."""
     frame = training.frame
     if BASELINE_FEATURE not in catalog.names:
         raise ValueError(f"catalog {catalog.name} has no `{BASELINE_FEATURE}` feature, which the baseline scores with")
-    split = time_split(
+    split = training_split(
         frame["event_timestamp"],
+        validation=config.validation,
         gap_days=training.horizon_days,
         test_days=config.test_days,
         validation_days=config.validation_days,
     )
     in_train, in_validation, in_test = split.masks(frame["event_timestamp"])
     parts = {"train": frame[in_train], "validation": frame[in_validation], "test": frame[in_test]}
+    if split.design == "folds":
+        del parts["validation"]  # validated by user folds inside the training window
     for name, part in parts.items():
         if part.empty:
             raise ValueError(f"the {name} window ({getattr(split, name)}) holds no labelled snapshot")
@@ -134,22 +143,12 @@ def train_model(
 
     encoder = encoder_for(catalog).fit(parts["train"])
     encoded = {name: encoder.transform(part) for name, part in parts.items()}
-    fitted: list[FittedCandidate] = []
-    validation: dict[str, dict[str, float]] = {}
-    for name in config.candidates:
-        candidate = fit_candidate(
-            name, encoder, encoded["train"], labels["train"], encoded["validation"], labels["validation"], config.seed
-        )
-        calibrated = candidate.classifier.predict_proba(encoded["validation"])[:, 1]
-        validation[name] = {
-            "roc_auc": float(roc_auc_score(labels["validation"], candidate.validation_scores)),
-            "log_loss": float(log_loss(labels["validation"], calibrated, labels=[0, 1])),
-        }
-        fitted.append(candidate)
-    # Ranking decides (calibration is monotone and was fitted on validation); log loss breaks a tie.
-    best = max(fitted, key=lambda c: (validation[c.name]["roc_auc"], -validation[c.name]["log_loss"]))
+    if split.design == "time":
+        best, validation, threshold = choose_on_validation(encoder, encoded, labels, config)
+    else:
+        users = parts["train"]["user_id"].to_numpy()
+        best, validation, threshold = choose_on_folds(encoder, encoded["train"], labels["train"], users, config)
 
-    threshold = best_f1_threshold(labels["validation"], best.classifier.predict_proba(encoded["validation"])[:, 1])
     p_test = best.classifier.predict_proba(encoded["test"])[:, 1]
     y_test = labels["test"]
     recency = baseline_scores(parts["test"])
@@ -171,6 +170,7 @@ def train_model(
         bgnbd_roc_auc=None if fitted_bgnbd is None else float(roc_auc_score(y_test, fitted_bgnbd.p_churn)),
         oracle_roc_auc=None if oracle_p is None else float(roc_auc_score(y_test, oracle_p)),
         validation=validation,
+        folds=config.folds if split.design == "folds" else None,
         importance=feature_importance(best.model, parts["test"], y_test, encoder.feature_names, config.seed),
         rows={name: len(part) for name, part in parts.items()},
         feature_service=training.feature_service,
@@ -178,6 +178,46 @@ def train_model(
         test_frame=test_frame.reset_index(drop=True),
         input_example=parts["test"][encoder.feature_names].head(100).reset_index(drop=True),
     )
+
+
+def choose_on_validation(
+    encoder: FeatureEncoder, encoded: dict[str, FloatMatrix], labels: dict[str, Labels], config: TrainConfig
+) -> tuple[FittedCandidate, dict[str, dict[str, float]], float]:
+    """`time` design: each candidate fitted on train and calibrated on the validation window; the best there by
+    ROC AUC, with the F1-best threshold on its calibrated validation scores."""
+    fitted: list[FittedCandidate] = []
+    validation: dict[str, dict[str, float]] = {}
+    for name in config.candidates:
+        candidate = fit_candidate(
+            name, encoder, encoded["train"], labels["train"], encoded["validation"], labels["validation"], config.seed
+        )
+        calibrated = candidate.classifier.predict_proba(encoded["validation"])[:, 1]
+        validation[name] = {
+            "roc_auc": float(roc_auc_score(labels["validation"], candidate.validation_scores)),
+            "log_loss": float(log_loss(labels["validation"], calibrated, labels=[0, 1])),
+        }
+        fitted.append(candidate)
+    # Ranking decides (calibration is monotone and was fitted on validation); log loss breaks a tie.
+    best = max(fitted, key=lambda c: (validation[c.name]["roc_auc"], -validation[c.name]["log_loss"]))
+    threshold = best_f1_threshold(labels["validation"], best.classifier.predict_proba(encoded["validation"])[:, 1])
+    return best, validation, threshold
+
+
+def choose_on_folds(
+    encoder: FeatureEncoder, x_train: FloatMatrix, y_train: Labels, users: npt.ArrayLike, config: TrainConfig
+) -> tuple[FittedCandidate, dict[str, dict[str, float]], float]:
+    """`folds` design: each candidate cross-validated by user inside the training window (K fits); the best by
+    mean out-of-fold ROC AUC is refitted on the whole window and calibrated on its out-of-fold scores (K + 1
+    fits), and the threshold is the F1-best on those scores as calibrated."""
+    folds = user_folds(users, y_train, folds=config.folds, seed=config.seed)
+    scored = {name: cross_validate(name, x_train, y_train, folds, config.seed) for name in config.candidates}
+    validation = {
+        name: {"roc_auc": folded.roc_auc, "log_loss": folded.platt_log_loss(y_train)} for name, folded in scored.items()
+    }
+    winner = max(scored, key=lambda name: (validation[name]["roc_auc"], -validation[name]["log_loss"]))
+    best = fit_candidate_on_folds(winner, encoder, x_train, y_train, folds, scored[winner].out_of_fold, config.seed)
+    threshold = best_f1_threshold(y_train, best.calibrated(scored[winner].out_of_fold))
+    return best, validation, threshold
 
 
 def feature_importance(
