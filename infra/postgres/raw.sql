@@ -37,6 +37,30 @@ CREATE TABLE IF NOT EXISTS raw.users (
     load_id    bigint NOT NULL REFERENCES raw.loads (load_id)
 );
 
+-- The versions of each user's attributes (the users file's columns but signup_at), so that a snapshot at t reads
+-- what was true before t rather than today's row of raw.users. A user's first version is valid from signup (or
+-- from its load, when the file has no signup time or one after the load); a later load that changes the
+-- attributes adds a version valid from that load's start; an unchanged row adds none. Users known only from
+-- events (no attributes) have no version until a users file names them.
+CREATE TABLE IF NOT EXISTS raw.user_attributes (
+    user_id    text COLLATE "C" NOT NULL CHECK (user_id <> ''),
+    valid_from timestamptz      NOT NULL,
+    plan       text,
+    plan_price double precision,
+    channel    text,
+    region     text,
+    load_id    bigint           NOT NULL REFERENCES raw.loads (load_id),
+    PRIMARY KEY (user_id, valid_from)
+);
+-- Databases whose users were loaded before attributes had versions: every user with attributes and no version
+-- gets one, valid from signup (else its load). A no-op once done: every load since writes its versions.
+INSERT INTO raw.user_attributes (user_id, valid_from, plan, plan_price, channel, region, load_id)
+SELECT u.user_id, least(u.signup_at, l.started_at), u.plan, u.plan_price, u.channel, u.region, u.load_id
+FROM raw.users u
+JOIN raw.loads l ON l.load_id = u.load_id
+WHERE num_nonnulls(u.plan, u.plan_price, u.channel, u.region) > 0
+  AND NOT EXISTS (SELECT FROM raw.user_attributes a WHERE a.user_id = u.user_id);
+
 -- event_key is the idempotency key: a 128-bit hash of the source's event_id when it has one, else of the row's
 -- content (see churn_platform.data.ingest.event_key). Loading the same event twice can never make two rows.
 CREATE TABLE IF NOT EXISTS raw.events (

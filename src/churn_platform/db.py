@@ -25,6 +25,7 @@ SCHEMA_FILES = ("schemas.sql", "raw.sql", "synthetic.sql", "serving.sql")
 # The tables whose content defines a world or a load, with the key that orders their checksum.
 CHECKSUM_TABLES: dict[str, tuple[str, ...]] = {
     "raw.users": ("user_id",),
+    "raw.user_attributes": ("user_id", "valid_from"),
     "raw.events": ("event_key",),
     "raw.quarantine": ("source_sha256", "row_number"),
     "synthetic.oracle_churn": ("user_id", "day"),

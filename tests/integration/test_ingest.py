@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mmh3
+import psycopg
 import pyarrow as pa
 import pytest
 from tests.integration.ingest_files import (
@@ -522,6 +523,109 @@ def test_a_file_of_events_alone_makes_its_users_known(database_url: str, tmp_pat
         ("c3", None, None, None, None, None, later.load_id),
     ]
     assert ingest_events(database_url, events, now=NOW).users_added == 0
+
+
+# --- versions of user attributes -------------------------------------------------------------------------------
+
+
+def _versions(url: str) -> list[tuple[Any, ...]]:
+    return query_rows(
+        url,
+        "SELECT user_id, valid_from, plan, plan_price, channel, region, load_id FROM raw.user_attributes"
+        " ORDER BY user_id, valid_from",
+    )
+
+
+def _started_at(url: str, load_id: int) -> datetime:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT started_at FROM raw.loads WHERE load_id = %s", (load_id,)).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def test_a_users_file_gives_first_versions_from_signup_and_a_reload_adds_none(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Given users known from events only (no attributes), and a users file naming one with a signup time, one
+    # without, and leaving the third out
+    ingest_events(
+        database_url,
+        write_csv(tmp_path, "e.csv", "u1,buy,2024-01-05T00:00:00Z,5,\nu9,buy,2024-01-06T00:00:00Z,7,\n"),
+        now=NOW,
+    )
+    assert _versions(database_url) == []
+    path = write_csv(
+        tmp_path, "users.csv", "u1,2023-12-01T00:00:00Z,basic,9,ads,EU\nu2,,pro,19,seo,US\n", header=USERS_HEADER
+    )
+
+    # When it is loaded, then each user it names gets a version: from signup, else from the load
+    first = ingest_users(database_url, path)
+    assert _versions(database_url) == [
+        ("u1", utc(2023, 12, 1), "basic", 9.0, "ads", "EU", first.load_id),
+        ("u2", _started_at(database_url, first.load_id), "pro", 19.0, "seo", "US", first.load_id),
+    ]
+    # And loading the same file again adds no version (nor a differently ordered copy of it)
+    before = db.checksums(database_url)
+    ingest_users(database_url, path)
+    ingest_users(database_url, write_csv(tmp_path, "same.csv", "u2,pro\nu1,basic\n", header="user_id,plan\n"))
+    assert db.checksums(database_url) == before
+
+
+def test_a_changed_attribute_adds_a_version_valid_from_its_load(database_url: str, tmp_path: Path) -> None:
+    # Given a user on basic since signup
+    first = ingest_users(
+        database_url, write_csv(tmp_path, "v1.csv", "u1,2023-12-01T00:00:00Z,basic,9,ads,EU\n", header=USERS_HEADER)
+    )
+
+    # When a later file moves them to pro, and another changes only the signup time
+    changed = ingest_users(
+        database_url, write_csv(tmp_path, "v2.csv", "u1,pro,19\n", header="user_id,plan,plan_price\n")
+    )
+    ingest_users(database_url, write_csv(tmp_path, "v3.csv", "u1,2023-11-01T00:00:00Z\n", header="user_id,signup_at\n"))
+
+    # Then the plan change is a version valid from the start of its load, the old one is kept, and a signup time
+    # is no attribute version
+    assert _versions(database_url) == [
+        ("u1", utc(2023, 12, 1), "basic", 9.0, "ads", "EU", first.load_id),
+        ("u1", _started_at(database_url, changed.load_id), "pro", 19.0, "ads", "EU", changed.load_id),
+    ]
+    # And clearing every attribute is a change too
+    cleared = ingest_users(
+        database_url, write_csv(tmp_path, "v4.csv", "u1,,,,\n", header="user_id,plan,plan_price,channel,region\n")
+    )
+    assert _versions(database_url)[-1] == (
+        "u1",
+        _started_at(database_url, cleared.load_id),
+        None,
+        None,
+        None,
+        None,
+        cleared.load_id,
+    )
+
+
+def test_applying_the_schema_gives_users_of_an_older_database_one_version_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Given users loaded before attributes had versions (one with a signup time, one without, one from events)
+    ingest_events(database_url, write_csv(tmp_path, "e.csv", "u3,buy,2024-01-05T00:00:00Z,5,\n"), now=NOW)
+    load = ingest_users(
+        database_url,
+        write_csv(
+            tmp_path, "u.csv", "u1,2023-12-01T00:00:00Z,basic,9,ads,EU\nu2,,pro,19,seo,US\n", header=USERS_HEADER
+        ),
+    )
+    expected = _versions(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("DELETE FROM raw.user_attributes")
+
+    # When the schema is applied, twice
+    db.init_schema(database_url)
+    db.init_schema(database_url)
+
+    # Then each user with attributes has one version, valid from signup, else from its load
+    assert _versions(database_url) == expected
+    assert [v[:2] for v in expected] == [("u1", utc(2023, 12, 1)), ("u2", _started_at(database_url, load.load_id))]
 
 
 # --- progress and the command line -------------------------------------------------------------------------------

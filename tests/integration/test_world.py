@@ -122,6 +122,25 @@ def test_advance_continues_the_stored_world(database_url: str) -> None:
     assert oracle_days == (10,)
 
 
+def test_every_user_of_the_world_has_the_version_of_their_attributes_from_signup(database_url: str) -> None:
+    # Given a world, continued with new arrivals
+    world.generate_world(database_url, WorldConfig(users=200, days=30, seed=3))
+    summary = world.advance_world(database_url, 10)
+    assert summary.users > 200
+
+    # Then each user, the new ones too, has exactly one version: what raw.users holds, valid from signup
+    with psycopg.connect(database_url) as conn:
+        users = conn.execute(
+            "SELECT user_id, signup_at, plan, plan_price, channel, region, load_id FROM raw.users ORDER BY 1"
+        ).fetchall()
+        versions = conn.execute(
+            "SELECT user_id, valid_from, plan, plan_price, channel, region, load_id FROM raw.user_attributes"
+            " ORDER BY 1, 2"
+        ).fetchall()
+    assert len(users) == summary.users
+    assert versions == users
+
+
 def test_advance_without_a_world_says_so(database_url: str) -> None:
     with pytest.raises(world.NoWorldError, match="churn generate"):
         world.advance_world(database_url, 5)

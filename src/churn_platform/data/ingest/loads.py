@@ -3,7 +3,8 @@
 A load streams the file in chunks (`staging`): each chunk is validated with Arrow kernels (`validation`), its
 good rows are keyed (`event_key`) and COPYed in binary format, its bad rows go to a TEMP quarantine table.
 Events are COPYed straight into `raw.events` with its indexes rebuilt once when the file is large next to the
-table, else into a TEMP staging table and inserted from there (`event_loads`); users are upserted from staging.
+table, else into a TEMP staging table and inserted from there (`event_loads`); users are upserted from staging,
+and the attributes a users file changes get a new version in `raw.user_attributes`.
 Then the quarantined rows go to `raw.quarantine`, the `raw.loads` row is completed, and the transaction commits
 once. Anything that goes wrong before the commit (a contract error, a crash, Ctrl-C, a killed process) leaves
 every table as it was.
@@ -46,7 +47,13 @@ Progress = Callable[[int], None]
 # Loads the rows of a file into its raw table under a load id, in the open transaction.
 LoadRows = Callable[[psycopg.Connection, staging.FileReading, int], LoadedRows]
 
-INSERT_LOAD = "INSERT INTO raw.loads (kind, source) VALUES (%(kind)s, %(source)s) RETURNING load_id"
+# started_at is the clock when the row is written (not the transaction's start): a users load takes its lock
+# first, so the versions of user attributes it adds are valid from a time after every earlier users load's.
+INSERT_LOAD = """
+INSERT INTO raw.loads (kind, source, started_at) VALUES (%(kind)s, %(source)s, clock_timestamp())
+RETURNING load_id"""
+# Users loads one at a time: each compares the file with the versions the previous one left.
+USERS_LOAD_LOCK = "SELECT pg_advisory_xact_lock(hashtext('churn_platform.users_load'))"
 # The file's sha256 is computed while it loads, so it is written with the counts.
 FINISH_LOAD = """
 UPDATE raw.loads
@@ -74,6 +81,26 @@ INSERT_NEW_USERS = """
 INSERT INTO raw.users (user_id, load_id)
 SELECT DISTINCT user_id, %(load_id)s FROM pg_temp.users_staging
 ON CONFLICT (user_id) DO NOTHING"""
+# The versions a users load adds, once raw.users holds its rows (a row this load inserted or changed carries its
+# load_id): a user whose attributes differ from their latest version (none: all NULL) gets a version valid from
+# the load's start, or for a first version, from signup when that was earlier (what they had when they signed up).
+ADD_ATTRIBUTE_VERSIONS = """
+WITH touched AS (
+    SELECT user_id, signup_at, plan, plan_price, channel, region FROM raw.users WHERE load_id = %(load_id)s
+),
+latest AS (
+    SELECT DISTINCT ON (a.user_id) a.user_id, a.plan, a.plan_price, a.channel, a.region
+    FROM raw.user_attributes a
+    JOIN touched USING (user_id)
+    ORDER BY a.user_id, a.valid_from DESC
+)
+INSERT INTO raw.user_attributes (user_id, valid_from, plan, plan_price, channel, region, load_id)
+SELECT t.user_id, CASE WHEN v.user_id IS NULL THEN least(t.signup_at, l.started_at) ELSE l.started_at END,
+       t.plan, t.plan_price, t.channel, t.region, l.load_id
+FROM touched t
+JOIN raw.loads l ON l.load_id = %(load_id)s
+LEFT JOIN latest v USING (user_id)
+WHERE (t.plan, t.plan_price, t.channel, t.region) IS DISTINCT FROM (v.plan, v.plan_price, v.channel, v.region)"""
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,8 @@ def _load_transaction(url: str) -> Iterator[psycopg.Connection]:
 
 
 def _insert_load(conn: psycopg.Connection, kind: str, source: SourceFile) -> int:
+    if kind == USERS.kind:
+        conn.execute(USERS_LOAD_LOCK)
     row = conn.execute(INSERT_LOAD, {"kind": kind, "source": source.name}).fetchone()
     assert row is not None
     return int(row[0])
@@ -273,7 +302,9 @@ def ingest_users(
     """Upsert a users file into `raw.users` on user_id, quarantining bad rows; all or nothing.
 
     A re-load of the same file changes nothing (its rows count as duplicates); a newer file updates the
-    attributes it has. Arguments and errors are those of `ingest_events`.
+    attributes it has, and a user whose attributes it changes gets a version of them in `raw.user_attributes`
+    valid from this load (snapshots read the version valid at their time). Arguments and errors are those of
+    `ingest_events`.
     """
     return _load_file(
         url, path, USERS, _load_users, timezone=timezone, chunk_rows=chunk_rows, now=None, progress=progress
@@ -281,6 +312,8 @@ def ingest_users(
 
 
 def _load_users(conn: psycopg.Connection, reading: staging.FileReading, load_id: int) -> LoadedRows:
-    """Stage the users file, then upsert it."""
+    """Stage the users file, upsert it, then add the versions of the attributes it changed."""
     staged = staging.stage_file(conn, reading, staging.USERS_STAGING)
-    return LoadedRows(staged, _upsert_users(conn, reading.source, load_id), "upsert")
+    upserted = _upsert_users(conn, reading.source, load_id)
+    conn.execute(ADD_ATTRIBUTE_VERSIONS, {"load_id": load_id})
+    return LoadedRows(staged, upserted, "upsert")

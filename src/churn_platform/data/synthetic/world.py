@@ -43,6 +43,12 @@ COPY_EVENTS_SQL = (
 COPY_EVENTS_FROZEN_SQL = COPY_EVENTS_SQL.replace("(FORMAT BINARY)", "(FORMAT BINARY, FREEZE)")
 COPY_ORACLE_SQL = "COPY synthetic.oracle_churn (user_id, day, horizon_days, p_churn) FROM STDIN (FORMAT BINARY)"
 COPY_USERS_SQL = "COPY raw.users (user_id, signup_at, plan, plan_price, channel, region, load_id) FROM STDIN"
+# The world's users keep the attributes they signed up with (a plan change is an event): one version each, valid
+# from signup, copied from the rows just written.
+INSERT_USER_VERSIONS_SQL = """
+INSERT INTO raw.user_attributes (user_id, valid_from, plan, plan_price, channel, region, load_id)
+SELECT user_id, signup_at, plan, plan_price, channel, region, load_id FROM raw.users WHERE load_id = %(load_id)s
+"""
 EXISTING_DATA_SQL = """
 SELECT (SELECT count(*) FROM synthetic.worlds), (SELECT count(*) FROM raw.users),
        EXISTS (SELECT 1 FROM raw.events) OR EXISTS (SELECT 1 FROM raw.loads)
@@ -50,7 +56,8 @@ SELECT (SELECT count(*) FROM synthetic.worlds), (SELECT count(*) FROM raw.users)
 # Replacing a world empties every table it fills, and the load history; identities restart so a replaced world
 # is indistinguishable from a fresh one.
 TRUNCATE_WORLD_SQL = """
-TRUNCATE raw.events, raw.users, raw.quarantine, raw.loads, synthetic.oracle_churn, synthetic.worlds
+TRUNCATE raw.events, raw.users, raw.user_attributes, raw.quarantine, raw.loads, synthetic.oracle_churn,
+    synthetic.worlds
 RESTART IDENTITY
 """
 DERIVED_TABLES_SQL = (
@@ -200,6 +207,7 @@ def _write_users(
                     load_id,
                 )
             )
+    cur.execute(INSERT_USER_VERSIONS_SQL, {"load_id": load_id})
 
 
 def _simulate_into(
