@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -29,6 +30,7 @@ from churn_platform.features.catalog import (
 from churn_platform.features.snapshots import compute_labels, compute_snapshots
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
 DAYS = 20
 CATALOG = Catalog(
     "churn_test",
@@ -72,8 +74,28 @@ events_strategy = st.lists(
     max_size=60,
 )
 
+# A version of a user's attributes: user, seconds after START it is valid from (exact midnights likely, some before
+# the first snapshot), and its plan.
+versions_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.one_of(
+            st.integers(-3, DAYS).map(lambda d: d * 86_400),  # exactly at a snapshot boundary
+            st.integers(-3 * 24, DAYS * 24).map(lambda h: h * 3_600),
+            st.integers(-3 * 86_400, DAYS * 86_400),
+        ),
+        st.sampled_from(["basic", "pro", "team", None]),
+    ),
+    max_size=9,
+    unique_by=lambda v: (v[0], v[1]),
+)
 
-def _load(url: str, events: list[tuple[str, str, int, float | None, timezone]]) -> None:
+
+def _load(
+    url: str,
+    events: list[tuple[str, str, int, float | None, timezone]],
+    versions: Sequence[tuple[str, int, str | None]] = (),
+) -> None:
     with psycopg.connect(url) as conn:
         conn.execute("TRUNCATE raw.events, raw.users, raw.loads RESTART IDENTITY CASCADE")
         for table in (CATALOG.name, f"{CATALOG.name}_labels", "catalog_definitions"):
@@ -88,6 +110,10 @@ def _load(url: str, events: list[tuple[str, str, int, float | None, timezone]]) 
             for i, (user, kind, offset, value, zone) in rows:
                 at = (START + timedelta(seconds=offset)).astimezone(zone)
                 copy.write_row((f"00000000-0000-0000-0000-{i:012d}", user, kind, at, value, lid))
+        # Written in reverse time order too
+        with conn.cursor().copy("COPY raw.user_attributes (user_id, valid_from, plan, load_id) FROM STDIN") as copy:
+            for user, offset, plan in sorted(versions, key=lambda v: -v[1]):
+                copy.write_row((user, START + timedelta(seconds=offset), plan, lid))
 
 
 def _times(events: list[tuple[str, str, int, float | None, timezone]]) -> list[tuple[str, str, datetime, float | None]]:
@@ -105,10 +131,19 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _plan_as_of(versions: Sequence[tuple[str, int, str | None]], user: str, t: datetime) -> str | None:
+    """The plan of the user's version with the latest valid_from before t (None before the first)."""
+    before = [(START + timedelta(seconds=o), plan) for u, o, plan in versions if u == user]
+    before = [(at, plan) for at, plan in before if at < t]
+    return max(before, key=lambda v: v[0])[1] if before else None
+
+
 def _expected(
-    events: list[tuple[str, str, int, float | None, timezone]], until: date
+    events: list[tuple[str, str, int, float | None, timezone]],
+    until: date,
+    versions: Sequence[tuple[str, int, str | None]] = (),
 ) -> dict[tuple[str, datetime], dict[str, object]]:
-    """Brute force: for every user and snapshot day, look at every event before the snapshot."""
+    """Brute force: for every user and snapshot day, look at every event and attribute version before it."""
     out: dict[tuple[str, datetime], dict[str, object]] = {}
     times = _times(events)
     first_day = min(at for _, _, at, _ in times).date()
@@ -151,7 +186,7 @@ def _expected(
                 "tenure_days": (t - since).total_seconds() / 86_400,
                 "mean_gap_days": mean_gap,
                 "current_gap_over_mean_gap": None if not mean_gap or since_last is None else since_last / mean_gap,
-                "plan": None,
+                "plan": _plan_as_of(versions, user, t),
             }
     return out
 
@@ -162,10 +197,14 @@ def snapshot_db(make_database: Callable[[], str]) -> str:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=events_strategy)
-def test_snapshots_equal_a_brute_force_as_of_computation(snapshot_db: str, events: list) -> None:  # type: ignore[type-arg]
-    # Given any event history (ties, boundaries, late rows, several zones)
-    _load(snapshot_db, events)
+@given(events=events_strategy, versions=versions_strategy)
+def test_snapshots_equal_a_brute_force_as_of_computation(
+    snapshot_db: str,
+    events: list,  # type: ignore[type-arg]
+    versions: list,  # type: ignore[type-arg]
+) -> None:
+    # Given any event history (ties, boundaries, late rows, several zones), and versions of the users' plans
+    _load(snapshot_db, events, versions)
     until = (START + timedelta(days=DAYS + 2)).date()
 
     # When snapshots are computed in PostgreSQL
@@ -175,8 +214,9 @@ def test_snapshots_equal_a_brute_force_as_of_computation(snapshot_db: str, event
         names = [c.name for c in cur.description or []]
         stored = {(r[0], r[1]): dict(zip(names[2:], r[2:], strict=True)) for r in cur.fetchall()}
 
-    # Then they equal the brute-force as-of values, row for row and value for value
-    expected = _expected(events, until)
+    # Then they equal the brute-force as-of values, row for row and value for value (the plan: the version
+    # valid just before t)
+    expected = _expected(events, until, versions)
     assert stored.keys() == expected.keys()
     for key, values in expected.items():
         for name, value in values.items():
@@ -324,3 +364,26 @@ def test_a_changed_churn_definition_is_refused_and_replace_recomputes(database_u
     compute_labels(database_url, CATALOG, SHOP, 5)
     after = _labels(database_url, 5)
     assert after.keys() == before.keys() and any(after.values())
+
+
+def test_a_users_file_reloaded_with_a_changed_plan_does_not_rewrite_past_snapshots(
+    database_url: str, tmp_path: Path
+) -> None:
+    from churn_platform.data.ingest.loads import ingest_users
+
+    # Given logins in March 2025, and users files loaded today: one signed up on basic, then moved to pro, and one
+    # without a signup time
+    _load(database_url, [(user, "login", d * 86_400 + 3_600, None, UTC) for d in range(10) for user in ("a", "b")])
+    header = "user_id,signup_at,plan\n"
+    (tmp_path / "v1.csv").write_text(header + "a,2025-02-01T00:00:00Z,basic\nb,,basic\n")
+    (tmp_path / "v2.csv").write_text(header + "a,2025-02-01T00:00:00Z,pro\nb,,basic\n")
+    ingest_users(database_url, tmp_path / "v1.csv")
+    ingest_users(database_url, tmp_path / "v2.csv")
+
+    # When snapshots of March are computed
+    compute_snapshots(database_url, CATALOG, ChurnDefinition("contractual", ("cancel",)), (START + 10 * DAY).date())
+
+    # Then every snapshot of `a` has the plan of signup, not today's, and `b`, known only from today, has none
+    with psycopg.connect(database_url) as conn:
+        plans = conn.execute(f"SELECT user_id, array_agg(DISTINCT plan) FROM {CATALOG.table} GROUP BY 1").fetchall()
+    assert sorted(plans) == [("a", ["basic"]), ("b", [None])]

@@ -222,12 +222,22 @@ def _feature_expression(feature: Feature, catalog: Catalog) -> sql.Composable:
 # come in as each user's totals before the grid (whole-history features, the last event of each kind).
 # The population at t: signed up (or first seen) before t, and not ended by a churn event that no later event
 # of another type reopened (see data/labels.py).
+# User attributes are read as of t: the version of `raw.user_attributes` with the latest valid_from < t (none
+# before the first). The snapshot of day d has t = midnight after d, so a version holds for the days from its
+# valid_from's UTC day up to, not including, the next version's (a version superseded on its own day holds for
+# none): a range join of the grid on those days, which hashes on user_id instead of a lookup per row.
 SNAPSHOT_SQL = """
 WITH first_seen AS (SELECT user_id, min(event_timestamp) AS first_at FROM raw.events GROUP BY user_id),
 members AS (
-    SELECT f.user_id, f.first_at, coalesce(u.signup_at, f.first_at) AS since, u.plan, u.channel, u.region
+    SELECT f.user_id, f.first_at, coalesce(u.signup_at, f.first_at) AS since
     FROM first_seen f
     LEFT JOIN raw.users u ON u.user_id = f.user_id
+),
+attribute_days AS (
+    SELECT user_id, plan, channel, region, CAST(valid_from AT TIME ZONE 'UTC' AS date) AS first_day,
+           CAST(lead(valid_from) OVER (PARTITION BY user_id ORDER BY valid_from) AT TIME ZONE 'UTC' AS date)
+               AS end_day
+    FROM raw.user_attributes
 ),
 prior AS (
     SELECT user_id, max(event_timestamp) AS prior_last_at,
@@ -255,7 +265,7 @@ days AS (
 ),
 grid AS (
     SELECT m.user_id, d.day, CAST(d.day + 1 AS timestamp) AT TIME ZONE 'UTC' AS t, m.since, m.first_at,
-           m.plan, m.channel, m.region, p.prior_last_at, p.prior_last_end_at, p.prior_last_other_at,
+           a.plan, a.channel, a.region, p.prior_last_at, p.prior_last_end_at, p.prior_last_other_at,
            coalesce(p.prior_active, 0) AS prior_active, {prior_names},
            b.last_at AS day_last_at, b.last_end_at AS day_last_end_at, b.last_other_at AS day_last_other_at,
            coalesce(b.n_events, 0) AS n_events, CASE WHEN b.n_events > 0 THEN 1 ELSE 0 END AS active,
@@ -264,6 +274,8 @@ grid AS (
     CROSS JOIN days d
     LEFT JOIN buckets b ON b.user_id = m.user_id AND b.day = d.day
     LEFT JOIN prior p ON p.user_id = m.user_id
+    LEFT JOIN attribute_days a ON a.user_id = m.user_id AND d.day >= a.first_day
+                               AND (a.end_day IS NULL OR d.day < a.end_day)
 ),
 history AS (
     SELECT grid.*, {history_columns}
