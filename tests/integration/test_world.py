@@ -122,9 +122,12 @@ def test_advance_continues_the_stored_world(database_url: str) -> None:
     assert oracle_days == (10,)
 
 
-def test_every_user_of_the_world_has_the_version_of_their_attributes_from_signup(database_url: str) -> None:
-    # Given a world, continued with new arrivals
-    world.generate_world(database_url, WorldConfig(users=200, days=30, seed=3))
+@pytest.mark.parametrize("kind", ["subscription", "purchases"])
+def test_every_user_of_the_world_has_the_version_of_their_attributes_from_signup(
+    database_url: str, kind: world_model.WorldKind
+) -> None:
+    # Given a world of either kind, continued with new arrivals
+    world.generate_world(database_url, WorldConfig(users=200, days=30, seed=3, kind=kind))
     summary = world.advance_world(database_url, 10)
     assert summary.users > 200
 

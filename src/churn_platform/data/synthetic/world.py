@@ -44,10 +44,11 @@ COPY_EVENTS_FROZEN_SQL = COPY_EVENTS_SQL.replace("(FORMAT BINARY)", "(FORMAT BIN
 COPY_ORACLE_SQL = "COPY synthetic.oracle_churn (user_id, day, horizon_days, p_churn) FROM STDIN (FORMAT BINARY)"
 COPY_USERS_SQL = "COPY raw.users (user_id, signup_at, plan, plan_price, channel, region, load_id) FROM STDIN"
 # The world's users keep the attributes they signed up with (a plan change is an event): one version each, valid
-# from signup, copied from the rows just written.
+# from signup, copied from the rows just written (none for a user without attributes, as for a users file).
 INSERT_USER_VERSIONS_SQL = """
 INSERT INTO raw.user_attributes (user_id, valid_from, plan, plan_price, channel, region, load_id)
-SELECT user_id, signup_at, plan, plan_price, channel, region, load_id FROM raw.users WHERE load_id = %(load_id)s
+SELECT user_id, signup_at, plan, plan_price, channel, region, load_id FROM raw.users
+WHERE load_id = %(load_id)s AND num_nonnulls(plan, plan_price, channel, region) > 0
 """
 EXISTING_DATA_SQL = """
 SELECT (SELECT count(*) FROM synthetic.worlds), (SELECT count(*) FROM raw.users),
