@@ -17,7 +17,7 @@ from pydantic_settings import (
 
 # Variables of the tools the platform drives, read from the environment and `.env` under their own names.
 TOOL_VARIABLES = frozenset({"mlflow_tracking_uri", "prefect_api_url"})
-# The categorical columns of raw.users (attributes as at signup) a catalog may use.
+# The categorical columns of the users file (versioned in raw.user_attributes) a catalog may use.
 USER_ATTRIBUTES = ("plan", "channel", "region")
 
 
@@ -124,8 +124,8 @@ class Settings(BaseSettings):
     )
     feature_user_attributes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=("plan", "channel"),
-        description="Columns of raw.users (as at signup) the catalog uses as categorical features: any of plan,"
-        " channel, region; empty for a business whose users file has none (comma-separated).",
+        description="Columns of the users file the catalog uses as categorical features, each as of the snapshot"
+        " time: any of plan, channel, region; empty for a business whose users file has none (comma-separated).",
     )
     feature_catalog: str = Field(default="churn_v1", description="Name (version) of the feature catalog.")
     feature_repo: Path = Field(default=Path("feature_repo"), description="The Feast repository folder.")

@@ -205,7 +205,7 @@ class UserAttribute:
 
     @property
     def meaning(self) -> str:
-        return f"the user's `{self.column}` from raw.users (as at signup: a later change is an event)"
+        return f"the user's `{self.column}` as of the snapshot (the version of raw.user_attributes valid before t)"
 
 
 Feature = (
