@@ -1,10 +1,12 @@
 """Is the purchases world fit for its purpose? Oracle, recency, BG/NBD and a model that reads purchase histories.
 
 For each `returns` setting and horizon H: a world of `--users` initial customers, simulated for `--months` of
-history plus H days. At two cut-offs, a gradient-boosted model is trained on earlier snapshots (every two weeks,
+history plus H days. At two cut-offs, a gradient-boosted model is trained on earlier snapshots (every four weeks,
 each labelled once its horizon had passed by the cut-off) of features computed from the purchases alone, and the
-customers in the population at the cut-off are ranked by it, by the oracle, by recency and by BG/NBD (fitted by
-maximum likelihood on the histories at the cut-off). Prints the AUCs of "no purchase within H days".
+customers in the population at the cut-off are ranked by it, by the oracle, by recency and by BG/NBD (the
+platform's `training.baselines`, fitted on the histories at the cut-off). The features are the platform's purchase
+catalog: counts, spend, active days, recency, tenure and the customer's usual gap. Prints the AUCs of "no purchase
+within H days".
 
     uv run --frozen python -m bench.purchases_world [--users 20000] [--months 18] [--horizons 90 180]
 """
@@ -13,83 +15,100 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize, special
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
 from churn_platform.data.synthetic import purchase_simulator
+from churn_platform.data.synthetic.purchase_model import PurchaseState
 from churn_platform.data.synthetic.purchase_oracle import no_purchase_probability
-from churn_platform.data.synthetic.world_model import MICROS_PER_DAY, DayEvents, WorldConfig
+from churn_platform.data.synthetic.world_model import MICROS_PER_DAY, SECONDS_PER_DAY, DayEvents, WorldConfig
+from churn_platform.training.baselines import fit_bgnbd, probability_no_purchase
 
 Array = npt.NDArray[np.float64]
 SNAPSHOT_EVERY_DAYS = 28
+# The platform's purchase catalog, as columns of the feature matrix; the last two are categorical.
+FEATURES = (
+    "count_30d", "count_90d", "count_180d", "count_all", "value_sum_180d", "value_sum_all", "value_mean_all",
+    "last_value", "active_days_180d", "active_days_all", "days_since_last_event", "tenure_days", "mean_gap_days",
+    "current_gap_over_mean_gap", "channel", "region",
+)  # fmt: skip
+COLUMN = {name: i for i, name in enumerate(FEATURES)}
 
 
-def _event_days(config: WorldConfig, events: DayEvents) -> npt.NDArray[np.int64]:
-    epoch_day = (np.datetime64(config.start_date, "D") - np.datetime64("1970-01-01", "D")).astype(np.int64)
-    return events.timestamp_us // MICROS_PER_DAY - epoch_day
+@dataclass(frozen=True)
+class Purchases:
+    """A world's purchases sorted by customer and time, in days since the world's start (fractional)."""
+
+    who: npt.NDArray[np.int64]
+    at: Array  # days, fractional
+    day: npt.NDArray[np.int64]
+    amount: Array
+    new_day: npt.NDArray[np.bool_]  # the customer's first purchase of that day (counts an active day)
+    signup: Array  # per customer: acquisition time in days, fractional
+    channel: npt.NDArray[np.int64]
+    region: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, config: WorldConfig, events: DayEvents, state: PurchaseState) -> Purchases:
+        start_us = np.datetime64(config.start_date, "us").astype(np.int64)
+        at = (events.timestamp_us - start_us) / MICROS_PER_DAY
+        order = np.lexsort((at, events.user_index))
+        who, at = events.user_index[order], at[order]
+        day = np.floor(at).astype(np.int64)
+        new_day = np.ones(who.shape[0], dtype=bool)
+        new_day[1:] = (who[1:] != who[:-1]) | (day[1:] != day[:-1])
+        signup = state.signup_day + state.signup_second / SECONDS_PER_DAY
+        return cls(who, at, day, events.value[order], new_day, signup, state.channel, state.region)
 
 
-def features(
-    users: npt.NDArray[np.int64], signup: npt.NDArray[np.int64], channel: npt.NDArray[np.int64],
-    day: npt.NDArray[np.int64], who: npt.NDArray[np.int64], amount: Array, t: int,
-) -> Array:  # fmt: skip
-    """Per user, what their purchases before day t show (users all acquired before t)."""
-    seen = day < t
-    d, u, a = day[seen], who[seen], amount[seen]
-    n = signup.shape[0]
-    count = np.bincount(u, minlength=n).astype(float)
-    last = np.full(n, -1, dtype=np.int64)
-    np.maximum.at(last, u, d)
-    spend = np.bincount(u, weights=a, minlength=n)
-    last_amount = np.zeros(n)
-    order = np.lexsort((d, u))
-    last_amount[u[order]] = a[order]  # the last write per user is its latest purchase
-    windows = [np.bincount(u[d >= t - w], minlength=n).astype(float) for w in (30, 90, 180)]
-    age = (t - signup[users]).astype(float)
-    recency = (t - last[users]).astype(float)
-    c = count[users]
-    span = (last[users] - signup[users]).astype(float)
-    mean_gap = np.where(c > 1, span / np.maximum(c - 1, 1), np.nan)
+def features(p: Purchases, users: npt.NDArray[np.int64], t: int) -> Array:
+    """Per customer (all acquired before day t), the platform's purchase features from their purchases before t."""
+    seen = p.day < t
+    u, at, d, a, first_of_day = p.who[seen], p.at[seen], p.day[seen], p.amount[seen], p.new_day[seen]
+    n = p.signup.shape[0]
+
+    def count(mask: npt.NDArray[np.bool_], weights: Array | None = None) -> Array:
+        return np.bincount(u[mask], weights=None if weights is None else weights[mask], minlength=n)[users].astype(
+            np.float64
+        )
+
+    everything = np.ones(u.shape[0], dtype=bool)
+    last_at = np.full(n, -np.inf)
+    np.maximum.at(last_at, u, at)
+    last_value = np.zeros(n)
+    last_value[u] = a  # sorted by customer and time: the last write per customer is their latest purchase
+    first_day, last_day = np.full(n, np.iinfo(np.int64).max), np.full(n, -1)
+    np.minimum.at(first_day, u, d)
+    np.maximum.at(last_day, u, d)
+    counts = [count(d >= t - w) for w in (30, 90, 180)]
+    total = count(everything)
+    active_all = count(first_of_day)
+    since = t - last_at[users]
+    mean_gap = np.where(active_all > 1, (last_day[users] - first_day[users]) / np.maximum(active_all - 1, 1), np.nan)
     return np.column_stack([
-        recency, c, *(w[users] for w in windows), mean_gap, recency / mean_gap, spend[users] / c,
-        last_amount[users], age, c / np.maximum(age, 1.0), channel[users],
+        *counts, total, count(d >= t - 180, a), count(everything, a), count(everything, a) / total,
+        last_value[users], count(first_of_day & (d >= t - 180)), active_all, since, t - p.signup[users], mean_gap,
+        since / mean_gap, p.channel[users], p.region[users],
     ])  # fmt: skip
 
 
-def no_purchase_within(day: npt.NDArray[np.int64], who: npt.NDArray[np.int64], users: npt.NDArray[np.int64],
-                       t: int, horizon: int) -> npt.NDArray[np.bool_]:  # fmt: skip
-    within = (day >= t) & (day < t + horizon)
-    bought = np.zeros(int(max(users.max(), who.max())) + 1, dtype=bool)
-    bought[who[within]] = True
+def no_purchase_within(p: Purchases, users: npt.NDArray[np.int64], t: int, horizon: int) -> npt.NDArray[np.bool_]:
+    within = (p.day >= t) & (p.day < t + horizon)
+    bought = np.zeros(p.signup.shape[0], dtype=bool)
+    bought[p.who[within]] = True
     return ~bought[users]
 
 
-def bgnbd_no_purchase(x: Array, t_x: Array, big_t: Array, horizon: int) -> Array:
-    """BG/NBD (Fader, Hardie & Lee 2005), fitted by maximum likelihood: P(no purchase in (T, T + H])."""
-
-    def negative_log_likelihood(log_params: Array) -> float:
-        r, alpha, a, b = np.exp(log_params)
-        common = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
-        beta = special.betaln(a, b + x) - special.betaln(a, b)
-        first = beta - (r + x) * np.log(alpha + big_t)
-        second = special.betaln(a + 1, b + x - 1) - special.betaln(a, b) - (r + x) * np.log(alpha + t_x)
-        with np.errstate(invalid="ignore"):
-            mix = np.where(x > 0, np.logaddexp(first, second), first)
-        return -float(np.sum(common + mix))
-
-    fit = optimize.minimize(negative_log_likelihood, np.log([0.5, 10.0, 1.0, 3.0]), method="Nelder-Mead",
-                            options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-6})  # fmt: skip
-    r, alpha, a, b = np.exp(fit.x)
-    odds_dead = np.where(x > 0, a / (b + np.maximum(x, 1) - 1) * ((alpha + big_t) / (alpha + t_x)) ** (r + x), 0.0)
-    p_alive = 1.0 / (1.0 + odds_dead)
-    # Dropout happens only right after a purchase, so without one in the window the customer stays as they were.
-    result: Array = 1.0 - p_alive + p_alive * ((alpha + big_t) / (alpha + big_t + horizon)) ** (r + x)
-    return result
+def bgnbd_histories(x: Array) -> tuple[Array, Array, Array]:
+    """BG/NBD's (x, t_x, T) from the feature rows: repeat purchases, the last one's time and the age, in days."""
+    age = x[:, COLUMN["tenure_days"]]
+    repeat = x[:, COLUMN["count_all"]] - 1
+    t_x = np.where(repeat > 0, age - x[:, COLUMN["days_since_last_event"]], 0.0)
+    return repeat, t_x, age
 
 
 def evaluate(config: WorldConfig, cutoffs: list[int]) -> list[dict[str, float]]:
@@ -103,27 +122,26 @@ def evaluate(config: WorldConfig, cutoffs: list[int]) -> list[dict[str, float]]:
         oracle_at[cutoff] = (population, no_purchase_probability(config, state, cutoff, population))
     parts.append(purchase_simulator.simulate(config, state, config.days + config.horizon_days - done,
                                              with_oracle=False).events)  # fmt: skip
-    events = DayEvents.concat(parts)
-    day, who, amount = _event_days(config, events), events.user_index, events.value
-    signup, channel, h = state.signup_day, state.channel, config.horizon_days
+    purchases = Purchases.of(config, DayEvents.concat(parts), state)
+    h = config.horizon_days
+    categorical = [COLUMN["channel"], COLUMN["region"]]
     results = []
     for cutoff in cutoffs:
         xs, ys = [], []
         for t in range(60, cutoff - h + 1, SNAPSHOT_EVERY_DAYS):
-            users = np.flatnonzero(signup < t)
-            xs.append(features(users, signup, channel, day, who, amount, t))
-            ys.append(no_purchase_within(day, who, users, t, h))
-        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, categorical_features=[11],
+            users = np.flatnonzero(state.signup_day < t)
+            xs.append(features(purchases, users, t))
+            ys.append(no_purchase_within(purchases, users, t, h))
+        model = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, categorical_features=categorical,
                                                random_state=0).fit(np.vstack(xs), np.concatenate(ys))  # fmt: skip
         users, p_oracle = oracle_at[cutoff]
-        x = features(users, signup, channel, day, who, amount, cutoff)
-        y = no_purchase_within(day, who, users, cutoff, h)
-        repeat = x[:, 1] - 1
-        t_x = np.where(repeat > 0, x[:, 9] - x[:, 0], 0.0)  # age - recency: time of the last purchase
-        bgnbd = bgnbd_no_purchase(repeat, t_x, x[:, 9], h)
+        x = features(purchases, users, cutoff)
+        y = no_purchase_within(purchases, users, cutoff, h)
+        histories = bgnbd_histories(x)
+        bgnbd = probability_no_purchase(fit_bgnbd(*histories).params, *histories, horizon=float(h))
         results.append({
             "cutoff": cutoff, "customers": len(users), "positive": float(y.mean()),
-            "oracle": roc_auc_score(y, p_oracle), "recency": roc_auc_score(y, x[:, 0]),
+            "oracle": roc_auc_score(y, p_oracle), "recency": roc_auc_score(y, x[:, COLUMN["days_since_last_event"]]),
             "bgnbd": roc_auc_score(y, bgnbd), "model": roc_auc_score(y, model.predict_proba(x)[:, 1]),
         })  # fmt: skip
     return results

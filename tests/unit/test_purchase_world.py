@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from churn_platform.data.synthetic import kinds, purchase_simulator, world_model
+from churn_platform.data.synthetic import kinds, purchase_model, purchase_simulator, world_model
 from churn_platform.data.synthetic.purchase_model import REACTIVATION_RATE, PurchaseState
 from churn_platform.data.synthetic.purchase_oracle import no_purchase_probability
 from churn_platform.data.synthetic.world_model import EVENT_CODE, WorldConfig, WorldState
@@ -74,7 +74,7 @@ def test_dormant_customers_emit_nothing() -> None:
     config = dataclasses.replace(PURCHASES, returns="common")
     state = purchase_simulator.new_world(config)
     emitted_while_dormant, dormant_days, active_buyers = 0, 0, 0
-    for _ in range(120):
+    for _ in range(240):
         dormant_at_start = np.flatnonzero(state.dormant & (state.signup_day <= state.day))
         buyers = np.unique(purchase_simulator.simulate(config, state, 1, with_oracle=False).events.user_index)
         # Then nobody dormant at the start of a day buys on it
@@ -88,9 +88,9 @@ def test_dormant_customers_emit_nothing() -> None:
 @pytest.mark.parametrize("returns", ["rare", "common"])
 def test_dormant_customers_return_at_the_configured_rate(returns: world_model.Returns) -> None:
     # Given a world with many dormant customer-days
-    config = WorldConfig(users=6_000, days=120, seed=5, kind="purchases", returns=returns)
+    config = WorldConfig(users=6_000, days=240, seed=5, kind="purchases", returns=returns)
     state = purchase_simulator.new_world(config)
-    purchase_simulator.simulate(config, state, 120, with_oracle=False)
+    purchase_simulator.simulate(config, state, 240, with_oracle=False)
     returned, expected = 0, 0.0
     # When it runs on, counting the dormant customers who are active the next day
     for _ in range(120):
@@ -121,7 +121,9 @@ def test_the_oracle_equals_how_often_re_simulated_futures_have_no_purchase() -> 
     # Then each customer's forecast is within Monte Carlo error of their frequency of no purchase
     error = np.sqrt(np.clip(forecast * (1 - forecast), 1e-4, None) / replicas)
     assert np.all(np.abs(forecast - frequency) < 4.5 * error + 1e-3), np.c_[forecast, frequency]
-    assert forecast.min() > 0.05 and forecast.max() > 0.9  # a range of customers, not all alike
+    # And the customers range from near-certain buyers to near-certain silence, with many in between
+    assert forecast.min() < 0.1 and forecast.max() > 0.9
+    assert ((forecast > 0.1) & (forecast < 0.9)).sum() >= 8
 
 
 def test_stored_configs_from_before_kinds_load_as_subscription_worlds() -> None:
@@ -132,3 +134,33 @@ def test_stored_configs_from_before_kinds_load_as_subscription_worlds() -> None:
     state = kinds.new_world(config)
     assert isinstance(state, WorldState)
     assert isinstance(kinds.state_from_bytes(config, state.to_bytes(), state.scalars()), WorldState)
+
+
+def test_a_customers_gaps_are_as_regular_as_their_erlang_phases_make_them() -> None:
+    # Given steady customers (acquired in the first month, rate above 1/20 a day, not fading, still active) over
+    # 250 days far from the December season
+    config = WorldConfig(users=6_000, days=250, seed=3, kind="purchases")
+    state, sim = _run(config, 250)
+    steady = (state.signup_day < 30) & (state.rate > 1 / 20) & (state.fade_start > 250) & ~state.dormant
+    events = sim.events
+    keep = steady[events.user_index]
+    start_us = np.datetime64(config.start_date, "us").astype(np.int64)
+    who, days = events.user_index[keep], (events.timestamp_us[keep] - start_us) / world_model.MICROS_PER_DAY
+    order = np.lexsort((days, who))
+    who, days = who[order], days[order]
+    same = who[1:] == who[:-1]
+    # When each gap between a customer's purchases is measured in the purchases they were expected to make in it
+    # (their rate times the weekly pattern's days: the gap's "operational time", Erlang(k, k) by construction),
+    # counting only gaps starting before day 150: every one of them ends within the 250 days, none is cut short
+    calendar, _ = purchase_model.calendar_effects(config, np.arange(250, dtype=np.int64))
+    expected_by = np.concatenate([[0.0], np.cumsum(calendar)])  # calendar days before each day, rate-weighted
+    day = np.floor(days).astype(np.int64)
+    same &= day[:-1] < 150
+    gap_customer = who[1:][same]
+    gaps = (expected_by[day[1:]] - expected_by[day[:-1]])[same] * state.rate[gap_customer]
+    # Then each number of phases k gives gaps of mean 1 and coefficient of variation 1 / sqrt(k), not Poisson's 1
+    for k in (2, 3, 4):
+        of_k = gaps[state.phases[gap_customer] == k]
+        assert of_k.shape[0] > 1_000
+        assert of_k.mean() == pytest.approx(1.0, rel=0.05)
+        assert of_k.std() / of_k.mean() == pytest.approx(1 / np.sqrt(k), rel=0.06), k

@@ -52,6 +52,8 @@ def _draw_customers(rng: np.random.Generator, config: WorldConfig, signup_days: 
         "rate": rng.gamma(model.RATE_SHAPE, 1.0 / (model.MEAN_PURCHASE_GAP_DAYS * model.RATE_SHAPE), n)
         * model.CHANNEL_RATE[channel]
         * basket_ratio**model.BASKET_RATE_POWER,
+        "phases": np.asarray(rng.choice(model.GAP_PHASES, size=n, p=model.GAP_PHASE_MIX), dtype=np.int64),
+        "phase": np.zeros(n, dtype=np.int64),
         "basket_log_mean": basket_log_mean,
         "base_hazard": model.BASE_HAZARD * model.CHANNEL_HAZARD[channel] * basket_hazard,
         "fade_start": np.where(fading, onset, model.NEVER).astype(np.int64),
@@ -86,21 +88,27 @@ def _purchases(
 ) -> tuple[IntArray, IntArray, np.ndarray]:
     """Today's purchases of active customers: (customer, second of the day, amount) per purchase.
 
-    A customer acquired today makes exactly their first purchase, at their signup second.
+    A customer acquired today makes exactly their first purchase, at their signup second. The others complete
+    Poisson(k x rate) phases of their current gap, and buy each time a gap's k phases are done.
     """
     day = state.day
     today = np.array([day], dtype=np.int64)
     progress = model.fade_progress(state, active, today)
     acquired_today = state.signup_day[active] == day
-    expected = model.purchase_rates(config, state, active, today, progress)[:, 0]
-    counts = np.where(acquired_today, 1, rng.poisson(expected))
+    k = state.phases[active]
+    expected = model.purchase_rates(config, state, active, today, progress)[:, 0] * k
+    reached = state.phase[active] + np.where(acquired_today, 0, rng.poisson(expected))
+    counts = np.where(acquired_today, 1, reached // k)
+    state.phase[active] = reached % k
     rows = np.repeat(np.arange(active.shape[0]), counts)
     customers = active[rows]
     seconds = np.where(
         acquired_today[rows], state.signup_second[customers], rng.integers(0, SECONDS_PER_DAY, rows.shape[0])
     )
+    # Amounts: the customer's mean basket, higher in season, smaller as a fade goes on.
     _, amount_effect = model.calendar_effects(config, today)
-    log_amount = state.basket_log_mean[customers] + np.log(amount_effect[0]) - model.AMOUNT_SPREAD**2 / 2
+    fade_basket = 1.0 - model.FADE_BASKET_DEPTH * progress[rows, 0]
+    log_amount = state.basket_log_mean[customers] + np.log(amount_effect[0] * fade_basket) - model.AMOUNT_SPREAD**2 / 2
     amounts = np.round(rng.lognormal(log_amount, model.AMOUNT_SPREAD), 2)
     return customers, seconds, amounts
 
@@ -138,6 +146,7 @@ def simulate_day(
     hazard = model.dropout_hazards(state, arrived, today, model.fade_progress(state, arrived, today))[:, 0]
     was_dormant = state.dormant[arrived]
     state.dormant[arrived] = np.where(was_dormant, draws >= state.reactivation[arrived], draws < hazard)
+    state.phase[arrived[was_dormant & ~state.dormant[arrived]]] = 0  # a returning customer starts a new gap
     state.day += 1
     return events, oracle
 
