@@ -31,7 +31,6 @@ INSERT INTO features.catalog_definitions (catalog, definitions_hash, definitions
 ON CONFLICT (catalog) DO UPDATE SET definitions_hash = EXCLUDED.definitions_hash,
     definitions = EXCLUDED.definitions, recorded_at = now()
 """
-HAS_ROWS_SQL = "SELECT to_regclass(%s) IS NOT NULL AND EXISTS (SELECT FROM {table})"
 TABLE_EXISTS_SQL = "SELECT to_regclass(%s) IS NOT NULL"
 
 

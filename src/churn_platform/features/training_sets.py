@@ -20,8 +20,8 @@ from psycopg import sql
 
 from churn_platform.connections import Connections
 from churn_platform.data.labels import ChurnDefinition
-from churn_platform.features import feast_repo
-from churn_platform.features.catalog import FEATURES_SCHEMA, Catalog, catalog_from_settings
+from churn_platform.features import feast_repo, snapshots
+from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.features.definitions import definitions_hash
 from churn_platform.settings import Settings
 
@@ -62,7 +62,7 @@ def label_rows(
     if every_days < 1:
         raise ValueError(f"every_days must be at least 1, got {every_days}")
     return sql.SQL(LABEL_ROWS_SQL).format(
-        labels=sql.SQL("{}.{}").format(sql.Identifier(FEATURES_SCHEMA), sql.Identifier(f"{catalog.name}_labels")),
+        labels=snapshots.labels_table_name(catalog),
         horizon=sql.Literal(horizon_days),
         start=sql.Literal(start or date.min),
         end=sql.Literal(end or date.max),

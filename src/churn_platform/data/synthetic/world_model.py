@@ -10,6 +10,7 @@ and continued day by day. `synthetic` runs the model; `oracle` forecasts churn f
 from __future__ import annotations
 
 import io
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import Any, Literal, Self
@@ -163,7 +164,7 @@ def world_config_from_settings(
 
 
 @dataclass(kw_only=True)
-class SimulatedState:
+class SimulatedState(ABC):
     """What every world's simulator carries: the clock, the random generator, and who arrived when and how.
 
     Each kind of world adds its own per-user latent arrays; all of it is saved and restored as one npz blob plus
@@ -183,9 +184,9 @@ class SimulatedState:
     def n_users(self) -> int:
         return int(self.signup_day.shape[0])
 
+    @abstractmethod
     def active_users(self) -> int:
         """Users who have arrived and are active now (the summary's "active now")."""
-        raise NotImplementedError
 
     def signup_plans(self, users: IntArray) -> list[tuple[str | None, float | None]]:
         """Plan and plan price at signup of each user, for raw.users (None where the world has no plans)."""
