@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     train_folds: int = Field(
         default=5, ge=2, description="K of the `folds` design: folds grouped by user inside the training window."
     )
+    train_refit: bool = Field(
+        default=True,
+        description="After the test evaluation, refit the chosen model on every labelled row (the test window's"
+        " too) and register that: it has seen the newest outcomes. The reported test figures stay those of the"
+        " model fitted before the test window.",
+    )
     promotion_auc_margin: float = Field(
         default=0.01,
         ge=0,

@@ -25,7 +25,9 @@ from churn_platform.training.split import time_split
 from churn_platform.training.trainer import TrainConfig, TrainedModel, train_model
 
 TRAINING_DB = 15  # a Redis database of its own (training reads no online features; nothing else uses it)
-CONFIG = TrainConfig(seed=3, test_days=21, validation_days=21)
+# No refit: the policy tests below register the models they evaluated, so that each version's scores on its test
+# rows are the ones it was tested with (a refitted version is compared by those; see the folds-design test).
+CONFIG = TrainConfig(seed=3, test_days=21, validation_days=21, refit=False)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,9 @@ def rows(world_settings: Settings) -> training_sets.TrainingSet:
     )
 
 
-def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings, mlflow_tracking: str) -> None:
+def test_train_registers_a_version_that_loads_by_alias(
+    world_settings: Settings, rows: training_sets.TrainingSet, mlflow_tracking: str
+) -> None:
     import mlflow.pyfunc
 
     result = pipeline.train(world_settings, connections(world_settings, mlflow=True))
@@ -88,6 +92,14 @@ def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings,
     assert version.tags["feature_definitions_hash"] == result.trained.definitions_hash
     assert version.tags["git_commit"] and version.tags["training_range"].count("..") == 1
     assert int(version.tags["rows_train"]) == result.trained.rows["train"]
+    # Registered: the chosen candidate refitted on every labelled row of the range, after the test evaluation
+    assert version.tags["refit"] == "true" and int(version.tags["rows_refit"]) == len(rows.frame)
+    assert len(rows.frame) > sum(result.trained.rows[part] for part in ("train", "validation", "test"))  # + the gaps
+    assert mlflow.get_run(version.run_id).data.params["refit"] == "True"
+    # and the model its test figures are of is logged beside it, for promotion's paired comparison
+    tested = promotion.tested_pipeline(mlflow_tracking, version)
+    assert version.tags[registry.EVALUATED_MODEL_TAG]
+    np.testing.assert_allclose(tested.predict_proba(test_rows)[:, 1], test_rows["p_model"], rtol=1e-12)
 
     for name in ("test_precision", "test_recall", "test_f1", "test_lift_top10", "test_recall_top10", "test_ece"):
         assert name in version.metrics, name
@@ -115,6 +127,8 @@ def test_train_registers_a_version_that_loads_by_alias(world_settings: Settings,
 
 
 def test_promote_moves_champion_and_rollback_restores_it(world_settings: Settings, mlflow_tracking: str) -> None:
+    # Both versions are refits of the same range: the champion has learned every outcome of the newer version's
+    # test window, and is compared as it was tested (a refit would win there by what it has seen)
     uri, name = mlflow_tracking, world_settings.model_name
     if registry.alias_version(uri, name, "champion") is None:
         pipeline.train(world_settings, connections(world_settings, mlflow=True))
@@ -153,14 +167,22 @@ def test_a_version_validated_by_user_folds_records_its_design_and_is_compared_on
     version, split = result.registered, result.trained.split
     assert version is not None and split.design == "folds" and split.validation is None
     assert version.tags["validation_design"] == "folds (3 user folds)" and "rows_validation" not in version.tags
-    assert version.tags["outcomes_seen_through"] == (split.test.first - timedelta(days=1)).isoformat()
+    # Refitted on every labelled row: its outcomes reach past its own test window
+    horizon = timedelta(days=folds.label_horizon_days)
+    assert version.tags["outcomes_seen_through"] == (split.test.last + horizon).isoformat()
+    # while the model it is compared by (the one tested) learned none past the day before the test window
+    assert version.tags["tested_outcomes_seen_through"] == (split.test.first - timedelta(days=1)).isoformat()
     params = mlflow.get_run(version.run_id).data.params
     assert (params["validation"], params["validation_design"], params["validation_folds"]) == ("folds", "folds", "3")
     assert {f"validation_{c}_roc_auc" for c in result.trained.validation} <= set(version.metrics)
     assert version.metrics["test_roc_auc"] > version.metrics["baseline_roc_auc"]
-    # Promotion scores the time-validated champion on this version's test rows: the same check as ever
+    # Promotion scores the time-validated champion on this version's test rows: the same check as ever; this
+    # version counts with the scores it was tested with, not its refit's, which learned those rows' outcomes
+    test_rows = result.trained.test_frame
+    assert auc_on(result.trained.model, test_rows) > version.metrics["test_roc_auc"]
     promoted = promotion.promote(uri, name, version.version, margin=1.0)  # a margin that lets the check pass
     assert promoted.aliases == ("champion",)
+    assert promoted.tags["promotion_check"].startswith(f"ROC AUC {version.metrics['test_roc_auc']:.4f} (version")
     assert (
         f"champion version {champion}) on the same {result.trained.evaluation.rows:,} rows"
         in (promoted.tags["promotion_check"])

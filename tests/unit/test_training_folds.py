@@ -1,5 +1,6 @@
 """The trainer with the `folds` validation design, end to end on a small synthetic frame (no services): model
-choice by user folds, a refit calibrated on out-of-fold scores, the served shape kept."""
+choice by user folds, a refit calibrated on out-of-fold scores, the served shape kept, and the refit on every
+labelled row that gets registered."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sklearn.model_selection import cross_val_predict
 
 from churn_platform.features.catalog import Catalog, DaysSinceLastEvent, EventCount, UserAttribute
 from churn_platform.features.training_sets import TrainingSet
-from churn_platform.model.candidates import CANDIDATES
+from churn_platform.model.candidates import CANDIDATES, calibrated_on_folds
 from churn_platform.model.scoring import compile_scorer
 from churn_platform.training.evaluation import best_f1_threshold
 from churn_platform.training.folds import user_folds
@@ -38,7 +39,7 @@ def _training_set(users: int = 240, days: int = 154, horizon: int = 30, seed: in
 
 def test_folds_design_trains_on_everything_a_horizon_before_test_and_calibrates_out_of_fold() -> None:
     training = _training_set()
-    config = TrainConfig(seed=3, test_days=21, validation_days=21, validation="folds", folds=4)
+    config = TrainConfig(seed=3, test_days=21, validation_days=21, validation="folds", folds=4, refit=False)
 
     trained = train_model(training, CATALOG, config)
 
@@ -67,7 +68,7 @@ def test_folds_design_trains_on_everything_a_horizon_before_test_and_calibrates_
 def test_the_sigmoid_is_fitted_on_out_of_fold_scores_not_on_the_refit_in_sample() -> None:
     training = _training_set(seed=2)
     config = TrainConfig(seed=5, test_days=21, validation_days=21, validation="folds", folds=5,
-                         candidates=("gradient_boosting",))  # fmt: skip
+                         candidates=("gradient_boosting",), refit=False)  # fmt: skip
 
     trained = train_model(training, CATALOG, config)
 
@@ -95,3 +96,37 @@ def test_auto_falls_back_to_folds_when_the_history_is_too_short_for_a_validation
     trained = train_model(longer, CATALOG, TrainConfig(seed=3, test_days=21, validation_days=21,
                                                        candidates=("logistic_regression",)))  # fmt: skip
     assert trained.split.design == "time" and trained.folds is None and "validation" in trained.rows
+
+
+def test_the_registered_model_is_refitted_on_every_labelled_row_and_the_test_figures_are_the_evaluated_ones() -> None:
+    training = _training_set(seed=4)
+    config = TrainConfig(seed=6, test_days=21, validation_days=21, validation="folds", folds=4,
+                         candidates=("logistic_regression",))  # fmt: skip
+
+    trained = train_model(training, CATALOG, config)
+
+    frame, split = training.frame, trained.split
+    assert trained.refitted and trained.rows["refit"] == len(frame)
+    # The test figures are the model's fitted before the test window, which the refit is not
+    evaluated = trained.evaluated_model.predict_proba(trained.test_frame)[:, 1]
+    np.testing.assert_allclose(evaluated, trained.test_frame["p_model"], rtol=1e-12)
+    assert not np.allclose(trained.model.predict_proba(trained.test_frame)[:, 1], evaluated)
+    # The refit is the chosen candidate on all rows (test window included), calibrated on out-of-fold scores
+    y = frame["churned"].to_numpy(dtype=np.int64)
+    encoder = encoder_for(CATALOG).fit(frame)
+    folds = user_folds(frame["user_id"].to_numpy(), y, folds=4, seed=6)
+    expected = calibrated_on_folds("logistic_regression", encoder, encoder.transform(frame), y, folds, 6)
+    np.testing.assert_allclose(trained.model.predict_proba(frame)[:, 1], expected.predict_proba(frame)[:, 1])
+    # and its outcomes reach past the test window: a comparison on those rows must not score it again
+    assert trained.outcomes_seen_through == split.test.last + timedelta(days=training.horizon_days)
+    assert split.outcomes_seen_through < split.test.first
+
+
+def test_without_refit_the_registered_model_is_the_evaluated_one() -> None:
+    config = TrainConfig(seed=6, test_days=21, validation_days=21, validation="folds", folds=4,
+                         candidates=("logistic_regression",), refit=False)  # fmt: skip
+
+    trained = train_model(_training_set(seed=4), CATALOG, config)
+
+    assert trained.model is trained.evaluated_model and not trained.refitted and "refit" not in trained.rows
+    assert trained.outcomes_seen_through == trained.split.outcomes_seen_through

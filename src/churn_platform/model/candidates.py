@@ -119,6 +119,13 @@ def fit_candidate_on_folds(
     and has no exact additive explanation. The cost is K + 1 fits. `out_of_fold` are the candidate's decision
     scores over the same folds (training.folds), kept as its validation scores.
     """
+    return FittedCandidate(name, calibrated_on_folds(name, encoder, x_train, y_train, folds, seed), out_of_fold)
+
+
+def calibrated_on_folds(
+    name: str, encoder: FeatureEncoder, x: FloatMatrix, y: Labels, folds: Folds, seed: int
+) -> Pipeline:
+    """The candidate fitted on all rows, with one sigmoid fitted on its out-of-fold decision scores (K + 1 fits)."""
     calibrated = CalibratedClassifierCV(CANDIDATES[name](seed), method="sigmoid", cv=list(folds), ensemble=False)
-    calibrated.fit(x_train, y_train)
-    return FittedCandidate(name, Pipeline([("encode", encoder), ("classify", calibrated)]), out_of_fold)
+    calibrated.fit(x, y)
+    return Pipeline([("encode", encoder), ("classify", calibrated)])

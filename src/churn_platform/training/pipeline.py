@@ -76,6 +76,7 @@ def train(
         validation_days=settings.train_validation_days,
         validation=settings.train_validation,
         folds=settings.train_folds,
+        refit=settings.train_refit,
     )
     catalog = catalog_from_settings(settings)
     url = connections.database_url
@@ -99,6 +100,7 @@ def train(
         "snapshot_every_days": settings.train_snapshot_every_days,
         "label_horizon_days": settings.label_horizon_days,
         "candidates": ",".join(config.candidates),
+        "refit": config.refit,  # the registered model refitted on every labelled row after the test evaluation
     }
     registered = registry.log_and_register(
         trained,

@@ -3,6 +3,8 @@
 Each run tests on its own latest weeks, so two versions' logged test AUCs come from different windows (on a
 drifting world, different worlds). The policy therefore scores both models on the candidate's logged test rows
 (a paired comparison) and refuses the candidate when its AUC there is below the champion's by more than the margin.
+A version refitted after its test evaluation is compared as it was tested (the model fitted before its test
+window): its refit has learned outcomes a later version is tested on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from churn_platform.model.aliases import CHAMPION
-from churn_platform.model.registered import load_pipeline
+from churn_platform.model.registered import load_logged_pipeline, load_pipeline
 from churn_platform.training import registry
 from churn_platform.training.split import utc_days
 
@@ -79,7 +81,8 @@ def compare_on_rows(
     candidate: registry.RegisteredVersion,
     champion: registry.RegisteredVersion,
 ) -> PairedComparison:
-    """Score both models on the same rows (the candidate's logged test rows: keys, `churned`, features).
+    """Score both models (each version's tested model, `tested_pipeline`) on the same rows (the candidate's logged
+    test rows: keys, `churned`, features).
 
     Raises ValueError naming the features a model reads that the rows do not hold.
     """
@@ -92,7 +95,8 @@ def compare_on_rows(
             raise ValueError(f"the {role} reads features the rows do not hold: {', '.join(missing)}")
         aucs.append(float(roc_auc_score(y, model.predict_proba(rows[features])[:, 1])))
     days = sorted(set(utc_days(rows["event_timestamp"])))
-    seen = champion.tags.get("outcomes_seen_through")
+    # The outcomes the compared model learned from: a refitted champion is compared as it was tested
+    seen = champion.tags.get(registry.TESTED_OUTCOMES_TAG) or champion.tags.get("outcomes_seen_through")
     return PairedComparison(
         candidate=candidate.version,
         champion=champion.version,
@@ -105,6 +109,18 @@ def compare_on_rows(
         champion_auc=aucs[1],
         champion_outcomes_seen_through=date.fromisoformat(seen) if seen else None,
     )
+
+
+def tested_pipeline(tracking_uri: str, version: registry.RegisteredVersion) -> Any:
+    """The model a version's test figures are of: for a version refitted on every labelled row after its test
+    evaluation, the model fitted before its test window (logged beside it), which has learned no outcome of a
+    later window; otherwise the registered model itself.
+
+    Comparing refits would favour the older version: it has learned the outcomes of the newer one's test rows."""
+    evaluated = version.tags.get(registry.EVALUATED_MODEL_TAG)
+    if evaluated:
+        return load_logged_pipeline(tracking_uri, evaluated)
+    return load_pipeline(tracking_uri, version.name, version.version)
 
 
 def paired_comparison(
@@ -122,8 +138,8 @@ def paired_comparison(
             f" cannot be compared with champion version {champion.version} on the same rows: retrain it, or pass"
             " --force to promote anyway"
         )
-    candidate_model = load_pipeline(tracking_uri, candidate.name, candidate.version)
-    champion_model = load_pipeline(tracking_uri, champion.name, champion.version)
+    candidate_model = tested_pipeline(tracking_uri, candidate)
+    champion_model = tested_pipeline(tracking_uri, champion)
     try:
         return compare_on_rows(rows, candidate_model, champion_model, candidate=candidate, champion=champion)
     except ValueError as exc:

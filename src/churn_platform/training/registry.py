@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 EXPERIMENT = "churn"
 # The run's test rows (keys, label, features) as evaluated: what a promotion scores the champion on.
 TEST_ROWS_FOLDER, TEST_ROWS_FILE = "evaluation", "test_rows.parquet"
+EVALUATED_MODEL, EVALUATED_MODEL_TAG = "evaluated_model", "evaluated_model_uri"  # a refitted version's tested model
+TESTED_SCORE = "p_model"  # the logged test rows' column holding the evaluated model's P(churn)
+TESTED_OUTCOMES_TAG = "tested_outcomes_seen_through"
 TEST_ROWS_ARTIFACT = f"{TEST_ROWS_FOLDER}/{TEST_ROWS_FILE}"
 
 
@@ -128,6 +131,17 @@ def log_and_register(
             pip_requirements=pip_requirements(),
             await_registration_for=60,
         )
+        if trained.refitted:
+            # The model the test figures are of: promotion compares versions by these, which saw no test row.
+            evaluated = mlflow.sklearn.log_model(
+                trained.evaluated_model,
+                name=EVALUATED_MODEL,
+                signature=infer_signature(inputs, trained.evaluated_model.predict_proba(inputs)),
+                serialization_format="skops",
+                skops_trusted_types=trusted_types(trained.evaluated_model),
+                pip_requirements=pip_requirements(),
+            )
+            tags[EVALUATED_MODEL_TAG] = _client(tracking_uri).get_logged_model(evaluated.model_id).artifact_location
     version = str(info.registered_model_version)
     client = _client(tracking_uri)
     for key, value in tags.items():
@@ -140,11 +154,14 @@ def log_and_register(
 
 
 def log_test_rows(trained: TrainedModel, features: list[str], path: Path) -> None:
-    """Log the test rows as a Parquet artifact, and as the run's `test` dataset input (its digest and schema)."""
+    """Log the test rows as a Parquet artifact, and as the run's `test` dataset input (its digest and schema).
+
+    The rows keep `p_model`, the tested model's score (a refitted version's registered model has seen these rows'
+    outcomes)."""
     import mlflow
     from mlflow.data.pandas_dataset import from_pandas
 
-    rows = trained.test_frame[[*TEST_ROW_KEYS, *features]]
+    rows = trained.test_frame[[*TEST_ROW_KEYS, *features, TESTED_SCORE]]
     rows.to_parquet(path, index=False)
     mlflow.log_artifact(str(path), TEST_ROWS_FOLDER)
     name = f"{trained.feature_service} test {trained.split.test}"
@@ -161,10 +178,15 @@ def version_tags(trained: TrainedModel, training_range: str) -> dict[str, str]:
         "test_window": str(split.test),
         # `time` (a validation window) or `folds` (user folds inside the training window)
         "validation_design": split.design if trained.folds is None else f"{split.design} ({trained.folds} user folds)",
-        # Labels fitted or calibrated on (up to the validation window's end, or the training window's with user
-        # folds) looked this far ahead: a version scored on rows of this day or earlier is scored on outcomes it
-        # learned from.
-        "outcomes_seen_through": split.outcomes_seen_through.isoformat(),
+        # Labels fitted or calibrated on (up to the validation window's end, the training window's with user
+        # folds, the test window's after a refit) looked this far ahead: a version scored on rows of this day or
+        # earlier is scored on outcomes it learned from.
+        "outcomes_seen_through": trained.outcomes_seen_through.isoformat(),
+        # "true": the registered model was refitted on every labelled row after the test evaluation; the logged
+        # test rows keep the evaluated model's scores (p_model).
+        "refit": str(trained.refitted).lower(),
+        # the tested model's (before a refit): what a paired comparison with this version's tested model means
+        TESTED_OUTCOMES_TAG: split.outcomes_seen_through.isoformat(),
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "candidate": trained.candidate,
         **{f"rows_{part}": str(count) for part, count in trained.rows.items()},

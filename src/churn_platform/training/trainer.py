@@ -1,11 +1,16 @@
 """One training run, without MLflow: split a training set in time, fit and calibrate the candidates, pick the best
-on validation, and evaluate it on the test window next to the classical baselines (recency, BG/NBD) and the oracle."""
+on validation, evaluate it on the test window next to the classical baselines (recency, BG/NBD) and the oracle,
+then (by default) refit the chosen candidate on every labelled row, the test window's included.
+
+The refit is what gets registered. The test figures are those of the model fitted before the test window (the
+only honest ones); the refit has seen the newest outcomes, which matter most when the horizon is long next to the
+history: with H = 180 days and 15 months of labels, the evaluated model knows only the first few months."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,7 +21,14 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from churn_platform.features.catalog import Catalog
 from churn_platform.features.training_sets import TrainingSet
-from churn_platform.model.candidates import CANDIDATES, FittedCandidate, Labels, fit_candidate, fit_candidate_on_folds
+from churn_platform.model.candidates import (
+    CANDIDATES,
+    FittedCandidate,
+    Labels,
+    calibrated_on_folds,
+    fit_candidate,
+    fit_candidate_on_folds,
+)
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 from churn_platform.training.baselines import BaselineLookup, BgNbdBaseline, recency_scores
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
@@ -38,7 +50,8 @@ class TrainConfig:
     validation_days: int = 28  # the `time` design's validation window
     candidates: Sequence[str] = tuple(CANDIDATES)
     validation: ValidationChoice = "auto"  # `time`, `folds` (user folds inside the training window), or `auto`
-    folds: int = 5  # K of the `folds` design
+    folds: int = 5  # K of the `folds` design, and of the refit's calibration
+    refit: bool = True  # after the test evaluation, refit the chosen candidate on every labelled row
 
 
 @dataclass
@@ -46,7 +59,8 @@ class TrainedModel:
     """The chosen model, its test evaluation, and everything a registry entry records about it."""
 
     candidate: str
-    model: Any  # sklearn Pipeline: FeatureEncoder -> calibrated classifier
+    model: Any  # the registered sklearn Pipeline (FeatureEncoder -> calibrated classifier): the refit, if any
+    evaluated_model: Any  # the pipeline fitted before the test window, which the test figures are of
     split: TimeSplit
     evaluation: Evaluation
     recency_roc_auc: float
@@ -56,7 +70,7 @@ class TrainedModel:
     validation: dict[str, dict[str, float]]  # candidate -> validation (or out-of-fold) metrics
     folds: int | None  # K user folds of the `folds` design; None with a validation window
     importance: dict[str, float]
-    rows: dict[str, int]
+    rows: dict[str, int]  # per part; `refit`: the rows the registered model was refitted on (absent without)
     feature_service: str
     definitions_hash: str
     # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_recency, p_bgnbd, p_oracle
@@ -67,6 +81,17 @@ class TrainedModel:
     def baseline_roc_auc(self) -> float:
         """The recency baseline's ROC AUC, under its first name."""
         return self.recency_roc_auc
+
+    @property
+    def refitted(self) -> bool:
+        return self.model is not self.evaluated_model
+
+    @property
+    def outcomes_seen_through(self) -> date:
+        """The last day a label the registered model learned from looked at: past the test window after a refit."""
+        if self.refitted:
+            return self.split.test.last + timedelta(days=self.split.gap_days)
+        return self.split.outcomes_seen_through
 
     @property
     def auc_to_oracle(self) -> float | None:
@@ -160,9 +185,15 @@ def train_model(
         p_bgnbd=fitted_bgnbd.p_churn if fitted_bgnbd is not None else np.nan,
         p_oracle=oracle_p if oracle_p is not None else np.nan,
     )
+    rows = {name: len(part) for name, part in parts.items()}
+    model = best.model
+    if config.refit:
+        model = refit_on_all_rows(best.name, catalog, frame, config)
+        rows["refit"] = len(frame)
     return TrainedModel(
         candidate=best.name,
-        model=best.model,
+        model=model,
+        evaluated_model=best.model,
         split=split,
         evaluation=evaluate(y_test, p_test, threshold),
         recency_roc_auc=float(roc_auc_score(y_test, recency)),
@@ -172,12 +203,22 @@ def train_model(
         validation=validation,
         folds=config.folds if split.design == "folds" else None,
         importance=feature_importance(best.model, parts["test"], y_test, encoder.feature_names, config.seed),
-        rows={name: len(part) for name, part in parts.items()},
+        rows=rows,
         feature_service=training.feature_service,
         definitions_hash=training.definitions_hash,
         test_frame=test_frame.reset_index(drop=True),
         input_example=parts["test"][encoder.feature_names].head(100).reset_index(drop=True),
     )
+
+
+def refit_on_all_rows(name: str, catalog: Catalog, frame: pd.DataFrame, config: TrainConfig) -> Any:
+    """The chosen candidate fitted again on every labelled row of the training set (train, gaps, validation, test),
+    calibrated on its out-of-fold scores over user folds of those rows (K + 1 fits). The threshold stays the
+    evaluated model's: both are calibrated, so a probability means the same to each."""
+    y = frame["churned"].to_numpy(dtype=np.int64)
+    encoder = encoder_for(catalog).fit(frame)
+    folds = user_folds(frame["user_id"].to_numpy(), y, folds=config.folds, seed=config.seed)
+    return calibrated_on_folds(name, encoder, encoder.transform(frame), y, folds, config.seed)
 
 
 def choose_on_validation(
