@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,8 +23,10 @@ from churn_platform.features.catalog import (
     EventValueMean,
     EventValueSum,
     GapRatio,
+    GapSpread,
     LastEventValue,
     MeanGapDays,
+    RecentGapRatio,
     TenureDays,
     UserAttribute,
     default_catalog,
@@ -48,6 +52,8 @@ CATALOG = Catalog(
         ActiveDays(None),
         MeanGapDays(),
         GapRatio(),
+        GapSpread(),
+        RecentGapRatio(),
         ActivityTrend(3, 7),
         DaysSinceLastEvent(),
         TenureDays(),
@@ -168,6 +174,7 @@ def _expected(
             active = sorted({at.date() for _, at, _ in before})
             mean_gap = (active[-1] - active[0]).days / (len(active) - 1) if len(active) > 1 else None
             since_last = (t - last_at).total_seconds() / 86_400 if last_at else None
+            gaps = [(b - a).days for a, b in itertools.pairwise(active)]
             out[(user, t)] = {
                 "login_count_3d": len(within(3, "login")),
                 "login_count_7d": len(within(7, "login")),
@@ -186,6 +193,10 @@ def _expected(
                 "tenure_days": (t - since).total_seconds() / 86_400,
                 "mean_gap_days": mean_gap,
                 "current_gap_over_mean_gap": None if not mean_gap or since_last is None else since_last / mean_gap,
+                "gap_days_cv": statistics.pstdev(gaps) / statistics.mean(gaps) if len(gaps) >= 2 else None,
+                "recent_gaps_over_mean_gap": (gaps[-1] + gaps[-2]) / 2 / mean_gap
+                if len(gaps) >= 2 and mean_gap
+                else None,
                 "plan": _plan_as_of(versions, user, t),
             }
     return out
@@ -207,8 +218,11 @@ def test_snapshots_equal_a_brute_force_as_of_computation(
     _load(snapshot_db, events, versions)
     until = (START + timedelta(days=DAYS + 2)).date()
 
-    # When snapshots are computed in PostgreSQL
-    compute_snapshots(snapshot_db, CATALOG, ChurnDefinition("contractual", ("cancel",)), until)
+    # When snapshots are computed in PostgreSQL, in two runs: the second's grid starts after the first events, so
+    # each whole-history feature of those days adds up the events before its grid (the prior) and those in it
+    definition = ChurnDefinition("contractual", ("cancel",))
+    compute_snapshots(snapshot_db, CATALOG, definition, (START + timedelta(days=DAYS // 2 + 2)).date())
+    compute_snapshots(snapshot_db, CATALOG, definition, until)
     with psycopg.connect(snapshot_db) as conn:
         cur = conn.execute(f"SELECT * FROM features.{CATALOG.name}")
         names = [c.name for c in cur.description or []]
@@ -227,6 +241,24 @@ def test_snapshots_equal_a_brute_force_as_of_computation(
                 assert got == pytest.approx(value, rel=1e-9, abs=1e-9), (key, name)
             else:
                 assert got == value, (key, name)
+
+
+def test_the_rhythm_of_a_user_silent_through_a_later_grid_comes_from_before_it(snapshot_db: str) -> None:
+    # Given purchases on days 0, 1, 3 and 7 (gaps 1, 2, 4), and snapshots computed up to day 16 first
+    _load(snapshot_db, [("u1", "purchase", day * 86_400 + 3_600, 5.0, UTC) for day in (0, 1, 3, 7)])
+    definition = ChurnDefinition("contractual", ("cancel",))
+    compute_snapshots(snapshot_db, CATALOG, definition, (START + timedelta(days=16)).date())
+
+    # When a later run computes days 17 onwards, its grid starting after every purchase
+    compute_snapshots(snapshot_db, CATALOG, definition, (START + timedelta(days=20)).date())
+
+    # Then the rhythm there is the whole history's: spread of (1, 2, 4), the last two gaps (2, 4) over the mean 7/3
+    with psycopg.connect(snapshot_db) as conn:
+        row = conn.execute(
+            f"SELECT gap_days_cv, recent_gaps_over_mean_gap FROM features.{CATALOG.name} WHERE event_timestamp = %s",
+            (START + timedelta(days=19),),
+        ).fetchone()
+    assert row == (pytest.approx(statistics.pstdev([1, 2, 4]) / (7 / 3)), pytest.approx(3 / (7 / 3)))
 
 
 def test_a_second_run_writes_nothing_and_a_later_until_only_adds_new_days(database_url: str) -> None:

@@ -143,6 +143,42 @@ class GapRatio:
 
 
 @dataclass(frozen=True)
+class GapSpread:
+    """How regular the user's rhythm is: the spread of the gaps between active days over their mean."""
+
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return "gap_days_cv"
+
+    @property
+    def meaning(self) -> str:
+        return (
+            "standard deviation over mean of the days between consecutive active days, over the whole history"
+            " (0: like clockwork, 1: as irregular as chance; empty with fewer than two gaps)"
+        )
+
+
+@dataclass(frozen=True)
+class RecentGapRatio:
+    """Whether the rhythm is slowing: the last two gaps between active days over the usual gap."""
+
+    dtype: Dtype = "float"
+
+    @property
+    def name(self) -> str:
+        return "recent_gaps_over_mean_gap"
+
+    @property
+    def meaning(self) -> str:
+        return (
+            "mean of the last two gaps between active days over `mean_gap_days` (above 1: slowing down; empty"
+            " with fewer than two gaps)"
+        )
+
+
+@dataclass(frozen=True)
 class ActivityTrend:
     """Daily event rate over the short window divided by the daily rate over the long one (1 = steady)."""
 
@@ -219,6 +255,8 @@ Feature = (
     | TenureDays
     | MeanGapDays
     | GapRatio
+    | GapSpread
+    | RecentGapRatio
     | UserAttribute
 )
 WindowedFeature = EventCount | EventValueSum | EventValueMean | ActiveDays
@@ -299,7 +337,8 @@ def default_catalog(
     name: str = "churn_v1",
 ) -> Catalog:
     """A sensible catalog for any set of event types: counts per window and over the whole history, value sums,
-    means and last values, activity, recency, tenure and the user's usual gap between active days.
+    means and last values, activity, recency, tenure, and the user's rhythm: the usual gap between active days, how
+    regular it is and whether the last gaps are longer.
 
     A business whose only event is `purchase` with a value gets recency, frequency and monetary features (the
     RFM a retention team knows) and their trends, without code changes.
@@ -317,7 +356,7 @@ def default_catalog(
         ]
     short, long = min(count_windows), max(count_windows)
     features += [ActiveDays(long), ActiveDays(None), ActivityTrend(short, long), DaysSinceLastEvent(), TenureDays()]
-    features += [MeanGapDays(), GapRatio()]
+    features += [MeanGapDays(), GapRatio(), GapSpread(), RecentGapRatio()]
     features += [UserAttribute(column) for column in user_attributes]
     return Catalog(name, tuple(features))
 

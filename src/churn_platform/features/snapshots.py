@@ -38,8 +38,10 @@ from churn_platform.features.catalog import (
     EventValueSum,
     Feature,
     GapRatio,
+    GapSpread,
     LastEventValue,
     MeanGapDays,
+    RecentGapRatio,
     TenureDays,
     UserAttribute,
     catalog_from_settings,
@@ -148,6 +150,13 @@ def _history_columns(catalog: Catalog) -> list[sql.Composable]:
             columns[f"events_{f.long_days}"] = _over("n_events", f.long_days)
         elif isinstance(f, MeanGapDays | GapRatio):
             columns["active_all"] = _with_prior("active", None)
+        elif isinstance(f, GapSpread | RecentGapRatio):
+            columns["active_all"] = _with_prior("active", None)
+            # Both only grow with time, so the latest active day's value is the running maximum.
+            for name in ("two_before", "gap_squares"):
+                columns[name] = sql.SQL("coalesce({}, {})").format(
+                    _over(f"day_{name}", None, "max"), sql.Identifier(f"prior_{name}")
+                )
     return [sql.SQL("{} AS {}").format(expression, sql.Identifier(name)) for name, expression in columns.items()]
 
 
@@ -178,6 +187,22 @@ DAYS_SINCE_LAST = "extract(epoch FROM (t - last_at)) / 86400"
 MEAN_GAP = (
     "CAST(CAST(last_at AT TIME ZONE 'UTC' AS date) - CAST(first_at AT TIME ZONE 'UTC' AS date) AS double precision)"
     " / NULLIF(active_all - 1, 0)"
+)
+
+
+# The shape of the gaps between active days, in integers so a clockwork rhythm has a spread of exactly 0: with
+# n = active_all - 1 gaps spanning S = last - first days and Q the sum of their squares, the gaps' standard
+# deviation over their mean is sqrt(n Q - S^2) / S; the last two gaps (last day - the active day two before it)
+# over the mean gap are (last - two_before) n / (2 S).
+LAST_DAY = "CAST(last_at AT TIME ZONE 'UTC' AS date)"
+GAP_SPAN = f"({LAST_DAY} - CAST(first_at AT TIME ZONE 'UTC' AS date))"
+GAP_SPREAD = (
+    f"CASE WHEN active_all >= 3 THEN sqrt(CAST((active_all - 1) * gap_squares - CAST({GAP_SPAN} AS bigint) * {GAP_SPAN}"
+    f" AS double precision)) / NULLIF({GAP_SPAN}, 0) END"
+)
+RECENT_GAPS = (
+    f"CASE WHEN active_all >= 3 THEN CAST(({LAST_DAY} - two_before) * (active_all - 1) AS double precision)"
+    f" / NULLIF(2 * {GAP_SPAN}, 0) END"
 )
 
 
@@ -213,6 +238,10 @@ def _feature_expression(feature: Feature, catalog: Catalog) -> sql.Composable:
         return sql.SQL(MEAN_GAP)
     if isinstance(feature, GapRatio):
         return sql.SQL("({}) / NULLIF({}, 0)").format(sql.SQL(DAYS_SINCE_LAST), sql.SQL(MEAN_GAP))
+    if isinstance(feature, GapSpread):
+        return sql.SQL(GAP_SPREAD)
+    if isinstance(feature, RecentGapRatio):
+        return sql.SQL(RECENT_GAPS)
     if isinstance(feature, UserAttribute):
         return sql.Identifier(feature.column)
     raise TypeError(f"no SQL for feature {feature!r}")
@@ -239,7 +268,7 @@ attribute_days AS (
                AS end_day
     FROM raw.user_attributes
 ),
-prior AS (
+{gap_shape_ctes}prior AS (
     SELECT user_id, max(event_timestamp) AS prior_last_at,
            max(event_timestamp) FILTER (WHERE {end_event}) AS prior_last_end_at,
            max(event_timestamp) FILTER (WHERE NOT {end_event}) AS prior_last_other_at,
@@ -269,11 +298,11 @@ grid AS (
            coalesce(p.prior_active, 0) AS prior_active, {prior_names},
            b.last_at AS day_last_at, b.last_end_at AS day_last_end_at, b.last_other_at AS day_last_other_at,
            coalesce(b.n_events, 0) AS n_events, CASE WHEN b.n_events > 0 THEN 1 ELSE 0 END AS active,
-           {grid_columns}
+           {grid_columns}{gap_shape_columns}
     FROM members m
     CROSS JOIN days d
     LEFT JOIN buckets b ON b.user_id = m.user_id AND b.day = d.day
-    LEFT JOIN prior p ON p.user_id = m.user_id
+    LEFT JOIN prior p ON p.user_id = m.user_id{gap_shape_joins}
     LEFT JOIN attribute_days a ON a.user_id = m.user_id AND d.day >= a.first_day
                                AND (a.end_day IS NULL OR d.day < a.end_day)
 ),
@@ -299,6 +328,38 @@ ORDER BY t, user_id
 ON CONFLICT (user_id, event_timestamp) DO NOTHING
 """
 
+# For GapSpread and RecentGapRatio: per active day (any event, UTC days), the active day two before it and the
+# running sum of squared gaps, from the user's whole history; the grid joins them on its active days and takes
+# the last ones before the grid as the prior.
+GAP_SHAPE_CTES = """event_days AS (
+    SELECT DISTINCT user_id, CAST(event_timestamp AT TIME ZONE 'UTC' AS date) AS day
+    FROM raw.events
+    WHERE event_timestamp < CAST(%(until)s AS date) AT TIME ZONE 'UTC'
+),
+gaps AS (
+    SELECT user_id, day, day - lag(day) OVER w AS gap, lag(day, 2) OVER w AS two_before
+    FROM event_days
+    WINDOW w AS (PARTITION BY user_id ORDER BY day)
+),
+gap_shape AS (
+    SELECT user_id, day, two_before, sum(CAST(gap AS bigint) * gap) OVER (PARTITION BY user_id ORDER BY day)
+        AS gap_squares
+    FROM gaps
+),
+prior_gap_shape AS (
+    SELECT user_id, max(two_before) AS prior_two_before, max(gap_squares) AS prior_gap_squares
+    FROM gap_shape
+    WHERE day < CAST(%(grid_from)s AS date)
+    GROUP BY user_id
+),
+"""
+GAP_SHAPE_COLUMNS = """,
+           gs.two_before AS day_two_before, gs.gap_squares AS day_gap_squares, pg.prior_two_before,
+           pg.prior_gap_squares"""
+GAP_SHAPE_JOINS = """
+    LEFT JOIN gap_shape gs ON gs.user_id = m.user_id AND gs.day = d.day
+    LEFT JOIN prior_gap_shape pg ON pg.user_id = m.user_id"""
+
 LAST_SNAPSHOT_SQL = "SELECT max(event_timestamp) FROM {table}"
 FIRST_EVENT_SQL = "SELECT min(event_timestamp) FROM raw.events"
 
@@ -322,7 +383,11 @@ def snapshot_statement(catalog: Catalog) -> tuple[sql.Composed, dict[str, Any]]:
         sql.SQL("{} AS {}").format(_feature_expression(f, catalog), sql.Identifier(f.name)) for f in catalog.features
     ]
     names = sql.SQL(", ").join(sql.Identifier(n) for n in catalog.names)
+    gap_shape = any(isinstance(f, GapSpread | RecentGapRatio) for f in catalog.features)
     statement = sql.SQL(SNAPSHOT_SQL).format(
+        gap_shape_ctes=sql.SQL(GAP_SHAPE_CTES if gap_shape else ""),
+        gap_shape_columns=sql.SQL(GAP_SHAPE_COLUMNS if gap_shape else ""),
+        gap_shape_joins=sql.SQL(GAP_SHAPE_JOINS if gap_shape else ""),
         end_event=sql.SQL(END_EVENT),
         ended=sql.SQL(ENDED),
         prior_columns=sql.SQL(", ").join(prior_columns) if prior_columns else sql.SQL("0 AS no_types"),
