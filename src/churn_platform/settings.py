@@ -148,7 +148,10 @@ class Settings(BaseSettings):
         " labelled history fits it, else `folds`).",
     )
     train_folds: int = Field(
-        default=5, ge=2, description="K of the `folds` design: folds grouped by user inside the training window."
+        default=5,
+        ge=2,
+        description="K of the `folds` design (folds grouped by user inside the training window), and of the folds"
+        " the refit is calibrated on.",
     )
     train_refit: bool = Field(
         default=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 
@@ -48,6 +49,18 @@ def test_the_summary_measures_the_scores_against_the_labels_that_are_known() -> 
     assert summary.roc_auc == pytest.approx(roc_auc_score([0, 1, 0, 1], [0.05, 0.2, 0.4, 0.9]))
     shown = dict(summary_rows(users))
     assert shown["labels known (30 days)"] == "4 of 6" and shown["realised churn rate"] == "50.0%"
+
+
+def test_an_auc_on_outcomes_the_version_learned_is_shown_as_in_sample() -> None:
+    users = scored([0.05, 0.2, 0.4, 0.9], [False, True, False, True])
+    learned_later = dataclasses.replace(users, outcomes_seen_through=date(2025, 4, 20))
+    learned_before = dataclasses.replace(users, outcomes_seen_through=DAY)  # labels [t, t + H) end before DAY
+
+    assert learned_later.in_sample and not learned_before.in_sample and not users.in_sample
+    note = dict(summary_rows(learned_later))["in-sample"]
+    assert "learned outcomes up to 2025-04-20, after 2025-04-01" in note
+    assert "churn train --end 2025-03-03" in note  # 2025-04-01 - 30 days + 1: labels known by the day
+    assert "in-sample" not in dict(summary_rows(learned_before))
 
 
 def test_without_both_outcomes_there_is_no_auc() -> None:

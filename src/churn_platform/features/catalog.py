@@ -156,7 +156,7 @@ class GapSpread:
     def meaning(self) -> str:
         return (
             "standard deviation over mean of the days between consecutive active days, over the whole history"
-            " (0: like clockwork, 1: as irregular as chance; empty with fewer than two gaps)"
+            " (0: like clockwork, about 1: as irregular as chance; empty with fewer than two gaps)"
         )
 
 

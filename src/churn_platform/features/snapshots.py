@@ -183,19 +183,16 @@ def _carried_columns(catalog: Catalog) -> list[sql.Composable]:
 
 
 DAYS_SINCE_LAST = "extract(epoch FROM (t - last_at)) / 86400"
-# Days from the first to the last active day, over the gaps between active days.
-MEAN_GAP = (
-    "CAST(CAST(last_at AT TIME ZONE 'UTC' AS date) - CAST(first_at AT TIME ZONE 'UTC' AS date) AS double precision)"
-    " / NULLIF(active_all - 1, 0)"
-)
-
-
-# The shape of the gaps between active days, in integers so a clockwork rhythm has a spread of exactly 0: with
-# n = active_all - 1 gaps spanning S = last - first days and Q the sum of their squares, the gaps' standard
-# deviation over their mean is sqrt(n Q - S^2) / S; the last two gaps (last day - the active day two before it)
-# over the mean gap are (last - two_before) n / (2 S).
+# The mean gap: days from the first to the last active day, over the gaps between active days.
 LAST_DAY = "CAST(last_at AT TIME ZONE 'UTC' AS date)"
 GAP_SPAN = f"({LAST_DAY} - CAST(first_at AT TIME ZONE 'UTC' AS date))"
+MEAN_GAP = f"CAST({GAP_SPAN} AS double precision) / NULLIF(active_all - 1, 0)"
+# The shape of the gaps between active days, in integers so a clockwork rhythm has a spread of exactly 0: with
+# n = active_all - 1 gaps spanning S = GAP_SPAN days and Q the sum of their squares, the gaps' standard
+# deviation over their mean is sqrt(n Q - S^2) / S; the last two gaps (last day - the active day two before it)
+# over the mean gap are (last - two_before) n / (2 S).
+
+
 GAP_SPREAD = (
     f"CASE WHEN active_all >= 3 THEN sqrt(CAST((active_all - 1) * gap_squares - CAST({GAP_SPAN} AS bigint) * {GAP_SPAN}"
     f" AS double precision)) / NULLIF({GAP_SPAN}, 0) END"

@@ -3,7 +3,8 @@ version: backtests ("how would the model have ranked customers then, and who act
 
 The version is the `champion` unless named (a version number or an alias). It must have been trained on the feature
 service the platform is configured for: a model is only ever scored on the features it learned from. Each user's
-realised label over the configured horizon comes along where it is known, so a backtest is one file.
+realised label over the configured horizon comes along where it is known, so a backtest is one file; the summary
+says when the version had learned those outcomes (a version trained on later labels: not a backtest).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,22 @@ class ScoredUsers:
     reference: str  # what the version was asked by: `champion`, another alias, or its number
     feature_service: str
     horizon_days: int
+    outcomes_seen_through: date | None = None  # the version's tag: the outcomes its model learned end before this
 
     def summary(self) -> ScoreSummary:
         return summarize(self)
+
+    @property
+    def in_sample(self) -> bool:
+        """The version learned outcomes of the days these labels look at ([as_of, as_of + H)): its AUC against
+        them is in-sample. A backtest trains on labels known by the day (`churn train --end`), as the refit of a
+        version trained on every labelled day has learned nearly every realised outcome."""
+        return self.outcomes_seen_through is not None and self.outcomes_seen_through > self.as_of
+
+    @property
+    def backtest_end(self) -> date:
+        """The `churn train --end` (exclusive) whose versions learned no outcome after the scored day."""
+        return self.as_of - timedelta(days=self.horizon_days) + timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,17 @@ def score_as_of(
     step(f"reading the realised labels over {settings.label_horizon_days} days")
     labels = population.realised_labels(connections.database_url, catalog, as_of, settings.label_horizon_days)
     frame = _scores_frame(features, probabilities, labels, settings, as_of, model)
-    return ScoredUsers(frame, as_of, settings.model_name, number, reference, catalog.name, settings.label_horizon_days)
+    seen = tags.get("outcomes_seen_through")
+    return ScoredUsers(
+        frame,
+        as_of,
+        settings.model_name,
+        number,
+        reference,
+        catalog.name,
+        settings.label_horizon_days,
+        outcomes_seen_through=date.fromisoformat(seen) if seen else None,
+    )
 
 
 def resolve_version(tracking_uri: str, model_name: str, reference: str) -> tuple[str, dict[str, str]]:
@@ -206,6 +230,15 @@ def summary_rows(scored: ScoredUsers) -> list[tuple[str, str]]:
     if summary.churn_rate is not None:
         rows.append(("realised churn rate", f"{summary.churn_rate:.1%}"))
     rows.append(("ROC AUC vs realised", "-" if summary.roc_auc is None else f"{summary.roc_auc:.4f}"))
+    if summary.roc_auc is not None and scored.in_sample:
+        rows.append(
+            (
+                "in-sample",
+                f"version {scored.model_version} learned outcomes up to {scored.outcomes_seen_through}, after"
+                f" {scored.as_of}: this AUC is not a backtest (train with `churn train --end"
+                f" {scored.backtest_end}` for one)",
+            )
+        )
     return rows
 
 

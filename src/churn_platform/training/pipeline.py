@@ -76,7 +76,7 @@ def train(
         validation_days=settings.train_validation_days,
         validation=settings.train_validation,
         folds=settings.train_folds,
-        refit=settings.train_refit,
+        refit=settings.train_refit and register,  # the refit exists to be registered
     )
     catalog = catalog_from_settings(settings)
     url = connections.database_url

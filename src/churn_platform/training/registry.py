@@ -106,7 +106,7 @@ def log_and_register(
             plots = write_plots(
                 Path(folder),
                 y,
-                trained.test_frame["p_model"].to_numpy(),
+                trained.test_frame[TESTED_SCORE].to_numpy(),
                 recency=trained.test_frame["p_recency"].to_numpy(),
                 bgnbd=None if trained.bgnbd_roc_auc is None else trained.test_frame["p_bgnbd"].to_numpy(),
                 oracle=None if trained.oracle_roc_auc is None else trained.test_frame["p_oracle"].to_numpy(),
@@ -118,6 +118,17 @@ def log_and_register(
         inputs = trained.input_example[features].apply(
             lambda column: column.astype("float64") if pd.api.types.is_integer_dtype(column) else column
         )
+        if trained.refitted:
+            # The model the test figures are of, logged before the version exists: promotion compares versions by it.
+            evaluated = mlflow.sklearn.log_model(
+                trained.evaluated_model,
+                name=EVALUATED_MODEL,
+                signature=infer_signature(inputs, trained.evaluated_model.predict_proba(inputs)),
+                serialization_format="skops",
+                skops_trusted_types=trusted_types(trained.evaluated_model),
+                pip_requirements=pip_requirements(),
+            )
+            tags[EVALUATED_MODEL_TAG] = _client(tracking_uri).get_logged_model(evaluated.model_id).artifact_location
         info = mlflow.sklearn.log_model(
             trained.model,
             name="model",
@@ -131,17 +142,6 @@ def log_and_register(
             pip_requirements=pip_requirements(),
             await_registration_for=60,
         )
-        if trained.refitted:
-            # The model the test figures are of: promotion compares versions by these, which saw no test row.
-            evaluated = mlflow.sklearn.log_model(
-                trained.evaluated_model,
-                name=EVALUATED_MODEL,
-                signature=infer_signature(inputs, trained.evaluated_model.predict_proba(inputs)),
-                serialization_format="skops",
-                skops_trusted_types=trusted_types(trained.evaluated_model),
-                pip_requirements=pip_requirements(),
-            )
-            tags[EVALUATED_MODEL_TAG] = _client(tracking_uri).get_logged_model(evaluated.model_id).artifact_location
     version = str(info.registered_model_version)
     client = _client(tracking_uri)
     for key, value in tags.items():

@@ -32,7 +32,7 @@ from churn_platform.model.candidates import (
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 from churn_platform.training.baselines import BaselineLookup, BgNbdBaseline, recency_scores
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
-from churn_platform.training.folds import cross_validate, user_folds
+from churn_platform.training.folds import FoldError, cross_validate, user_folds
 from churn_platform.training.split import TimeSplit, ValidationChoice, training_split
 
 BASELINE_FEATURE = "days_since_last_event"
@@ -50,7 +50,7 @@ class TrainConfig:
     validation_days: int = 28  # the `time` design's validation window
     candidates: Sequence[str] = tuple(CANDIDATES)
     validation: ValidationChoice = "auto"  # `time`, `folds` (user folds inside the training window), or `auto`
-    folds: int = 5  # K of the `folds` design, and of the refit's calibration
+    folds: int = 5  # K of the `folds` design, and of the refit's calibration folds
     refit: bool = True  # after the test evaluation, refit the chosen candidate on every labelled row
 
 
@@ -217,7 +217,10 @@ def refit_on_all_rows(name: str, catalog: Catalog, frame: pd.DataFrame, config: 
     evaluated model's: both are calibrated, so a probability means the same to each."""
     y = frame["churned"].to_numpy(dtype=np.int64)
     encoder = encoder_for(catalog).fit(frame)
-    folds = user_folds(frame["user_id"].to_numpy(), y, folds=config.folds, seed=config.seed)
+    try:
+        folds = user_folds(frame["user_id"].to_numpy(), y, folds=config.folds, seed=config.seed)
+    except FoldError as exc:
+        raise FoldError(f"the refit on every labelled row: {exc}, or set CHURN_TRAIN_REFIT=false") from exc
     return calibrated_on_folds(name, encoder, encoder.transform(frame), y, folds, config.seed)
 
 
