@@ -265,7 +265,7 @@ attribute_days AS (
                AS end_day
     FROM raw.user_attributes
 ),
-prior AS (
+{gap_shape_ctes}prior AS (
     SELECT user_id, max(event_timestamp) AS prior_last_at,
            max(event_timestamp) FILTER (WHERE {end_event}) AS prior_last_end_at,
            max(event_timestamp) FILTER (WHERE NOT {end_event}) AS prior_last_other_at,
@@ -285,7 +285,7 @@ buckets AS (
       AND event_timestamp < CAST(%(until)s AS date) AT TIME ZONE 'UTC'
     GROUP BY 1, 2
 ),
-{gap_shape_ctes}days AS (
+days AS (
     SELECT CAST(d AS date) AS day
     FROM generate_series(CAST(%(grid_from)s AS date), CAST(%(until)s AS date) - 1, interval '1 day') AS d
 ),
@@ -326,14 +326,12 @@ ON CONFLICT (user_id, event_timestamp) DO NOTHING
 """
 
 # For GapSpread and RecentGapRatio: per active day (any event, UTC days), the active day two before it and the
-# running sum of squared gaps, from the user's whole history (the days before the grid, and the grid's buckets);
-# the grid joins them on its active days and takes the last ones before the grid as the prior.
+# running sum of squared gaps, from the user's whole history; the grid joins them on its active days and takes
+# the last ones before the grid as the prior.
 GAP_SHAPE_CTES = """event_days AS (
     SELECT DISTINCT user_id, CAST(event_timestamp AT TIME ZONE 'UTC' AS date) AS day
     FROM raw.events
-    WHERE event_timestamp < CAST(%(grid_from)s AS date) AT TIME ZONE 'UTC'
-    UNION ALL
-    SELECT user_id, day FROM buckets
+    WHERE event_timestamp < CAST(%(until)s AS date) AT TIME ZONE 'UTC'
 ),
 gaps AS (
     SELECT user_id, day, day - lag(day) OVER w AS gap, lag(day, 2) OVER w AS two_before
