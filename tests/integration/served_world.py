@@ -2,8 +2,8 @@
 
 One module-scoped world: 400 users over 200 days, snapshots and labels, the Feast repo applied, features
 materialized to a Redis db of its own, a model name of its own in the session's MLflow server with two versions
-(a logistic regression as champion, a gradient-boosted model as challenger), and `bentoml serve` started by the
-local-stack code on a free port, polling every second.
+(a logistic regression as champion, a gradient-boosted model as challenger; neither refitted after its test
+evaluation), and `bentoml serve` started by the local-stack code on a free port, polling every second.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def build_world(settings: Settings, database_url: str) -> tuple[list[str], dict[
     online.materialize(settings, connections(settings))
     versions = {}
     for candidate in ("logistic_regression", "gradient_boosting"):
-        config = TrainConfig(seed=5, test_days=21, validation_days=21, candidates=(candidate,))
+        # No refit: the serving tests need registered versions of each kind, not the refit on every row (tested in
+        # test_training and test_training_folds), which only costs time here.
+        config = TrainConfig(seed=5, test_days=21, validation_days=21, candidates=(candidate,), refit=False)
         registered = pipeline.train(settings, connections(settings, mlflow=True), config=config).registered
         assert registered is not None
         versions[candidate] = registered.version

@@ -29,6 +29,8 @@ ENVIRONMENT = {
     "CHURN_TRAIN_TEST_DAYS": "14",
     "CHURN_TRAIN_VALIDATION_DAYS": "14",
     "CHURN_TRAIN_SNAPSHOT_EVERY_DAYS": "1",
+    # `churn train` here only has to register a version to roll back to: the refit is tested in test_training
+    "CHURN_TRAIN_REFIT": "false",
 }
 PLATFORM_SCHEMAS = ("raw", "features", "serving", "monitoring", "synthetic")
 TABLES_SQL = "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema = ANY(%s)"

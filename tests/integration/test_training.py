@@ -19,7 +19,7 @@ from tests.integration.feature_worlds import connections, labelled_world, platfo
 from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, get_settings
 from churn_platform.training import pipeline, promotion, registry, report
 from churn_platform.training.split import time_split
 from churn_platform.training.trainer import TrainConfig, TrainedModel, train_model
@@ -362,15 +362,19 @@ def test_the_models_commands_list_versions_and_refuse_in_one_line(
 
 
 def test_the_train_flow_registers_a_version_and_publishes_its_metrics(
-    world_settings: Settings, mlflow_tracking: str
+    world_settings: Settings, mlflow_tracking: str, prefect_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.train import train_flow
     from prefect.artifacts import Artifact
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):  # a temporary Prefect server, as in test_flows
-        version = train_flow()
+    # The flow runs the platform's training as configured; the refit is checked above, here it would only cost time
+    monkeypatch.setenv("CHURN_TRAIN_REFIT", "false")
+    get_settings.cache_clear()
+    try:
+        version = train_flow()  # on the session's temporary Prefect server, as in test_flows
         artifact = Artifact.get("training-metrics")
+    finally:
+        get_settings.cache_clear()
 
     assert version is not None
     assert registry.get_version(mlflow_tracking, world_settings.model_name, version).run_id
