@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         " too) and register that: it has seen the newest outcomes. The reported test figures stay those of the"
         " model fitted before the test window.",
     )
+    train_censored: bool = Field(
+        default=True,
+        description="Also train on the snapshots between the training window and the window that judges the model,"
+        " whose outcomes are only partly known there: the known ones as they are, the rest completed by a hazard"
+        " model (discrete-time survival).",
+    )
     promotion_auc_margin: float = Field(
         default=0.01,
         ge=0,

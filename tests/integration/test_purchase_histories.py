@@ -1,10 +1,12 @@
-"""BG/NBD purchase histories in PostgreSQL against a brute-force point-in-time computation in pandas."""
+"""BG/NBD purchase histories, and the events that decide a label (for censored outcomes), in PostgreSQL against a
+brute-force point-in-time computation in pandas."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from churn_platform.data.labels import ChurnDefinition
+from churn_platform.training.censoring import deciding_events
 from churn_platform.training.purchase_histories import customer_histories, row_histories
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
@@ -113,3 +116,49 @@ def test_customer_histories_hold_every_customer_seen_before_the_fit_time(
     for row in found.itertuples(index=False):
         x, t_x, age = seen[row.user_id]
         assert (row.x, row.t_x, row.age) == (x, pytest.approx(t_x, abs=1e-9), pytest.approx(age, abs=1e-9))
+
+
+def _first_deciding(
+    events: list[tuple[str, str, int, timezone]], user: str, at: datetime, horizon: int, deciding: Callable[[str], bool]
+) -> float | None:
+    """Days from `at` to the user's first deciding event in [at, at + horizon days), one event at a time."""
+    ahead = [
+        (START + timedelta(seconds=o) - at).total_seconds() / 86_400
+        for u, kind, o, _ in events
+        if u == user and deciding(kind) and at <= START + timedelta(seconds=o) < at + timedelta(days=horizon)
+    ]
+    return min(ahead) if ahead else None
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=events_strategy,
+    data=st.data(),
+    activity=activity_strategy,
+    kind=st.sampled_from(["contractual", "non_contractual"]),
+    horizon=st.integers(1, 6),
+)
+def test_deciding_events_are_the_first_that_settle_each_label_within_its_horizon(
+    events_db: str,
+    events: list[tuple[str, str, int, timezone]],
+    data: st.DataObject,
+    activity: tuple[str, ...],
+    kind: str,
+    horizon: int,
+) -> None:
+    rows = data.draw(rows_strategy(events))
+    _load(events_db, events)
+    at = [START + timedelta(seconds=offset) for _, offset in rows]
+    frame = pd.DataFrame({"user_id": [user for user, _ in rows], "event_timestamp": pd.to_datetime(at, utc=True)})
+    definition = ChurnDefinition(kind, CHURN_TYPES, activity)  # type: ignore[arg-type]
+
+    found = deciding_events(events_db, definition, horizon).decided_after(frame)
+
+    if kind == "contractual":
+        deciding: Callable[[str], bool] = lambda event: event in CHURN_TYPES  # noqa: E731
+    else:
+        deciding = (lambda event: event in activity) if activity else (lambda event: event not in CHURN_TYPES)
+    expected = [_first_deciding(events, user, t, horizon, deciding) for (user, _), t in zip(rows, at, strict=True)]
+    assert len(found) == len(rows)
+    for got, want in zip(found, expected, strict=True):
+        assert (want is None and np.isnan(got)) or got == pytest.approx(want, abs=1e-9)

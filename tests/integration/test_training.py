@@ -72,10 +72,10 @@ def test_train_registers_a_version_that_loads_by_alias(
     assert version.metrics["recency_roc_auc"] == version.metrics["baseline_roc_auc"]
 
     # The classical baselines were scored on the model's own test rows: recency, and a BG/NBD fitted on the histories
-    # as of the day after the training window
+    # as of the cut (the first day of the validation window): what the model's fit knew too
     trained, test_rows = result.trained, result.trained.test_frame
     assert trained.bgnbd is not None
-    assert trained.bgnbd.fitted_as_of.date() == trained.split.train.last + timedelta(days=1)
+    assert trained.bgnbd.fitted_as_of.date() == trained.split.cut == trained.split.validation.first  # type: ignore[union-attr]
     assert 100 < trained.bgnbd.fit.customers <= 500  # the users active before then (signups are spread out)
     assert version.metrics["bgnbd_roc_auc"] == pytest.approx(roc_auc_score(test_rows["churned"], test_rows["p_bgnbd"]))
     assert version.metrics["recency_roc_auc"] == pytest.approx(

@@ -19,6 +19,7 @@ from churn_platform.features import training_sets
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import Settings
 from churn_platform.training import registry
+from churn_platform.training.censoring import deciding_events
 from churn_platform.training.evaluation import Scores
 from churn_platform.training.purchase_histories import bgnbd_lookup
 from churn_platform.training.split import utc_days
@@ -77,6 +78,7 @@ def train(
         validation=settings.train_validation,
         folds=settings.train_folds,
         refit=settings.train_refit and register,  # the refit exists to be registered
+        censored=settings.train_censored,
     )
     catalog = catalog_from_settings(settings)
     url = connections.database_url
@@ -85,8 +87,10 @@ def train(
     )
     if rows.frame.empty:
         raise ValueError("no labelled snapshots in that range: run `churn features compute` first")
-    bgnbd = bgnbd_lookup(url, ChurnDefinition.from_settings(settings))
-    trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days), bgnbd)
+    definition = ChurnDefinition.from_settings(settings)
+    bgnbd = bgnbd_lookup(url, definition)
+    deciding = deciding_events(url, definition, settings.label_horizon_days)
+    trained = train_model(rows, catalog, config, oracle_lookup(url, settings.label_horizon_days), bgnbd, deciding)
     if not register:
         return TrainResult(trained, None)
     stamps = utc_days(rows.frame["event_timestamp"])
@@ -101,6 +105,7 @@ def train(
         "label_horizon_days": settings.label_horizon_days,
         "candidates": ",".join(config.candidates),
         "refit": config.refit,  # the registered model refitted on every labelled row after the test evaluation
+        "censored": config.censored,  # snapshots censored at the cut trained on, their outcomes completed
     }
     registered = registry.log_and_register(
         trained,

@@ -58,6 +58,12 @@ class TimeSplit:
         return f"train {self.train}, validation {self.validation}, test {self.test} (gaps of {self.gap_days} days)"
 
     @property
+    def cut(self) -> date:
+        """The first day of the window that judges the fitted model (validation, or test with `folds`): outcomes
+        the fit may use are those known before it."""
+        return (self.validation or self.test).first
+
+    @property
     def outcomes_seen_through(self) -> date:
         """The last day any label used to fit, calibrate or choose the model looked at (before the test window)."""
         last_used = self.train if self.validation is None else self.validation

@@ -31,9 +31,10 @@ from churn_platform.model.candidates import (
 )
 from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 from churn_platform.training.baselines import BaselineLookup, BgNbdBaseline, recency_scores
+from churn_platform.training.censoring import DecidingEvents, impute_censored
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
 from churn_platform.training.folds import FoldError, cross_validate, user_folds
-from churn_platform.training.split import TimeSplit, ValidationChoice, training_split
+from churn_platform.training.split import TimeSplit, ValidationChoice, training_split, utc_days
 
 BASELINE_FEATURE = "days_since_last_event"
 TEST_ROW_KEYS = ("user_id", "event_timestamp", "churned")  # a test row's identity and label, before its features
@@ -52,6 +53,7 @@ class TrainConfig:
     validation: ValidationChoice = "auto"  # `time`, `folds` (user folds inside the training window), or `auto`
     folds: int = 5  # K of the `folds` design, and of the refit's calibration folds
     refit: bool = True  # after the test evaluation, refit the chosen candidate on every labelled row
+    censored: bool = True  # train on the snapshots censored at the cut too, their outcomes completed (censoring)
 
 
 @dataclass
@@ -70,7 +72,10 @@ class TrainedModel:
     validation: dict[str, dict[str, float]]  # candidate -> validation (or out-of-fold) metrics
     folds: int | None  # K user folds of the `folds` design; None with a validation window
     importance: dict[str, float]
-    rows: dict[str, int]  # per part; `refit`: the rows the registered model was refitted on (absent without)
+    censoring: dict[str, float]  # how the censored snapshots' outcomes were completed (empty without)
+    # per part; `censored`: snapshots censored at the cut added to the training window (of which `censored_decided`
+    # had their deciding event by the cut); `refit`: the rows the registered model was refitted on
+    rows: dict[str, int]
     feature_service: str
     definitions_hash: str
     # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_recency, p_bgnbd, p_oracle
@@ -114,6 +119,7 @@ class TrainedModel:
         if self.oracle_roc_auc is not None and self.auc_to_oracle is not None:
             metrics["oracle_roc_auc"] = self.oracle_roc_auc
             metrics["auc_to_oracle"] = self.auc_to_oracle
+        metrics.update(self.censoring)
         for candidate, values in self.validation.items():
             metrics.update({f"validation_{candidate}_{k}": v for k, v in values.items()})
         return metrics
@@ -125,8 +131,8 @@ def baseline_scores(frame: pd.DataFrame) -> Scores:
 
 
 def bgnbd_fit_time(split: TimeSplit) -> datetime:
-    """BG/NBD is fitted on the histories as of the first day after the training window (UTC midnight)."""
-    return datetime.combine(split.train.last + timedelta(days=1), time(), tzinfo=UTC)
+    """BG/NBD is fitted on the histories as of the cut (UTC midnight): all it would know when the model is fitted."""
+    return datetime.combine(split.cut, time(), tzinfo=UTC)
 
 
 def encoder_for(catalog: Catalog) -> FeatureEncoder:
@@ -141,10 +147,12 @@ def train_model(
     config: TrainConfig,
     oracle: OracleLookup | None = None,
     bgnbd: BaselineLookup | None = None,
+    deciding: DecidingEvents | None = None,
 ) -> TrainedModel:
-    """Fit every candidate on the training window, keep the best by validation ROC AUC (a later window, or user
-    folds inside the training window), evaluate it on test next to the recency baseline, a BG/NBD fitted at the
-    end of the training window (given `bgnbd`) and the oracle."""
+    """Fit every candidate on the training window (with `deciding` and `config.censored`, also on the snapshots
+    censored at the cut, their outcomes completed: training.censoring), keep the best by validation ROC AUC (a
+    later window, or user folds inside the training window), evaluate it on test next to the recency baseline, a
+    BG/NBD fitted at the cut (given `bgnbd`) and the oracle."""
     frame = training.frame
     if BASELINE_FEATURE not in catalog.names:
         raise ValueError(f"catalog {catalog.name} has no `{BASELINE_FEATURE}` feature, which the baseline scores with")
@@ -164,6 +172,14 @@ def train_model(
             raise ValueError(f"the {name} window ({getattr(split, name)}) holds no labelled snapshot")
         if part["churned"].nunique() < 2:
             raise ValueError(f"the {name} window ({getattr(split, name)}) has only one class: cannot train or score")
+    rows = {name: len(part) for name, part in parts.items()}
+    censoring: dict[str, float] = {}
+    if config.censored and deciding is not None:
+        parts["train"], censoring = with_censored_snapshots(
+            frame, split, parts["train"], catalog, deciding, config, training.horizon_days
+        )
+        rows["censored"] = len(parts["train"]) - rows["train"]
+        rows["censored_decided"] = int(censoring["censored_decided_rows"])
     labels = {name: part["churned"].to_numpy(dtype=np.int64) for name, part in parts.items()}
 
     encoder = encoder_for(catalog).fit(parts["train"])
@@ -185,7 +201,6 @@ def train_model(
         p_bgnbd=fitted_bgnbd.p_churn if fitted_bgnbd is not None else np.nan,
         p_oracle=oracle_p if oracle_p is not None else np.nan,
     )
-    rows = {name: len(part) for name, part in parts.items()}
     model = best.model
     if config.refit:
         model = refit_on_all_rows(best.name, catalog, frame, config)
@@ -203,12 +218,62 @@ def train_model(
         validation=validation,
         folds=config.folds if split.design == "folds" else None,
         importance=feature_importance(best.model, parts["test"], y_test, encoder.feature_names, config.seed),
+        censoring=censoring,
         rows=rows,
         feature_service=training.feature_service,
         definitions_hash=training.definitions_hash,
         test_frame=test_frame.reset_index(drop=True),
         input_example=parts["test"][encoder.feature_names].head(100).reset_index(drop=True),
     )
+
+
+def with_censored_snapshots(
+    frame: pd.DataFrame,
+    split: TimeSplit,
+    train: pd.DataFrame,
+    catalog: Catalog,
+    deciding: DecidingEvents,
+    config: TrainConfig,
+    horizon_days: int,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The training window with the snapshots between it and the cut appended, each labelled with what the cut
+    knows of its outcome, completed by the hazard model (training.censoring); and figures of how it went, among
+    them how the completed outcomes rank against the outcomes the data knows now (a diagnostic, never fitted)."""
+    days = utc_days(frame["event_timestamp"])
+    between = ((days > split.train.last) & (days < split.cut)).to_numpy(dtype=bool)
+    if not between.any():
+        return train, {"censored_rows": 0.0, "censored_decided_rows": 0.0}
+    censored = frame[between]
+    rows = pd.concat([train, censored], ignore_index=True)
+    cut = pd.Timestamp(split.cut)
+    observed_days = np.asarray((cut - utc_days(rows["event_timestamp"]).map(pd.Timestamp)).dt.days, dtype=np.float64)
+    decided_after = deciding.decided_after(rows[["user_id", "event_timestamp"]])
+    is_censored = np.arange(len(rows)) >= len(train)
+    imputed = impute_censored(
+        encoder_for(catalog).fit(rows).transform(rows),
+        rows[BASELINE_FEATURE].to_numpy(dtype=np.float64, na_value=np.nan),
+        decided_after,
+        observed_days,
+        horizon_days=horizon_days,
+        contractual=deciding.contractual,
+        censored=is_censored,
+        seed=config.seed,
+    )
+    known = censored["churned"].to_numpy(dtype=np.int64)  # complete now; at the cut, only where decided
+    undecided = ~imputed.decided
+    figures = {
+        "censored_rows": float(len(censored)),
+        "censored_decided_rows": float(imputed.decided.sum()),
+        "censored_person_periods": float(imputed.person_periods),
+        "censored_imputed_positive_rate": float(imputed.labels.mean()),
+        "censored_positive_rate": float(known.mean()),
+    }
+    if undecided.any() and len(np.unique(known[undecided])) == 2:
+        figures["censored_completion_roc_auc"] = float(roc_auc_score(known[undecided], imputed.p_positive[undecided]))
+    completed = censored.assign(
+        churned=pd.Series(imputed.labels, index=censored.index).astype(censored["churned"].dtype)
+    )
+    return pd.concat([train, completed], ignore_index=True), figures
 
 
 def refit_on_all_rows(name: str, catalog: Catalog, frame: pd.DataFrame, config: TrainConfig) -> Any:
