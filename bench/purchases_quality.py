@@ -14,6 +14,7 @@ ended at c:
 The platform's target on this world: model AUC >= 0.97 of the oracle's, and >= 0.01 above recency and BG/NBD.
 
     uv run --frozen python -m bench.purchases_quality [--users 20000] [--months 18] [--horizons 90 180]
+        [--returns rare common] [--cutoffs earlier later]
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Figures:
 class Case:
     returns: str
     horizon: int
-    cutoffs: tuple[date, date]
+    cutoffs: tuple[date, ...]
 
 
 def _shop_settings(url: str, servers: Connections, horizon: int, model_name: str) -> Settings:
@@ -194,12 +195,14 @@ def run_case(servers: Connections, case: Case, users: int, history_days: int, se
     return verdicts
 
 
-def cases(horizons: list[int], history_days: int, start: date) -> Iterator[Case]:
+def cases(
+    horizons: list[int], history_days: int, start: date, returns: list[str], cutoffs: list[str]
+) -> Iterator[Case]:
     late = start + timedelta(days=history_days)
-    early = late - timedelta(days=91)
-    for returns in ("rare", "common"):
+    named = {"earlier": late - timedelta(days=91), "later": late}
+    for setting in returns:
         for horizon in horizons:
-            yield Case(returns, horizon, (early, late))
+            yield Case(setting, horizon, tuple(named[name] for name in cutoffs))
 
 
 def main() -> None:
@@ -207,12 +210,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--months", type=int, default=18, help="history before the later cut-off")
     parser.add_argument("--horizons", type=int, nargs="+", default=[90, 180])
+    parser.add_argument("--returns", nargs="+", choices=["rare", "common"], default=["rare", "common"])
+    parser.add_argument("--cutoffs", nargs="+", choices=["earlier", "later"], default=["earlier", "later"])
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     history_days = round(args.months * DAYS_PER_MONTH)
     verdicts: list[bool] = []
     with stack.running(Settings(), redis=True, mlflow=True) as servers:
-        for case in cases(args.horizons, history_days, WorldConfig.start_date):
+        for case in cases(args.horizons, history_days, WorldConfig.start_date, args.returns, args.cutoffs):
             verdicts += run_case(servers, case, args.users, history_days, args.seed)
     print(f"\n{sum(verdicts)} of {len(verdicts)} backtests reach the target (>= {TARGET_TO_ORACLE} of the oracle,"
           f" >= {TARGET_LIFT} above recency and BG/NBD)")  # fmt: skip
