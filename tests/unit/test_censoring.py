@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 from churn_platform.features.catalog import Catalog, DaysSinceLastEvent, EventCount
 from churn_platform.features.training_sets import TrainingSet
 from churn_platform.training.censoring import DecidingEvents, Periods, impute_censored
-from churn_platform.training.trainer import TrainConfig, train_model
+from churn_platform.training.split import training_split
+from churn_platform.training.trainer import TrainConfig, train_model, with_censored_snapshots
 
 HORIZON = 90
 
@@ -145,3 +146,68 @@ def test_the_trainer_adds_the_snapshots_between_its_window_and_the_cut_labelled_
     assert (asked[0]["event_timestamp"].dt.date < split.cut).all()
     assert trained.censoring["censored_completion_roc_auc"] > 0.75
     assert trained.metrics()["censored_rows"] == between.sum()
+
+
+def test_outcomes_after_the_cut_change_nothing() -> None:
+    x, recency, waiting, _ = _world(20_000, seed=11)
+    decided_after = np.where(waiting < HORIZON, waiting, np.nan)
+    rng = np.random.default_rng(12)
+    censored = rng.random(len(x)) < 1 / 2
+    observed = np.where(censored, rng.uniform(1, HORIZON - 1, len(x)), float(HORIZON))
+    after_cut = censored & ~(decided_after < observed)
+    # What the data says after the cut: the deciding event at another time after it, or none within H.
+    moved = decided_after.copy()
+    moved[after_cut] = np.where(np.isnan(decided_after[after_cut]), observed[after_cut] + 0.5, np.nan)
+
+    def imputed(decided: np.ndarray) -> np.ndarray:
+        return impute_censored(
+            x, recency, decided, observed, horizon_days=HORIZON, contractual=False, censored=censored, seed=7
+        ).p_positive
+
+    np.testing.assert_array_equal(imputed(decided_after), imputed(moved))
+
+
+def test_a_deciding_event_counts_when_it_is_before_the_cut_not_at_it_and_the_cut_decides_not_the_label() -> None:
+    users, days = 200, 196
+    stamps = [pd.Timestamp(FIRST + timedelta(days=d), tz="UTC") for d in range(0, days, 7)]
+    x, recency, _, _ = _world(users * len(stamps), seed=13)
+    frame = pd.DataFrame(
+        {
+            "user_id": np.repeat(np.arange(users), len(stamps)).astype(str),
+            "event_timestamp": stamps * users,
+            "purchase_count_90d": x[:, 0],
+            "days_since_last_event": recency,
+            # What the data knows now: every late snapshot churned. The cut knew otherwise for some.
+            "churned": np.random.default_rng(14).random(users * len(stamps)) < 0.3,
+        }
+    )
+    split = training_split(
+        frame["event_timestamp"], validation="folds", gap_days=HORIZON, test_days=21, validation_days=1
+    )
+    cut = pd.Timestamp(split.cut, tz="UTC")
+    day = frame["event_timestamp"].dt.date
+    between = ((day > split.train.last) & (day < split.cut)).to_numpy()
+    frame.loc[between, "churned"] = True
+    to_cut = ((cut - frame["event_timestamp"]) / pd.Timedelta(days=1)).to_numpy()
+    # Between rows: a third decide half a day before the cut, a third exactly at it, a third never.
+    kind = np.arange(len(frame)) % 3
+    decided_after = np.where(kind == 0, to_cut - 0.5, np.where(kind == 1, to_cut, np.nan))
+    decided_after[~between] = np.where(np.arange((~between).sum()) % 2 == 0, 5.0, np.nan)
+    decided = pd.Series(decided_after, index=pd.MultiIndex.from_frame(frame[["user_id", "event_timestamp"]]))
+
+    def lookup(rows: pd.DataFrame) -> np.ndarray:
+        return decided.loc[pd.MultiIndex.from_frame(rows)].to_numpy()
+
+    train = frame[(day <= split.train.last).to_numpy()]
+    config = TrainConfig(seed=3, test_days=21, validation="folds", folds=3, refit=False)
+    extended, figures = with_censored_snapshots(
+        frame, split, train, CATALOG, DecidingEvents(lookup, contractual=False), config, HORIZON
+    )
+
+    added = extended.iloc[len(train) :]
+    kinds = kind[between]
+    assert figures["censored_decided_rows"] == (kinds == 0).sum()
+    # Bought before the cut: not churned, whatever the data says now.
+    assert not added["churned"].to_numpy()[kinds == 0].any()
+    # Exactly at the cut is after it: completed, not decided (so some are drawn as churned).
+    assert added["churned"].to_numpy()[kinds == 1].any()

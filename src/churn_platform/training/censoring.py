@@ -12,7 +12,8 @@ How they are used (imputation of censored outcomes from a discrete-time hazard m
 
 1. Every snapshot before the cut becomes one row per period of `PERIOD_DAYS` within the horizon that it was
    undecided at the start of and observed to the end of (person-period rows), with the period's start, its length
-   and the days since the last event at its start as extra columns, and whether the deciding event fell in it.
+   and the days since the last event before t plus the period's start as extra columns, and whether the deciding
+   event fell in it.
 2. A gradient-boosted classifier on those rows is the hazard h_k(x): the chance the deciding event falls in period
    k given none before. The survival to day d is the product of (1 - h_k) over the periods before d (a period
    partly covered counts by the covered share of its length).
@@ -90,6 +91,7 @@ def deciding_events(url: str, definition: ChurnDefinition, horizon_days: int) ->
             return days
         stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
         with db.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL TimeZone = 'UTC'")  # H days are H x 24 hours, as the labels' UTC days are
             cur.execute(CREATE_DECIDED_ROWS_SQL)
             with cur.copy(COPY_DECIDED_ROWS_SQL) as copy:
                 for row_id, (user_id, stamp) in enumerate(zip(rows["user_id"], stamps, strict=True)):

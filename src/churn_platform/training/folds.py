@@ -21,6 +21,7 @@ from churn_platform.model.encoding import FloatMatrix
 Indices = npt.NDArray[np.intp]
 Fold = tuple[Indices, Indices]  # (rows fitted on, rows scored)
 Scores = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
 
 
 class FoldError(ValueError):
@@ -70,18 +71,31 @@ class FoldedCandidate:
         """The mean of the per-fold ROC AUCs: each fold model ranks only its own held-out users."""
         return float(np.mean(self.fold_roc_auc))
 
-    def platt_log_loss(self, labels: Labels) -> float:
-        """Log loss of the out-of-fold scores after a sigmoid fitted on them (what calibration will make of them)."""
+    def platt_log_loss(self, labels: Labels, judged: Mask | None = None) -> float:
+        """Log loss of the out-of-fold scores after a sigmoid fitted on them (what calibration will make of them),
+        over the `judged` rows (all by default)."""
         from sklearn.linear_model import LogisticRegression
 
-        column = self.out_of_fold.reshape(-1, 1)
-        platt = LogisticRegression(C=np.inf).fit(column, labels)
-        return float(log_loss(labels, platt.predict_proba(column)[:, 1], labels=[0, 1]))
+        rows = slice(None) if judged is None else judged
+        column, y = self.out_of_fold[rows].reshape(-1, 1), labels[rows]
+        platt = LogisticRegression(C=np.inf).fit(column, y)
+        return float(log_loss(y, platt.predict_proba(column)[:, 1], labels=[0, 1]))
 
 
-def cross_validate(name: str, x: FloatMatrix, y: Labels, folds: list[Fold], seed: int) -> FoldedCandidate:
-    """Fit the candidate once per fold and score the held-out users: K fits."""
+def cross_validate(
+    name: str, x: FloatMatrix, y: Labels, folds: list[Fold], seed: int, judged: Mask | None = None
+) -> FoldedCandidate:
+    """Fit the candidate once per fold and score the held-out users: K fits. Each fold's ROC AUC is over its
+    `judged` rows (all by default; training.censoring's completed labels are fitted on, never judged by)."""
     scores = cross_val_predict(CANDIDATES[name](seed), x, y, cv=folds, method="decision_function")
     out_of_fold = np.asarray(scores, dtype=np.float64)
-    aucs = tuple(float(roc_auc_score(y[scored], out_of_fold[scored])) for _, scored in folds)
-    return FoldedCandidate(name, out_of_fold, aucs)
+    aucs = []
+    for number, (_, scored) in enumerate(folds, start=1):
+        rows = scored if judged is None else scored[judged[scored]]
+        if len(np.unique(y[rows])) < 2:
+            raise FoldError(
+                f"user fold {number} of {len(folds)} has one class only among its {len(rows)} complete labels:"
+                " lower CHURN_TRAIN_FOLDS"
+            )
+        aucs.append(float(roc_auc_score(y[rows], out_of_fold[rows])))
+    return FoldedCandidate(name, out_of_fold, tuple(aucs))

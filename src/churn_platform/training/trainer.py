@@ -33,7 +33,7 @@ from churn_platform.model.encoding import FeatureEncoder, FloatMatrix
 from churn_platform.training.baselines import BaselineLookup, BgNbdBaseline, recency_scores
 from churn_platform.training.censoring import DecidingEvents, impute_censored
 from churn_platform.training.evaluation import Evaluation, Scores, best_f1_threshold, evaluate
-from churn_platform.training.folds import FoldError, cross_validate, user_folds
+from churn_platform.training.folds import FoldError, Mask, cross_validate, user_folds
 from churn_platform.training.split import TimeSplit, ValidationChoice, training_split, utc_days
 
 BASELINE_FEATURE = "days_since_last_event"
@@ -188,7 +188,10 @@ def train_model(
         best, validation, threshold = choose_on_validation(encoder, encoded, labels, config)
     else:
         users = parts["train"]["user_id"].to_numpy()
-        best, validation, threshold = choose_on_folds(encoder, encoded["train"], labels["train"], users, config)
+        complete = np.arange(len(parts["train"])) < rows["train"]  # the censored snapshots come after
+        best, validation, threshold = choose_on_folds(
+            encoder, encoded["train"], labels["train"], users, config, complete
+        )
 
     p_test = best.classifier.predict_proba(encoded["test"])[:, 1]
     y_test = labels["test"]
@@ -245,8 +248,8 @@ def with_censored_snapshots(
         return train, {"censored_rows": 0.0, "censored_decided_rows": 0.0}
     censored = frame[between]
     rows = pd.concat([train, censored], ignore_index=True)
-    cut = pd.Timestamp(split.cut)
-    observed_days = np.asarray((cut - utc_days(rows["event_timestamp"]).map(pd.Timestamp)).dt.days, dtype=np.float64)
+    stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
+    observed_days = np.asarray((pd.Timestamp(split.cut, tz="UTC") - stamps) / pd.Timedelta(days=1), dtype=np.float64)
     decided_after = deciding.decided_after(rows[["user_id", "event_timestamp"]])
     is_censored = np.arange(len(rows)) >= len(train)
     imputed = impute_censored(
@@ -313,19 +316,28 @@ def choose_on_validation(
 
 
 def choose_on_folds(
-    encoder: FeatureEncoder, x_train: FloatMatrix, y_train: Labels, users: npt.ArrayLike, config: TrainConfig
+    encoder: FeatureEncoder,
+    x_train: FloatMatrix,
+    y_train: Labels,
+    users: npt.ArrayLike,
+    config: TrainConfig,
+    judged: Mask | None = None,
 ) -> tuple[FittedCandidate, dict[str, dict[str, float]], float]:
     """`folds` design: each candidate cross-validated by user inside the training window (K fits); the best by
     mean out-of-fold ROC AUC is refitted on the whole window and calibrated on its out-of-fold scores (K + 1
-    fits), and the threshold is the F1-best on those scores as calibrated."""
+    fits), and the threshold is the F1-best on those scores as calibrated. Choice and threshold look only at the
+    `judged` rows (complete labels: not the censored snapshots, whose completed labels came from a model)."""
     folds = user_folds(users, y_train, folds=config.folds, seed=config.seed)
-    scored = {name: cross_validate(name, x_train, y_train, folds, config.seed) for name in config.candidates}
+    judged_rows = slice(None) if judged is None else judged
+    scored = {name: cross_validate(name, x_train, y_train, folds, config.seed, judged) for name in config.candidates}
     validation = {
-        name: {"roc_auc": folded.roc_auc, "log_loss": folded.platt_log_loss(y_train)} for name, folded in scored.items()
+        name: {"roc_auc": folded.roc_auc, "log_loss": folded.platt_log_loss(y_train, judged)}
+        for name, folded in scored.items()
     }
     winner = max(scored, key=lambda name: (validation[name]["roc_auc"], -validation[name]["log_loss"]))
     best = fit_candidate_on_folds(winner, encoder, x_train, y_train, folds, scored[winner].out_of_fold, config.seed)
-    threshold = best_f1_threshold(y_train, best.calibrated(scored[winner].out_of_fold))
+    calibrated = best.calibrated(scored[winner].out_of_fold)
+    threshold = best_f1_threshold(y_train[judged_rows], calibrated[judged_rows])
     return best, validation, threshold
 
 
