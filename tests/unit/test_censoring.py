@@ -108,10 +108,10 @@ CATALOG = Catalog("churn_test", (EventCount("purchase", 90), DaysSinceLastEvent(
 FIRST = date(2025, 1, 1)
 
 
-def test_the_trainer_adds_the_snapshots_between_its_window_and_the_cut_labelled_as_the_cut_knew_them() -> None:
-    users, days = 300, 196
-    stamps = [pd.Timestamp(FIRST + timedelta(days=d), tz="UTC") for d in range(0, days, 7)]
-    x, recency, waiting, _ = _world(users * len(stamps), seed=9)
+def _weekly_snapshots(users: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """28 weekly snapshots of `users` customers of `_world`, labelled by the truth; and each row's waiting time."""
+    stamps = [pd.Timestamp(FIRST + timedelta(days=d), tz="UTC") for d in range(0, 196, 7)]
+    x, recency, waiting, _ = _world(users * len(stamps), seed=seed)
     frame = pd.DataFrame(
         {
             "user_id": np.repeat(np.arange(users), len(stamps)).astype(str),
@@ -121,6 +121,11 @@ def test_the_trainer_adds_the_snapshots_between_its_window_and_the_cut_labelled_
             "churned": waiting >= HORIZON,
         }
     )
+    return frame, waiting
+
+
+def test_the_trainer_adds_the_snapshots_between_its_window_and_the_cut_labelled_as_the_cut_knew_them() -> None:
+    frame, waiting = _weekly_snapshots(300, seed=9)
     decided = pd.Series(
         np.where(waiting < HORIZON, waiting, np.nan),
         index=pd.MultiIndex.from_frame(frame[["user_id", "event_timestamp"]]),
@@ -168,26 +173,14 @@ def test_outcomes_after_the_cut_change_nothing() -> None:
 
 
 def test_a_deciding_event_counts_when_it_is_before_the_cut_not_at_it_and_the_cut_decides_not_the_label() -> None:
-    users, days = 200, 196
-    stamps = [pd.Timestamp(FIRST + timedelta(days=d), tz="UTC") for d in range(0, days, 7)]
-    x, recency, _, _ = _world(users * len(stamps), seed=13)
-    frame = pd.DataFrame(
-        {
-            "user_id": np.repeat(np.arange(users), len(stamps)).astype(str),
-            "event_timestamp": stamps * users,
-            "purchase_count_90d": x[:, 0],
-            "days_since_last_event": recency,
-            # What the data knows now: every late snapshot churned. The cut knew otherwise for some.
-            "churned": np.random.default_rng(14).random(users * len(stamps)) < 0.3,
-        }
-    )
+    frame, _ = _weekly_snapshots(200, seed=13)
     split = training_split(
         frame["event_timestamp"], validation="folds", gap_days=HORIZON, test_days=21, validation_days=1
     )
     cut = pd.Timestamp(split.cut, tz="UTC")
     day = frame["event_timestamp"].dt.date
     between = ((day > split.train.last) & (day < split.cut)).to_numpy()
-    frame.loc[between, "churned"] = True
+    frame.loc[between, "churned"] = True  # what the data knows now: every late snapshot churned; the cut knew better
     to_cut = ((cut - frame["event_timestamp"]) / pd.Timedelta(days=1)).to_numpy()
     # Between rows: a third decide half a day before the cut, a third exactly at it, a third never.
     kind = np.arange(len(frame)) % 3
