@@ -38,11 +38,11 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from churn_platform import db
 from churn_platform.data.labels import END_EVENT, QUALIFYING_EVENT, ChurnDefinition
+from churn_platform.model.candidates import Labels, gradient_boosting
 from churn_platform.model.encoding import FloatMatrix
 
 PERIOD_DAYS = 30  # the hazard model's period: a 180-day horizon is 6 periods, a 30-day horizon one
 FloatArray = npt.NDArray[np.float64]
-Labels = npt.NDArray[np.int64]
 # Rows (user_id, event_timestamp) -> days from t to the row's deciding event in [t, t + H), NaN when none.
 DecidedLookup = Callable[[pd.DataFrame], FloatArray]
 
@@ -107,16 +107,9 @@ def deciding_events(url: str, definition: ChurnDefinition, horizon_days: int) ->
 
 
 def hazard_model(seed: int) -> HistGradientBoostingClassifier:
-    """The hazard per period: boosted trees, as the gradient_boosting candidate but unweighted (a probability)."""
-    return HistGradientBoostingClassifier(
-        learning_rate=0.05,
-        max_iter=300,
-        max_leaf_nodes=31,
-        min_samples_leaf=200,
-        l2_regularization=1.0,
-        early_stopping=False,
-        random_state=seed,
-    )
+    """The hazard per period: the gradient_boosting candidate, unweighted (its output is a probability)."""
+    model: HistGradientBoostingClassifier = gradient_boosting(seed).set_params(class_weight=None)
+    return model
 
 
 @dataclass(frozen=True)
@@ -133,7 +126,7 @@ class Periods:
 
     def columns(self, x: FloatMatrix, recency: FloatArray, k: int) -> FloatMatrix:
         """The person-period row of period k: the snapshot's features, then the period's start and length and
-        the days since the last event at its start."""
+        the days since the last event before t plus the period's start."""
         extra = np.column_stack(
             [np.full(len(x), self.starts[k]), np.full(len(x), self.ends[k] - self.starts[k]), recency + self.starts[k]]
         )
