@@ -4,7 +4,12 @@ The run is `churn train` without the MLflow logging: the Feast training set, bot
 calibrated, the test evaluation with permutation importance. It runs in a child process, so its peak resident
 memory is its own (not the world generation's). Medians over `--repeats` runs.
 
-    uv run python -m bench.train [--users 1000 100000] [--days 180] [--repeats 1]
+`--busy N` keeps N other processes spinning during each run, as on a machine shared with the database or anything
+else; `--wait-policy active passive` times the run under each OpenMP wait policy (the platform sets `passive`
+unless OMP_WAIT_POLICY says otherwise) and prints the ratio.
+
+    uv run python -m bench.train [--users 1000 100000] [--days 180] [--repeats 1] [--busy 0]
+        [--wait-policy passive]
 """
 
 from __future__ import annotations
@@ -14,7 +19,11 @@ import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bench._databases import fresh_database
@@ -45,7 +54,34 @@ def child_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def run(servers: Connections, users: int, days: int, repeats: int) -> None:
+@contextmanager
+def busy_cores(processes: int) -> Iterator[None]:
+    """`processes` other processes spinning for the length of the block."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for process in spinning:
+            process.kill()
+            process.wait()
+
+
+def timed_run(url: str, policy: str, busy: int) -> tuple[float, Any]:
+    """One training run in a child process started with the OpenMP wait policy, while `busy` processes spin."""
+    os.environ["OMP_WAIT_POLICY"] = policy.upper()  # the spawned child inherits it before it loads libgomp
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_train, args=(url, results))
+    with busy_cores(busy):
+        child.start()
+        seconds, *figures = results.get()
+        child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the training run failed (exit code {child.exitcode})")
+    return seconds, figures
+
+
+def run(servers: Connections, users: int, days: int, repeats: int, busy: int, policies: list[str]) -> None:
     with fresh_database(servers.database_url) as url:
         os.environ.update(CHURN_DATABASE_URL=url, CHURN_REDIS_URL=servers.redis)  # the training runs inherit them
         get_settings.cache_clear()
@@ -57,20 +93,21 @@ def run(servers: Connections, users: int, days: int, repeats: int) -> None:
         snapshots.refresh(url, settings, until)
         feast_repo.apply(settings, stack.connect(settings, redis=True))
         print(f"\n{users:,} users x {days} days (world, snapshots and labels in {time.perf_counter() - started:.0f} s)")
-        context = multiprocessing.get_context("spawn")
-        times, peaks = [], []
-        for _ in range(repeats):
-            results = context.Queue()
-            child = context.Process(target=_train, args=(url, results))
-            child.start()
-            seconds, rows, candidate, auc, ratio = results.get()
-            child.join()
-            if child.exitcode != 0:
-                raise RuntimeError(f"the training run failed (exit code {child.exitcode})")
-            times.append(seconds)
-            peaks.append(child_peak_mib())  # the largest child so far: runs are the same size, so it is this one
-        print(f"  rows: {rows}; chose {candidate}; test AUC {auc:.4f} = {ratio or float('nan'):.3f} of the oracle")
-        print(f"  one training run: wall time {statistics.median(times):.1f} s, peak memory {max(peaks):,.0f} MiB")
+        medians: dict[str, float] = {}
+        for policy in policies:
+            times, peaks = [], []
+            for _ in range(repeats):
+                seconds, (rows, candidate, auc, ratio) = timed_run(url, policy, busy)
+                times.append(seconds)
+                peaks.append(child_peak_mib())  # the largest child so far: runs are the same size, so it is this one
+            medians[policy] = statistics.median(times)
+            print(f"  rows: {rows}; chose {candidate}; test AUC {auc:.4f} = {ratio or float('nan'):.3f} of the oracle")
+            print(
+                f"  one training run (OpenMP wait policy {policy}, {busy} other processes spinning): wall time"
+                f" {medians[policy]:.1f} s, peak memory {max(peaks):,.0f} MiB"
+            )
+        if len(medians) == 2 and "passive" in medians:
+            print(f"  active / passive wall time: {medians['active'] / medians['passive']:.1f}x")
     get_settings.cache_clear()
 
 
@@ -79,11 +116,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[1_000, 100_000])
     parser.add_argument("--days", type=int, default=180, help="long enough for the split: train, 2 gaps, 2 windows")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--busy", type=int, default=0, help="other processes spinning during each run")
+    parser.add_argument("--wait-policy", nargs="+", choices=["passive", "active"], default=["passive"])
     args = parser.parse_args()
     # Embedded PostgreSQL and Redis it had to start are stopped at the end.
     with stack.running(Settings(), redis=True) as servers:
         for users in args.users:
-            run(servers, users, args.days, args.repeats)
+            run(servers, users, args.days, args.repeats, args.busy, args.wait_policy)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,6 @@ does not answer or start fails the test with a message naming it: never a silent
 from __future__ import annotations
 
 import os
-
-# OpenMP threads that wait at a barrier sleep instead of spinning. scikit-learn's gradient boosting opens a parallel
-# region per tree node: on a 2-core machine shared with PostgreSQL, MLflow and the service (or anything else), a
-# spinning thread takes the core the one it waits for needs, and a 2,000-row fit took 60 s instead of 0.8 s, with
-# the same probabilities. libgomp reads this when it loads: before anything imports scikit-learn.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path

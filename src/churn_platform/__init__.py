@@ -1,3 +1,13 @@
 """churn-platform: predict customer churn and keep the models honest in production."""
 
+import os
+
+# OpenMP threads that wait at a barrier sleep instead of spinning, unless the environment says otherwise.
+# scikit-learn's gradient boosting opens a parallel region per tree node: on a small machine shared with
+# PostgreSQL, MLflow or anything else, a spinning thread takes the core the thread it waits for needs, and a fit
+# slows down many times over with the same result (`python -m bench.train --busy 2`). libgomp reads this when it
+# loads, so it is set here, before any module of the platform imports scikit-learn; the request path scores in
+# plain numpy and opens no parallel region.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
