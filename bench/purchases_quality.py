@@ -19,6 +19,10 @@ The platform's target on this world: model AUC >= 0.97 of the oracle's, and >= 0
 
 from __future__ import annotations
 
+# Before scikit-learn: the package sets OpenMP's wait policy, which libgomp reads when it loads.
+import churn_platform  # noqa: F401
+
+# isort: split
 import argparse
 import dataclasses
 import os

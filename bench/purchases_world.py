@@ -13,6 +13,10 @@ within H days".
 
 from __future__ import annotations
 
+# Before scikit-learn: the package sets OpenMP's wait policy, which libgomp reads when it loads.
+import churn_platform  # noqa: F401
+
+# isort: split
 import argparse
 import time
 from dataclasses import dataclass, replace

@@ -5,11 +5,13 @@ calibrated, the test evaluation with permutation importance. It runs in a child 
 memory is its own (not the world generation's). Medians over `--repeats` runs.
 
 `--busy N` keeps N other processes spinning during each run, as on a machine shared with the database or anything
-else; `--wait-policy active passive` times the run under each OpenMP wait policy (the platform sets `passive`
-unless OMP_WAIT_POLICY says otherwise) and prints the ratio.
+else. `--wait-policy passive default active` times the run with each OpenMP wait policy in the child's environment
+and prints the ratios to `passive`, the platform's setting (src/churn_platform/__init__.py): `default` is the
+variable set empty, which the platform leaves as it is and libgomp, after a warning ("Invalid value"), reads as
+unset (threads spin a while, then sleep); `active` keeps them spinning.
 
     uv run python -m bench.train [--users 1000 100000] [--days 180] [--repeats 1] [--busy 0]
-        [--wait-policy passive]
+        [--wait-policy passive default active]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import resource
 import statistics
 import subprocess
@@ -57,8 +60,10 @@ def child_peak_mib() -> float:
 @contextmanager
 def busy_cores(processes: int) -> Iterator[None]:
     """`processes` other processes spinning for the length of the block."""
-    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    spinning: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in range(processes):
+            spinning.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         yield
     finally:
         for process in spinning:
@@ -66,18 +71,35 @@ def busy_cores(processes: int) -> Iterator[None]:
             process.wait()
 
 
+@contextmanager
+def wait_policy(policy: str) -> Iterator[None]:
+    """OMP_WAIT_POLICY for the processes started in the block (`default`: empty), restored after it."""
+    before = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = "" if policy == "default" else policy.upper()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["OMP_WAIT_POLICY"]
+        else:
+            os.environ["OMP_WAIT_POLICY"] = before
+
+
 def timed_run(url: str, policy: str, busy: int) -> tuple[float, Any]:
     """One training run in a child process started with the OpenMP wait policy, while `busy` processes spin."""
-    os.environ["OMP_WAIT_POLICY"] = policy.upper()  # the spawned child inherits it before it loads libgomp
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     child = context.Process(target=_train, args=(url, results))
-    with busy_cores(busy):
-        child.start()
-        seconds, *figures = results.get()
+    with busy_cores(busy), wait_policy(policy):
+        child.start()  # the spawned child reads the policy before it loads libgomp
+        while True:
+            try:
+                seconds, *figures = results.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(f"the training run failed (exit code {child.exitcode})") from None
         child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"the training run failed (exit code {child.exitcode})")
     return seconds, figures
 
 
@@ -106,8 +128,8 @@ def run(servers: Connections, users: int, days: int, repeats: int, busy: int, po
                 f"  one training run (OpenMP wait policy {policy}, {busy} other processes spinning): wall time"
                 f" {medians[policy]:.1f} s, peak memory {max(peaks):,.0f} MiB"
             )
-        if len(medians) == 2 and "passive" in medians:
-            print(f"  active / passive wall time: {medians['active'] / medians['passive']:.1f}x")
+        for policy in [p for p in policies if p != "passive"] if "passive" in medians else []:
+            print(f"  {policy} / passive wall time: {medians[policy] / medians['passive']:.2f}x")
     get_settings.cache_clear()
 
 
@@ -117,7 +139,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=180, help="long enough for the split: train, 2 gaps, 2 windows")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--busy", type=int, default=0, help="other processes spinning during each run")
-    parser.add_argument("--wait-policy", nargs="+", choices=["passive", "active"], default=["passive"])
+    parser.add_argument("--wait-policy", nargs="+", choices=["passive", "default", "active"], default=["passive"])
     args = parser.parse_args()
     # Embedded PostgreSQL and Redis it had to start are stopped at the end.
     with stack.running(Settings(), redis=True) as servers:
