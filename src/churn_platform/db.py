@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pandas as pd
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
@@ -99,6 +100,24 @@ def ensure_database(url: str) -> None:
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     """A psycopg connection to the platform database."""
     return psycopg.connect(url, autocommit=autocommit)
+
+
+ROW_KEYS_TABLE_SQL = """
+CREATE TEMP TABLE {table} (
+    row_id bigint PRIMARY KEY, user_id text COLLATE "C" NOT NULL, t timestamptz NOT NULL
+) ON COMMIT DROP
+"""
+
+
+def copy_row_keys(cur: psycopg.Cursor[Any], table: str, rows: pd.DataFrame) -> None:
+    """A temporary table `table` (row_id, user_id, t), dropped at commit: row i of `rows` (user_id,
+    event_timestamp) as row_id i, for a query to look each row up by the events index."""
+    stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
+    name = sql.Identifier(table)
+    cur.execute(sql.SQL(ROW_KEYS_TABLE_SQL).format(table=name))
+    with cur.copy(sql.SQL("COPY {} (row_id, user_id, t) FROM STDIN").format(name)) as copy:
+        for row_id, (user_id, stamp) in enumerate(zip(rows["user_id"], stamps, strict=True)):
+            copy.write_row((row_id, str(user_id), stamp.to_pydatetime()))
 
 
 def init_schema(url: str) -> list[str]:

@@ -55,12 +55,7 @@ class DecidingEvents:
     contractual: bool  # an end event decides a positive label; otherwise a qualifying event a negative one
 
 
-CREATE_DECIDED_ROWS_SQL = """
-CREATE TEMP TABLE decided_rows (
-    row_id bigint PRIMARY KEY, user_id text COLLATE "C" NOT NULL, t timestamptz NOT NULL
-) ON COMMIT DROP
-"""
-COPY_DECIDED_ROWS_SQL = "COPY decided_rows (row_id, user_id, t) FROM STDIN"
+DECIDED_ROWS_TABLE = "decided_rows"  # db.copy_row_keys: (row_id, user_id, t)
 # The first deciding event in [t, t + H) of each row, by the (user_id, event_timestamp) index.
 DECIDED_SQL = """
 SELECT r.row_id, extract(epoch FROM first.at - r.t) / 86400 AS days
@@ -89,13 +84,9 @@ def deciding_events(url: str, definition: ChurnDefinition, horizon_days: int) ->
         days = np.full(len(rows), np.nan)
         if rows.empty:
             return days
-        stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
         with db.connect(url) as conn, conn.cursor() as cur:
             cur.execute("SET LOCAL TimeZone = 'UTC'")  # H days are H x 24 hours, as the labels' UTC days are
-            cur.execute(CREATE_DECIDED_ROWS_SQL)
-            with cur.copy(COPY_DECIDED_ROWS_SQL) as copy:
-                for row_id, (user_id, stamp) in enumerate(zip(rows["user_id"], stamps, strict=True)):
-                    copy.write_row((row_id, str(user_id), stamp.to_pydatetime()))
+            db.copy_row_keys(cur, DECIDED_ROWS_TABLE, rows)
             cur.execute(statement, {"horizon": horizon_days, **definition.sql_params()})
             found = cur.fetchall()
         if found:

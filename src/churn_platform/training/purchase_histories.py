@@ -17,12 +17,7 @@ from churn_platform import db
 from churn_platform.data.labels import QUALIFYING_EVENT, ChurnDefinition
 from churn_platform.training.baselines import HISTORY_COLUMNS, BaselineLookup, BgNbdBaseline, bgnbd_baseline
 
-CREATE_HISTORY_ROWS_SQL = """
-CREATE TEMP TABLE history_rows (
-    row_id bigint PRIMARY KEY, user_id text COLLATE "C" NOT NULL, as_of timestamptz NOT NULL
-) ON COMMIT DROP
-"""
-COPY_HISTORY_ROWS_SQL = "COPY history_rows (row_id, user_id, as_of) FROM STDIN"
+HISTORY_ROWS_TABLE = "history_rows"  # db.copy_row_keys: (row_id, user_id, t)
 
 # Each row's history at its own as_of: a day counts when its first qualifying event is before as_of.
 ROW_HISTORIES_SQL = f"""
@@ -30,17 +25,17 @@ WITH active_days AS (
     SELECT user_id, date_trunc('day', event_timestamp AT TIME ZONE 'UTC') AS day, min(event_timestamp) AS first_at
     FROM raw.events
     WHERE user_id IN (SELECT user_id FROM history_rows)
-      AND event_timestamp < (SELECT max(as_of) FROM history_rows)
+      AND event_timestamp < (SELECT max(t) FROM history_rows)
       AND {QUALIFYING_EVENT}
     GROUP BY 1, 2
 )
 SELECT h.row_id,
        greatest(count(d.day) - 1, 0) AS x,
        coalesce(extract(epoch FROM max(d.day) - min(d.day)) / 86400, 0)::double precision AS t_x,
-       coalesce(extract(epoch FROM h.as_of - (min(d.day) AT TIME ZONE 'UTC')) / 86400, 0)::double precision AS age
+       coalesce(extract(epoch FROM h.t - (min(d.day) AT TIME ZONE 'UTC')) / 86400, 0)::double precision AS age
 FROM history_rows h
-LEFT JOIN active_days d ON d.user_id = h.user_id AND d.first_at < h.as_of
-GROUP BY h.row_id, h.as_of
+LEFT JOIN active_days d ON d.user_id = h.user_id AND d.first_at < h.t
+GROUP BY h.row_id, h.t
 ORDER BY h.row_id
 """
 
@@ -65,12 +60,8 @@ ORDER BY user_id
 def row_histories(url: str, rows: pd.DataFrame, definition: ChurnDefinition) -> pd.DataFrame:
     """(x, t_x, age) for each row (user_id, event_timestamp) at its own timestamp, in the rows' order; qualifying
     events as the churn definition's labels count them."""
-    stamps = pd.to_datetime(rows["event_timestamp"], utc=True)
     with db.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(CREATE_HISTORY_ROWS_SQL)
-        with cur.copy(COPY_HISTORY_ROWS_SQL) as copy:
-            for row_id, (user_id, stamp) in enumerate(zip(rows["user_id"], stamps, strict=True)):
-                copy.write_row((row_id, str(user_id), stamp.to_pydatetime()))
+        db.copy_row_keys(cur, HISTORY_ROWS_TABLE, rows)
         cur.execute(ROW_HISTORIES_SQL, definition.sql_params())
         found = pd.DataFrame(cur.fetchall(), columns=["row_id", *HISTORY_COLUMNS])
     return found.drop(columns="row_id").astype({"x": "int64", "t_x": "float64", "age": "float64"})
