@@ -21,7 +21,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS experiments_one_running ON serving.experiments
 -- twice in a batch is answered, and logged, twice), written by the
 -- service's background writer. arm is 'control' or 'variant' inside an experiment, 'fallback' when the user's arm
 -- had no loaded model and the champion answered instead, and 'champion' when no experiment was running.
--- churn_probability is NULL when the user had no features to score. No foreign key to experiments: a log row is
+-- churn_probability is NULL when the user had no features to score. snapshot_at is the snapshot the scored features
+-- came from (the newest among the feature views read; NULL without features): monitoring joins a prediction to its
+-- features and its outcome through it, not through the wall clock, so a world whose calendar is not the wall
+-- clock's is monitored as production is. No foreign key to experiments: a log row is
 -- never refused for bookkeeping, and the writer's COPY stays a plain append. No primary key either: request ids
 -- are unique by construction (UUIDv7), the writer never writes a batch twice (it asks PostgreSQL whether a batch
 -- whose commit was not acknowledged went through), and a unique index would cost about a fifth of each row's write.
@@ -35,10 +38,13 @@ CREATE TABLE IF NOT EXISTS serving.prediction_log (
     model_version     text             NOT NULL,
     churn_probability double precision CHECK (churn_probability >= 0 AND churn_probability <= 1),
     feature_hash      text             NOT NULL,
+    snapshot_at       timestamptz,
     latency_ms        double precision NOT NULL CHECK (latency_ms >= 0),
     endpoint          text             NOT NULL CHECK (endpoint IN ('predict', 'predict_batch')),
     CHECK ((experiment IS NULL) = (arm = 'champion'))
 );
+-- A log made before the column: add it (a nullable column without a default is a catalog change, no rewrite).
+ALTER TABLE serving.prediction_log ADD COLUMN IF NOT EXISTS snapshot_at timestamptz;
 -- A log made before had one: drop it, without taking the table's lock when there is nothing to drop.
 DO $$
 BEGIN

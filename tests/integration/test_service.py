@@ -412,6 +412,17 @@ def test_the_prediction_log_has_one_row_per_answered_prediction(served: ServedWo
     assert stranger_rows == (0,)
     assert len(answered) == 41
 
+    # Each scored row names the snapshot its features came from: the user's newest materialized snapshot
+    table = catalog_from_settings(served.settings).table
+    with psycopg.connect(served.database_url) as conn:
+        joined = conn.execute(
+            f"SELECT l.snapshot_at, (SELECT max(s.event_timestamp) FROM {table} s WHERE s.user_id = l.user_id)"
+            " FROM serving.prediction_log l WHERE l.request_id = %s::uuid AND l.churn_probability IS NOT NULL",
+            (body["request_id"],),
+        ).fetchall()
+    assert len(joined) == 25
+    assert all(at is not None and at == newest for at, newest in joined), joined[:3]
+
 
 def test_the_service_honours_its_openapi_document(served: ServedWorld, tmp_path: Path) -> None:
     # Schemathesis generates valid and invalid requests from the service's own OpenAPI document: no 5xx, status

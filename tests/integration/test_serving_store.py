@@ -47,7 +47,7 @@ def _record(user_id: str, request_id: uuid.UUID | None = None, **overrides: Any)
     values: dict[str, Any] = {
         "request_id": request_id or uuid.uuid4(), "predicted_at": T0, "user_id": user_id, "experiment": None,
         "arm": "champion", "model_alias": "champion", "model_version": "3", "churn_probability": 0.25,
-        "feature_hash": "0123456789abcdef", "latency_ms": 1.5, "endpoint": "predict",
+        "feature_hash": "0123456789abcdef", "snapshot_at": T0, "latency_ms": 1.5, "endpoint": "predict",
     }  # fmt: skip
     return PredictionRecord(**(values | overrides))
 
@@ -490,26 +490,33 @@ def test_bulk_formatted_rows_read_back_exactly(
     routes = [route if i % 3 else other for i in range(len(users))]
     scores = [i / 10 for i in range(len(users))]
     hashes = [f"{i:016x}" for i in range(len(users))]
-    lines = copy_lines(request_id, T0, 2.5, "predict_batch", users, routes, scores, hashes)
+    day_before = T0 - timedelta(days=1)
+    snapshots = [day_before if i == 2 else T0 - timedelta(hours=1) for i in range(len(users))]
+    lines = copy_lines(request_id, T0, 2.5, "predict_batch", users, routes, scores, hashes, snapshots)
     no_score = (None, "champion", "champion", "7")
-    lines += copy_lines(new_request_id(), T0, 0.0, "predict", ["no-score"], [no_score], [None], ["no-features"])
+    lines += copy_lines(new_request_id(), T0, 0.0, "predict", ["no-score"], [no_score], [None], ["no-features"], [None])
     writer = make_writer(database_url)
 
     writer.submit_lines(lines)
     bad_route = (None, "champion", 7, "7")
-    writer.submit_rows(new_request_id(), T0, 1.0, "predict", ["bad-route"], [bad_route], [0.5], ["ab"])  # type: ignore[list-item]
+    writer.submit_rows(new_request_id(), T0, 1.0, "predict", ["bad-route"], [bad_route], [0.5], ["ab"], [T0])  # type: ignore[list-item]
+    naive = T0.replace(tzinfo=None)
+    writer.submit_rows(new_request_id(), T0, 1.0, "predict", ["naive"], [no_score], [0.5], ["ab"], [naive])
     assert writer.flush(timeout_s=20)
-    assert writer.stats()["rejected"] == 1  # a value of the wrong type: refused when formatted, not written
+    assert writer.stats()["rejected"] == 2  # a value of the wrong type: refused when formatted, not written
 
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT user_id, request_id, predicted_at, experiment, arm, model_alias, churn_probability, feature_hash,"
-            " latency_ms, endpoint FROM serving.prediction_log ORDER BY churn_probability NULLS LAST"
+            " latency_ms, endpoint, snapshot_at FROM serving.prediction_log ORDER BY churn_probability NULLS LAST"
         ).fetchall()
     assert [row[0] for row in rows] == [*users, "no-score"]
     first = rows[1]
-    assert first[1:] == (request_id, T0, "exp\t1", "control", None, 0.1, f"{1:016x}", 2.5, "predict_batch")
+    assert first[1:] == (
+        request_id, T0, "exp\t1", "control", None, 0.1, f"{1:016x}", 2.5, "predict_batch", T0 - timedelta(hours=1)
+    )  # fmt: skip
     assert [row[3:6] for row in rows[:-1:3]] == [("exp\t1", "variant", "challenger")] * 3  # the other route's rows
+    assert [row[10] for row in rows] == [*snapshots, None]
     assert rows[-1][3:7] == (None, "champion", "champion", None)
 
 

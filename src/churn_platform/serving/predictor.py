@@ -257,8 +257,9 @@ class ChurnPredictor:
         request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
         self._request_log.submit(
-            request_id, latency_ms, endpoint, user_ids, routes, probabilities, hashes, answers, unknown
-        )
+            request_id, latency_ms, endpoint, user_ids, routes, probabilities, hashes, batch.snapshot_times(), answers,
+            unknown,
+        )  # fmt: skip
         bands = self.settings.serve_risk_bands
         return BatchPrediction(
             str(request_id), batch, routes, answers, probabilities, [risk_band(p, bands) for p in probabilities],

@@ -28,14 +28,18 @@ class RequestLog:
 
     def submit(
         self, request_id: uuid.UUID, latency_ms: float, endpoint: str, user_ids: Sequence[str], routes: Sequence[Route],
-        probabilities: Sequence[float | None], hashes: Sequence[str], outcomes: Sequence[Outcome], unknown: set[str],
+        probabilities: Sequence[float | None], hashes: Sequence[str], snapshots: Sequence[datetime | None],
+        outcomes: Sequence[Outcome], unknown: set[str],
     ) -> None:  # fmt: skip
-        """Queue the rows of one request's answers, in order (`unknown`: the users answered `unknown_user`)."""
+        """Queue the rows of one request's answers, in order (`unknown`: the users answered `unknown_user`;
+        `snapshots`: the snapshot time of each user's features)."""
         route_fields = per_route(routes, log_fields)
         if unknown:  # an unknown user gets an answer but no log row
             kept = [i for i, outcome in enumerate(outcomes) if outcome != "unknown_user"]
             user_ids, probabilities = [user_ids[i] for i in kept], [probabilities[i] for i in kept]
             route_fields, hashes = [route_fields[i] for i in kept], [hashes[i] for i in kept]
+            snapshots = [snapshots[i] for i in kept]
         self.buffer.submit_rows(
-            request_id, datetime.now(UTC), latency_ms, endpoint, user_ids, route_fields, probabilities, hashes
-        )
+            request_id, datetime.now(UTC), latency_ms, endpoint, user_ids, route_fields, probabilities, hashes,
+            snapshots,
+        )  # fmt: skip

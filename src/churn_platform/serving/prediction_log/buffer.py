@@ -67,11 +67,13 @@ class PredictionLogBuffer:
     def submit_rows(
         self, request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str,
         user_ids: Sequence[str], routes: Sequence[RouteFields], probabilities: Sequence[float | None],
-        hashes: Sequence[str],
+        hashes: Sequence[str], snapshots: Sequence[datetime | None],
     ) -> None:  # fmt: skip
         """Queue one request's rows (as `copy_lines` takes them); if they cannot be formatted they count as rejected."""
         try:
-            lines = copy_lines(request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes)
+            lines = copy_lines(
+                request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes, snapshots
+            )
         except (TypeError, ValueError, AttributeError) as exc:
             with self._cond:
                 self._rejected += len(user_ids)

@@ -18,7 +18,7 @@ from typing import Any
 
 COLUMNS = (
     "request_id", "predicted_at", "user_id", "experiment", "arm", "model_alias", "model_version",
-    "churn_probability", "feature_hash", "latency_ms", "endpoint",
+    "churn_probability", "feature_hash", "snapshot_at", "latency_ms", "endpoint",
 )  # fmt: skip
 NULL = "\\N"  # COPY text's NULL
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -49,12 +49,15 @@ RouteFields = tuple[str | None, str, str | None, str]  # experiment, arm, model 
 def copy_lines(
     request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str, user_ids: Sequence[str],
     routes: Sequence[RouteFields], probabilities: Sequence[float | None], hashes: Sequence[str],
+    snapshots: Sequence[datetime | None],
 ) -> list[str]:  # fmt: skip
-    """COPY text lines of one request's rows, given as columns (a probability of None: no score; a hash in hex);
-    raises TypeError for a value the table could not hold.
+    """COPY text lines of one request's rows, given as columns (a probability of None: no score; a hash in hex; the
+    snapshot time of the features scored, None without features); raises TypeError for a value the table could not
+    hold.
 
-    The request's shared fields are formatted once, and each distinct route once (rows routed alike share one
-    tuple); user ids are escaped only if one of them needs it.
+    The request's shared fields are formatted once, each distinct route once (rows routed alike share one tuple)
+    and each distinct snapshot time once (a batch's users mostly share one); user ids are escaped only if one of
+    them needs it.
     """
     head = f"{request_id}\t{predicted_at.isoformat()}\t"
     tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}\n"
@@ -67,8 +70,20 @@ def copy_lines(
     if _ESCAPED.search("".join(user_ids)):
         user_ids = [copy_text(user_id) for user_id in user_ids]
     scores = map(repr, probabilities) if None not in probabilities else [_score(p) for p in probabilities]
-    columns = zip(user_ids, middles, scores, hashes, strict=True)
-    return [f"{head}{user_id}{middle}{score}\t{hashed}{tail}" for user_id, middle, score, hashed in columns]
+    times = {id(at): _time(at) for at in snapshots}
+    columns = zip(user_ids, middles, scores, hashes, snapshots, strict=True)
+    return [
+        f"{head}{user_id}{middle}{score}\t{hashed}\t{times[id(at)]}{tail}"
+        for user_id, middle, score, hashed, at in columns
+    ]
+
+
+def _time(at: datetime | None) -> str:
+    if at is None:
+        return NULL
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise TypeError(f"expected an aware datetime, got {type(at).__name__}: {at!r}")
+    return at.isoformat()
 
 
 def _score(probability: float | None) -> str:
@@ -94,6 +109,7 @@ class PredictionRecord:
     model_version: str
     churn_probability: float | None  # None when the user had no features to score
     feature_hash: str
+    snapshot_at: datetime | None  # the snapshot the features came from (monitoring joins on it); None without
     latency_ms: float
     endpoint: str  # predict / predict_batch
 
@@ -110,8 +126,9 @@ class PredictionRecord:
             raise TypeError(f"user_id must be text: {self!r}")
         hashed = copy_text(self.feature_hash)  # copy_lines escapes user ids
         return copy_lines(
-            self.request_id, self.predicted_at, self.latency_ms, self.endpoint, [self.user_id], [route], [p], [hashed]
-        )[0]
+            self.request_id, self.predicted_at, self.latency_ms, self.endpoint, [self.user_id], [route], [p], [hashed],
+            [self.snapshot_at],
+        )[0]  # fmt: skip
 
 
 def first_line(exc: BaseException) -> str:

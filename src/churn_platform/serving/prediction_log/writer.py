@@ -88,10 +88,12 @@ class PredictionLogWriter:
     def submit_rows(
         self, request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str,
         user_ids: Sequence[str], routes: Sequence[RouteFields], probabilities: Sequence[float | None],
-        hashes: Sequence[str],
+        hashes: Sequence[str], snapshots: Sequence[datetime | None],
     ) -> None:  # fmt: skip
         """Queue one request's rows (`PredictionLogBuffer.submit_rows`)."""
-        self.buffer.submit_rows(request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes)
+        self.buffer.submit_rows(
+            request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes, snapshots
+        )
 
     def submit_lines(self, lines: Sequence[str]) -> None:
         """Queue rows already formatted as COPY text (`PredictionLogBuffer.submit_lines`)."""
