@@ -151,6 +151,7 @@ def prepare_world(bench: BenchWorld, settings: Settings, rebuild: bool) -> str:
     """Reuse the world if it is complete (unless `rebuild`), else build it; load its features into Redis afresh."""
     started = time.perf_counter()
     if not rebuild and world_is_built(bench, settings):
+        db.init_schema(bench.database_url)  # a world built by older code gets this code's tables, as `churn up` does
         how = "reused"
     else:
         drop_world(bench, settings)

@@ -58,6 +58,8 @@ END $$;
 CREATE INDEX IF NOT EXISTS prediction_log_request_brin ON serving.prediction_log USING brin (request_id);
 -- Monitoring reads time ranges; rows arrive in time order, so a BRIN index is tiny and enough.
 CREATE INDEX IF NOT EXISTS prediction_log_time_brin ON serving.prediction_log USING brin (predicted_at);
+-- Monitoring reads windows of snapshot times, which also arrive in order.
+CREATE INDEX IF NOT EXISTS prediction_log_snapshot_brin ON serving.prediction_log USING brin (snapshot_at);
 -- The A/B analysis reads one experiment's rows by arm.
 CREATE INDEX IF NOT EXISTS prediction_log_experiment_arm_idx ON serving.prediction_log (experiment, arm)
     WHERE experiment IS NOT NULL;

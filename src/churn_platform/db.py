@@ -21,7 +21,7 @@ from churn_platform.connections import redact
 log = logging.getLogger(__name__)
 
 # Applied in this order; each file is idempotent (IF NOT EXISTS), so `churn db init` can run any number of times.
-SCHEMA_FILES = ("schemas.sql", "raw.sql", "synthetic.sql", "serving.sql")
+SCHEMA_FILES = ("schemas.sql", "raw.sql", "synthetic.sql", "serving.sql", "monitoring.sql")
 
 # The tables whose content defines a world or a load, with the key that orders their checksum.
 CHECKSUM_TABLES: dict[str, tuple[str, ...]] = {

@@ -217,6 +217,46 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="How long `churn up` waits for the prediction service to become ready."
     )
 
+    reports_dir: Path | None = Field(
+        default=None,
+        description="Where HTML reports and the Evidently workspace go; unset: the `reports` folder of the data dir.",
+    )
+    monitor_window_days: int = Field(
+        default=7, ge=1, description="Days of served snapshots a drift run compares with the reference (--window)."
+    )
+    monitor_reference_rows: int = Field(
+        default=20_000,
+        ge=100,
+        description="Rows of the registered model's training data kept with the version as the drift reference.",
+    )
+    monitor_drift_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="A feature drifts when its test (KS or chi-square) rejects at this level and its PSI is high.",
+    )
+    monitor_psi_threshold: float = Field(
+        default=0.1,
+        ge=0,
+        description="A feature drifts only when its PSI reaches this too (0.1: a moderate shift; 0.25: a large one).",
+    )
+    monitor_drift_share: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="The data drifts when at least this share of the features drift.",
+    )
+    monitor_performance_days: int = Field(
+        default=28,
+        ge=1,
+        description="Snapshot days `churn monitor performance` evaluates, up to the newest labelled one (--days).",
+    )
+    monitor_report_rows: int = Field(
+        default=20_000,
+        ge=100,
+        description="Most current rows the Evidently report is drawn on (sampled; the stored statistics use all).",
+    )
+
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."
     )
@@ -298,6 +338,11 @@ class Settings(BaseSettings):
                 " (CHURN_ACTIVITY_EVENT_TYPES): an event cannot both end and continue a relationship"
             )
         return self
+
+    @property
+    def reports_folder(self) -> Path:
+        """Where HTML reports and the Evidently workspace go (`CHURN_REPORTS_DIR`, else `<data dir>/reports`)."""
+        return self.reports_dir if self.reports_dir is not None else self.data_dir / "reports"
 
 
 @lru_cache(maxsize=1)

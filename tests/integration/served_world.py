@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
-from tests.integration.feature_worlds import connections, labelled_world
+from tests.integration.feature_worlds import connections, labelled_world, platform_settings
 
 from churn_platform import stack
 from churn_platform.data.synthetic.world_model import WorldConfig
@@ -55,6 +56,16 @@ def build_world(settings: Settings, database_url: str) -> tuple[list[str], dict[
         versions[candidate] = registered.version
     users = online.sample_of_latest_users(database_url, catalog_from_settings(settings), 200)
     return users, versions
+
+
+@contextlib.contextmanager
+def served_world(database_url: str, redis_url: str, mlflow_server: str, data_dir: Path) -> Iterator[ServedWorld]:
+    """`build_world` in `database_url` and `redis_url` (emptied), behind a running service."""
+    variables = {**environment(mlflow_server), "CHURN_DATA_DIR": str(data_dir)}
+    with platform_settings(database_url, redis_url, **variables) as settings:
+        users, versions = build_world(settings, database_url)
+        with running_service(settings) as service:
+            yield ServedWorld(settings, service, database_url, users, versions)
 
 
 def environment(mlflow_server: str) -> dict[str, str]:

@@ -19,14 +19,13 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from tests.integration.feature_worlds import connections, platform_settings, redis_db_url
+from tests.integration.feature_worlds import connections, redis_db_url
 from tests.integration.served_world import (
     POLL_INTERVAL_S,
     ServedWorld,
-    build_world,
-    environment,
     post,
     running_service,
+    served_world,
 )
 
 from churn_platform.experiments import records
@@ -51,11 +50,9 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServedWorld]:
     url = make_database()
-    variables = {**environment(mlflow_server), "CHURN_DATA_DIR": str(tmp_path_factory.mktemp("serving"))}
-    with platform_settings(url, redis_db_url(stack_settings, SERVING_DB), **variables) as settings:
-        users, versions = build_world(settings, url)
-        with running_service(settings) as service:
-            yield ServedWorld(settings, service, url, users, versions)
+    redis_url = redis_db_url(stack_settings, SERVING_DB)
+    with served_world(url, redis_url, mlflow_server, tmp_path_factory.mktemp("serving")) as world:
+        yield world
 
 
 def _champion(served: ServedWorld) -> str:

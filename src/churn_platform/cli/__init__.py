@@ -13,6 +13,7 @@ from churn_platform.cli.database import db_app
 from churn_platform.cli.features import features_app
 from churn_platform.cli.ingest import ingest_app
 from churn_platform.cli.models import models_app, train
+from churn_platform.cli.monitor import monitor_app
 from churn_platform.cli.scores import score
 from churn_platform.cli.servers import down, status, up
 from churn_platform.cli.serving import explain, predict
@@ -28,6 +29,7 @@ for group, name in (
     (features_app, "features"),
     (models_app, "models"),
     (ab_app, "ab"),
+    (monitor_app, "monitor"),
 ):
     app.add_typer(group, name=name)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from churn_platform import stack
 from churn_platform.connections import Connections
@@ -20,6 +23,23 @@ def fail(message: str) -> typer.Exit:
     """A red line on stderr; raise what it returns to exit with code 1."""
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, whatever the width
     return typer.Exit(code=1)
+
+
+@contextlib.contextmanager
+def stepped(total: int) -> Iterator[Callable[[str], None]]:
+    """A transient progress bar over `total` steps; each call of the step function names the step starting (the
+    one before it is done)."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=total)
+        done = [0]
+
+        def step(description: str) -> None:
+            progress.update(task, description=description, completed=done[0])
+            done[0] += 1
+
+        yield step
+        progress.update(task, completed=total)
 
 
 def connect(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Connections:

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from churn_platform.cli.output import connect, console, fail
+from churn_platform.cli.output import connect, console, fail, stepped
 from churn_platform.settings import get_settings
 
 STEPS = 6  # the steps `score_as_of` reports, and writing the file
@@ -34,22 +33,13 @@ def score(
         raise fail(str(exc)) from exc
     settings = get_settings()
     connections = connect(settings, redis=True, mlflow=True)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=STEPS)
-        done = [0]
-
-        def step(description: str) -> None:  # a step is done when the next one starts
-            progress.update(task, description=description, completed=done[0])
-            done[0] += 1
-
+    with stepped(STEPS) as step:
         try:
             scored = as_of_scores.score_as_of(settings, connections, day, version, on_step=step)
         except as_of_scores.ScoringError as exc:
             raise fail(str(exc)) from exc
         step(f"writing {out}")
         as_of_scores.write_scores(scored, out)
-        progress.update(task, completed=STEPS)
     table = Table(title=f"churn scores as of {day}: {out}")
     table.add_column("")
     table.add_column("", justify="right")

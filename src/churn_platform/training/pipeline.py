@@ -79,6 +79,7 @@ def train(
         folds=settings.train_folds,
         refit=settings.train_refit and register,  # the refit exists to be registered
         censored=settings.train_censored,
+        reference_rows=settings.monitor_reference_rows,
     )
     catalog = catalog_from_settings(settings)
     url = connections.database_url

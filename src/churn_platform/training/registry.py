@@ -32,6 +32,10 @@ EVALUATED_MODEL, EVALUATED_MODEL_TAG = "evaluated_model", "evaluated_model_uri" 
 TESTED_SCORE = "p_model"  # the logged test rows' column holding the evaluated model's P(churn)
 TESTED_OUTCOMES_TAG = "tested_outcomes_seen_through"
 TEST_ROWS_ARTIFACT = f"{TEST_ROWS_FOLDER}/{TEST_ROWS_FILE}"
+# The drift reference: a sample of the rows the registered model was fitted on, with its P(churn) on each
+REFERENCE_FOLDER, REFERENCE_FILE = "monitoring", "reference.parquet"
+REFERENCE_ARTIFACT = f"{REFERENCE_FOLDER}/{REFERENCE_FILE}"
+REFERENCE_SCORE = "p_churn"
 
 
 class RegistryError(RuntimeError):
@@ -102,6 +106,7 @@ def log_and_register(
         mlflow.log_dict(trained.importance, "feature_importance.json")
         with tempfile.TemporaryDirectory() as folder:
             log_test_rows(trained, features, Path(folder) / TEST_ROWS_FILE)
+            log_reference(trained, features, Path(folder) / REFERENCE_FILE)
             y = trained.test_frame["churned"].to_numpy(dtype="int64")
             plots = write_plots(
                 Path(folder),
@@ -166,6 +171,18 @@ def log_test_rows(trained: TrainedModel, features: list[str], path: Path) -> Non
     mlflow.log_artifact(str(path), TEST_ROWS_FOLDER)
     name = f"{trained.feature_service} test {trained.split.test}"
     mlflow.log_input(from_pandas(rows, name=name, targets="churned"), context="test")
+
+
+def log_reference(trained: TrainedModel, features: list[str], path: Path) -> None:
+    """Log the drift reference as a Parquet artifact, with the registered model's P(churn) on each row (what served
+    scores are compared with)."""
+    import mlflow
+
+    if trained.reference.empty:
+        return
+    scores = trained.model.predict_proba(trained.reference[features])[:, 1]
+    trained.reference.assign(**{REFERENCE_SCORE: scores}).to_parquet(path, index=False)
+    mlflow.log_artifact(str(path), REFERENCE_FOLDER)
 
 
 def version_tags(trained: TrainedModel, training_range: str) -> dict[str, str]:
@@ -285,14 +302,23 @@ def model_references(tracking_uri: str, model_name: str) -> ModelReferences:
 
 def logged_test_rows(tracking_uri: str, run_id: str) -> pd.DataFrame | None:
     """The test rows a run logged (keys, label, features), or None for a run that logged none."""
+    return _logged_frame(tracking_uri, run_id, TEST_ROWS_FOLDER, TEST_ROWS_ARTIFACT)
+
+
+def logged_reference(tracking_uri: str, run_id: str) -> pd.DataFrame | None:
+    """The drift reference a run logged (keys, label, features, `p_churn`), or None for a run from before."""
+    return _logged_frame(tracking_uri, run_id, REFERENCE_FOLDER, REFERENCE_ARTIFACT)
+
+
+def _logged_frame(tracking_uri: str, run_id: str, folder: str, artifact: str) -> pd.DataFrame | None:
     import mlflow.artifacts
 
-    logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id, TEST_ROWS_FOLDER)}
-    if TEST_ROWS_ARTIFACT not in logged:
+    logged = {a.path for a in _client(tracking_uri).list_artifacts(run_id, folder)}
+    if artifact not in logged:
         return None
-    with tempfile.TemporaryDirectory(prefix="churn-test-rows-") as folder:
+    with tempfile.TemporaryDirectory(prefix="churn-artifact-") as local_folder:
         local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=TEST_ROWS_ARTIFACT, tracking_uri=tracking_uri, dst_path=folder
+            run_id=run_id, artifact_path=artifact, tracking_uri=tracking_uri, dst_path=local_folder
         )
         return pd.read_parquet(local)
 

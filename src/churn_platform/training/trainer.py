@@ -54,6 +54,7 @@ class TrainConfig:
     folds: int = 5  # K of the `folds` design, and of the refit's calibration folds
     refit: bool = True  # after the test evaluation, refit the chosen candidate on every labelled row
     censored: bool = True  # train on the snapshots censored at the cut too, their outcomes completed (censoring)
+    reference_rows: int = 20_000  # rows of what the registered model was fitted on, kept as the drift reference
 
 
 @dataclass
@@ -81,6 +82,9 @@ class TrainedModel:
     # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_recency, p_bgnbd, p_oracle
     test_frame: pd.DataFrame = field(repr=False)
     input_example: pd.DataFrame = field(repr=False)  # feature rows from the test window, for the model signature
+    # A seeded sample of the rows the registered model was fitted on (user_id, event_timestamp, churned, the
+    # features): the reference monitoring compares served features with
+    reference: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
     @property
     def baseline_roc_auc(self) -> float:
@@ -208,6 +212,7 @@ def train_model(
     if config.refit:
         model = refit_on_all_rows(best.name, catalog, frame, config)
         rows["refit"] = len(frame)
+    fitted_on = frame if config.refit else parts["train"]
     return TrainedModel(
         candidate=best.name,
         model=model,
@@ -227,7 +232,15 @@ def train_model(
         definitions_hash=training.definitions_hash,
         test_frame=test_frame.reset_index(drop=True),
         input_example=parts["test"][encoder.feature_names].head(100).reset_index(drop=True),
+        reference=reference_sample(fitted_on, encoder.feature_names, config),
     )
+
+
+def reference_sample(fitted_on: pd.DataFrame, features: list[str], config: TrainConfig) -> pd.DataFrame:
+    """Up to `config.reference_rows` of the rows a model was fitted on, drawn with the training seed, in time order."""
+    count = min(config.reference_rows, len(fitted_on))
+    sample = fitted_on.sample(n=count, random_state=config.seed)[[*TEST_ROW_KEYS, *features]]
+    return sample.sort_values(["event_timestamp", "user_id"], kind="stable").reset_index(drop=True)
 
 
 def with_censored_snapshots(

@@ -61,6 +61,15 @@ def copy_lines(
     """
     head = f"{request_id}\t{predicted_at.isoformat()}\t"
     tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}\n"
+    if len(snapshots) != len(user_ids):
+        raise ValueError(f"{len(snapshots)} snapshot times for {len(user_ids)} rows")
+    distinct_times = {id(at): at for at in snapshots}
+    if len(distinct_times) == 1:  # the usual batch: every user's features from one snapshot, formatted once
+        tail = f"\t{_time(snapshots[0])}{tail}"
+        stamped_hashes: Sequence[str] = hashes
+    else:
+        times = {key: _time(at) for key, at in distinct_times.items()}
+        stamped_hashes = [f"{hashed}\t{times[id(at)]}" for hashed, at in zip(hashes, snapshots, strict=True)]
     distinct = {id(route): route for route in routes}
     texts = {key: "\t" + "\t".join(map(copy_text, route)) + "\t" for key, route in distinct.items()}
     if len(texts) == 1:
@@ -70,12 +79,8 @@ def copy_lines(
     if _ESCAPED.search("".join(user_ids)):
         user_ids = [copy_text(user_id) for user_id in user_ids]
     scores = map(repr, probabilities) if None not in probabilities else [_score(p) for p in probabilities]
-    times = {id(at): _time(at) for at in snapshots}
-    columns = zip(user_ids, middles, scores, hashes, snapshots, strict=True)
-    return [
-        f"{head}{user_id}{middle}{score}\t{hashed}\t{times[id(at)]}{tail}"
-        for user_id, middle, score, hashed, at in columns
-    ]
+    columns = zip(user_ids, middles, scores, stamped_hashes, strict=True)
+    return [f"{head}{user_id}{middle}{score}\t{hashed}{tail}" for user_id, middle, score, hashed in columns]
 
 
 def _time(at: datetime | None) -> str:
