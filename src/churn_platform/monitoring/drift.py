@@ -108,8 +108,11 @@ def psi(reference_shares: npt.ArrayLike, current_shares: npt.ArrayLike) -> float
 
 def numeric_psi(reference: npt.ArrayLike, current: npt.ArrayLike, edges: FloatArray | None = None) -> float:
     """PSI of a numeric feature over the reference's bins (`numeric_bins`; missing values left out)."""
-    ref = _present(reference)
-    cur = _present(current)
+    return _present_psi(_present(reference), _present(current), edges)
+
+
+def _present_psi(ref: FloatArray, cur: FloatArray, edges: FloatArray | None = None) -> float:
+    """`numeric_psi` of values already without missing ones."""
     edges = numeric_bins(ref) if edges is None else edges
     bins = len(edges) + 1
     ref_counts = np.bincount(np.searchsorted(edges, ref, side="left"), minlength=bins)
@@ -158,7 +161,7 @@ def feature_drift(
             results.append(FeatureDrift(name, "ks", None, None, None, ref.size, cur.size, False))
             continue
         statistic, p_value = ks_2samp(ref, cur)
-        shift = numeric_psi(ref, cur)
+        shift = _present_psi(ref, cur)
         drifted = p_value < thresholds.alpha and shift >= thresholds.psi
         results.append(FeatureDrift(name, "ks", statistic, p_value, shift, ref.size, cur.size, drifted))
     for name in categorical:
