@@ -1,5 +1,6 @@
-"""Prefect flow: drift of the features the service scored in a window against the champion's training data, and
-the realised performance of the predictions whose outcome is known, in one run."""
+"""Prefect flow: drift and data quality of the features the service scored in a window against the champion's
+training data, realised performance where outcomes are known and estimated performance where they are not, and the
+alerts all of them raise or resolve (delivered to the webhook when one is configured), in one run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from churn_platform.connections import Connections
-from churn_platform.monitoring import drift_runs, performance_runs
+from churn_platform.monitoring import alerts, drift_runs, performance_runs, webhook
 from churn_platform.settings import get_settings
 from flows.common import platform_connections
 
@@ -23,15 +24,20 @@ def drift(
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=lambda _task, _run, state: not _refused(state))
-def realised_performance(
-    connections: Connections, end: date | None, version: str | None
-) -> performance_runs.PerformanceRun | None:
-    """None while no served prediction has a known outcome (labels come a horizon late): not a failure."""
-    try:
-        return performance_runs.run_performance(get_settings(), connections, last_day=end, version=version)
-    except drift_runs.MonitoringError as exc:
-        get_run_logger().info("no realised performance yet: %s", exc)
-        return None
+def performance(connections: Connections, end: date | None, version: str | None) -> performance_runs.PerformanceRun:
+    """Realised figures where outcomes are known (labels come a horizon late), estimated ones for every day."""
+    return performance_runs.run_performance(get_settings(), connections, last_day=end, version=version)
+
+
+@task
+def deliver_alerts(connections: Connections, changes: list[alerts.Changes]) -> None:
+    """Post the alerts opened and resolved to the webhook, if one is configured; a failed delivery is logged."""
+    hook = webhook.from_settings(get_settings(), connections.database_url)
+    if hook is None:
+        return
+    for change in changes:
+        hook.send(change)
+    hook.wait()
 
 
 def _refused(state: object) -> bool:
@@ -47,22 +53,25 @@ def _refused(state: object) -> bool:
 
 @flow(name="monitor")
 def monitor_flow(window_days: int | None = None, end: date | None = None, version: str | None = None) -> int:
-    """One drift run and one realised-performance run (each stored, reported, tracked), summarised in one Markdown
-    artifact; the drift run's id."""
+    """One drift and data-quality run and one performance run (each stored, reported, tracked, alerting),
+    summarised in one Markdown artifact; the drift run's id."""
     connections = platform_connections(mlflow=True)
     run = drift(connections, window_days, end, version)
-    realised = realised_performance(connections, end, version)
-    summary = drift_runs.summary_markdown(run, connections.mlflow)
-    if realised is not None:
-        summary += "\n\n" + performance_runs.summary_markdown(realised)
+    evaluated = performance(connections, end, version)
+    deliver_alerts(connections, [run.alerts, evaluated.alerts])
+    summary = (
+        drift_runs.summary_markdown(run, connections.mlflow) + "\n\n" + performance_runs.summary_markdown(evaluated)
+    )
     create_markdown_artifact(
         markdown=summary,
         key="churn-monitoring",
         description=f"Monitoring of {run.model_name} v{run.model_version}, snapshots in {run.window}",
     )
+    opened = len(run.alerts.opened) + len(evaluated.alerts.opened)
     get_run_logger().info(
-        "drift share %.2f (%s); report %s", run.result.share, "drift" if run.result.drifted else "no drift", run.report
-    )
+        "drift share %.2f (%s); %d alerts opened; report %s",
+        run.result.share, "drift" if run.result.drifted else "no drift", opened, run.report,
+    )  # fmt: skip
     return run.run_id
 
 

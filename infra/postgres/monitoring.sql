@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS monitoring.drift_runs (
     catalog         text             NOT NULL,
     model_name      text             NOT NULL,
     model_version   text             NOT NULL,
-    window_start    timestamptz      NOT NULL,  -- snapshot times in [window_start, window_end]
+    window_start    timestamptz      NOT NULL,  -- snapshot times in (window_start, window_end]
     window_end      timestamptz      NOT NULL,
     reference_rows  integer          NOT NULL CHECK (reference_rows > 0),
     current_rows    integer          NOT NULL CHECK (current_rows > 0),
@@ -61,3 +61,76 @@ CREATE TABLE IF NOT EXISTS monitoring.performance (
     evaluated_at      timestamptz      NOT NULL,
     PRIMARY KEY (model_name, model_version, day, horizon_days)
 );
+
+-- Data quality of the features served in a drift run's window, per feature and snapshot day: the share of served
+-- rows whose value is missing (beside the reference's own share, as some features are legitimately empty), stale
+-- (the snapshot was older than the service's feature age limit at the feature clock of the moment it was served),
+-- outside the reference's range (numeric), and the categories the reference never saw (categorical).
+CREATE TABLE IF NOT EXISTS monitoring.feature_quality (
+    run_id            bigint           NOT NULL REFERENCES monitoring.drift_runs ON DELETE CASCADE,
+    feature           text             NOT NULL,
+    day               date             NOT NULL,  -- the snapshot's UTC day
+    rows              integer          NOT NULL CHECK (rows > 0),
+    missing_share     double precision NOT NULL CHECK (missing_share >= 0 AND missing_share <= 1),
+    reference_missing double precision NOT NULL CHECK (reference_missing >= 0 AND reference_missing <= 1),
+    stale_share       double precision NOT NULL CHECK (stale_share >= 0 AND stale_share <= 1),
+    out_of_range      double precision CHECK (out_of_range >= 0 AND out_of_range <= 1),  -- NULL: categorical
+    new_categories    text[],  -- NULL: numeric
+    PRIMARY KEY (run_id, feature, day)
+);
+
+-- Estimated performance: what the scores alone say a window's figures are, before its outcomes arrive
+-- (confidence-based estimation of calibrated scores), per model version and snapshot day. The realised figures
+-- join it from monitoring.performance once the horizon has passed. Recomputing a day replaces its row.
+CREATE TABLE IF NOT EXISTS monitoring.estimated_performance (
+    model_name     text             NOT NULL,
+    model_version  text             NOT NULL,
+    day            date             NOT NULL,
+    horizon_days   integer          NOT NULL,
+    rows           integer          NOT NULL CHECK (rows > 0),
+    roc_auc        double precision,  -- NULL when every score is 0 or 1
+    brier          double precision NOT NULL,
+    positive_rate  double precision NOT NULL,
+    estimated_at   timestamptz      NOT NULL,
+    PRIMARY KEY (model_name, model_version, day, horizon_days)
+);
+
+-- Every alert of the platform, monitoring's and the service's. One row per episode of a condition: while the
+-- condition holds, raising it again updates last_seen and counts it (the partial unique index keeps one open row
+-- per source, kind and subject); once resolved (by hand, or by the check that raised it finding the condition
+-- gone) the row stays as history and the next occurrence opens a new one.
+CREATE TABLE IF NOT EXISTS monitoring.alerts (
+    id          bigserial PRIMARY KEY,
+    severity    text        NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    source      text        NOT NULL CHECK (source <> ''),  -- drift, quality, performance, estimate, serving
+    kind        text        NOT NULL CHECK (kind <> ''),
+    subject     text        NOT NULL,
+    message     text        NOT NULL,
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now(),
+    occurrences integer     NOT NULL DEFAULT 1 CHECK (occurrences > 0),
+    resolved_at timestamptz,
+    resolved_by text,
+    notified_at timestamptz,  -- when the webhook took it (NULL: no webhook, or not delivered)
+    CHECK (last_seen >= first_seen),
+    CHECK ((resolved_at IS NULL) = (resolved_by IS NULL))
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_one_open ON monitoring.alerts (source, kind, subject)
+    WHERE resolved_at IS NULL;
+CREATE INDEX IF NOT EXISTS alerts_last_seen_idx ON monitoring.alerts (last_seen);
+
+-- The service kept its alerts in serving.alerts, one row per occurrence: they move here as resolved history, one
+-- row per kind and subject (the service raises a condition again when it still holds).
+DO $$
+BEGIN
+    IF to_regclass('serving.alerts') IS NOT NULL THEN
+        INSERT INTO monitoring.alerts
+            (severity, source, kind, subject, message, first_seen, last_seen, occurrences, resolved_at, resolved_by)
+        SELECT CASE WHEN kind = 'model_refused' THEN 'critical' ELSE 'warning' END, 'serving', kind, subject,
+               (array_agg(message ORDER BY raised_at DESC, id DESC))[1], min(raised_at), max(raised_at), count(*),
+               max(raised_at), 'moved from serving.alerts'
+        FROM serving.alerts
+        GROUP BY kind, subject;
+        DROP TABLE serving.alerts;
+    END IF;
+END $$;

@@ -43,11 +43,17 @@ CREATE TABLE IF NOT EXISTS serving.prediction_log (
     endpoint          text             NOT NULL CHECK (endpoint IN ('predict', 'predict_batch')),
     CHECK ((experiment IS NULL) = (arm = 'champion'))
 );
--- A log made before the column: add it (a nullable column without a default is a catalog change, no rewrite).
-ALTER TABLE serving.prediction_log ADD COLUMN IF NOT EXISTS snapshot_at timestamptz;
--- A log made before had one: drop it, without taking the table's lock when there is nothing to drop.
+-- A log made before the column gets it (a nullable column without a default is a catalog change, no rewrite), and
+-- a log made before had a primary key: drop it. Both only when needed, so that applying the schema to a current log
+-- never takes the table's exclusive lock while the service writes to it.
 DO $$
 BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = 'serving.prediction_log'::regclass AND attname = 'snapshot_at' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE serving.prediction_log ADD COLUMN snapshot_at timestamptz;
+    END IF;
     IF EXISTS (
         SELECT FROM pg_constraint WHERE conrelid = 'serving.prediction_log'::regclass AND contype = 'p'
     ) THEN
@@ -63,13 +69,3 @@ CREATE INDEX IF NOT EXISTS prediction_log_snapshot_brin ON serving.prediction_lo
 -- The A/B analysis reads one experiment's rows by arm.
 CREATE INDEX IF NOT EXISTS prediction_log_experiment_arm_idx ON serving.prediction_log (experiment, arm)
     WHERE experiment IS NOT NULL;
-
--- What the service reports about itself (a model version that failed to load, an unreachable registry).
-CREATE TABLE IF NOT EXISTS serving.alerts (
-    id        bigserial PRIMARY KEY,
-    raised_at timestamptz NOT NULL DEFAULT now(),
-    kind      text        NOT NULL CHECK (kind <> ''),
-    subject   text        NOT NULL,
-    message   text        NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_raised_at_idx ON serving.alerts (raised_at);

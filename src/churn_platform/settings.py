@@ -256,6 +256,36 @@ class Settings(BaseSettings):
         ge=100,
         description="Most current rows the Evidently report is drawn on (sampled; the stored statistics use all).",
     )
+    monitor_auc_margin: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Alert when a version's realised (or estimated) ROC AUC falls below its test AUC minus this.",
+    )
+    monitor_calibration_threshold: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Alert when a version's realised expected calibration error over the evaluated days exceeds this.",
+    )
+    monitor_missing_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Alert when a served feature is missing this much more often than in the training data.",
+    )
+    monitor_stale_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Alert when this share of a day's served rows came from a stale snapshot.",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="POST each opened or resolved alert here as JSON with a `text` field (Slack, Mattermost, ...).",
+    )
+    alert_webhook_attempts: int = Field(default=3, ge=1, le=10, description="Tries per alert delivery.")
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook POST.")
 
     ingest_chunk_rows: int = Field(
         default=250_000, ge=1_000, description="Rows read, validated and copied per chunk during ingestion."

@@ -21,7 +21,7 @@ from tests.integration.served_world import ServedWorld, post, served_world
 
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.population import snapshot_time
-from churn_platform.monitoring import drift_runs, performance_runs, reports, served
+from churn_platform.monitoring import drift_runs, estimation, performance_runs, reports, served
 from churn_platform.serving.as_of_scores import score_as_of
 from churn_platform.serving.prediction_log.rows import copy_lines, new_request_id
 from churn_platform.serving.prediction_log.writer import COPY_SQL
@@ -145,7 +145,38 @@ def test_a_window_without_served_snapshots_is_refused_and_stores_nothing(world: 
         assert conn.execute("SELECT count(*) FROM monitoring.drift_runs").fetchone() == before
     # the window is (end - days, end]: the newest snapshot alone is in a one-day window ending at it
     run = drift_runs.run_drift(settings, servers, window_days=1, end=newest)
-    assert run.current_rows == len(world.users) and np.isclose(run.result.share, run.result.share)
+    assert run.current_rows == len(world.users) and run.window == served.Window(newest - timedelta(days=1), newest)
+
+
+def test_data_quality_counts_stale_predictions_and_raises_one_alert_until_fresh(world: ServedWorld) -> None:
+    settings = world.settings
+    servers = connections(settings, mlflow=True)
+    newest = served.newest_served_snapshot(world.database_url)
+    assert newest is not None
+    day = newest.date() - timedelta(days=10)  # older than the 7-day window the other tests watch
+    scored = score_as_of(settings, servers, day, None).frame
+    # served now, from a snapshot ten days behind the service's feature clock: every row is stale
+    _log_as_served(world.database_url, scored, day, str(scored["model_version"].iloc[0]))
+    end = datetime.combine(day, datetime.max.time(), tzinfo=UTC)
+
+    run = drift_runs.run_drift(settings, servers, window_days=1, end=end)
+    features = {f.name for f in catalog_from_settings(settings).features}
+    assert {q.feature for q in run.quality} == features and {q.day for q in run.quality} == {day}
+    assert all(q.stale_share == 1.0 and q.rows == len(scored) for q in run.quality)
+    [stale] = [a for a in run.alerts.opened if a.kind == "stale_features"]
+    assert stale.source == "quality" and "materialization" in stale.message
+    with psycopg.connect(world.database_url) as conn:
+        stored = conn.execute(
+            "SELECT count(*), min(stale_share) FROM monitoring.feature_quality WHERE run_id = %s", (run.run_id,)
+        ).fetchone()
+    assert stored == (len(features), 1.0)
+
+    again = drift_runs.run_drift(settings, servers, window_days=1, end=end)  # still stale: the same alert
+    assert [a.id for a in again.alerts.repeated if a.kind == "stale_features"] == [stale.id]
+    fresh = drift_runs.run_drift(settings, servers, window_days=7)  # the service's own, fresh predictions
+    assert all(q.stale_share == 0.0 for q in fresh.quality)
+    assert [a.id for a in fresh.alerts.resolved if a.kind == "stale_features"] == [stale.id]
+    assert "stale, worst day" in drift_runs.summary_markdown(fresh)
 
 
 def test_the_monitor_flow_stores_a_run_and_publishes_its_summary(prefect_server: None, world: ServedWorld) -> None:
@@ -206,6 +237,15 @@ def test_realised_performance_joins_known_outcomes_only_and_equals_sklearn(world
         ).fetchall()
     assert stored == [(day, len(labelled), pytest.approx(roc_auc_score(y, p), abs=1e-12))]
     assert run.report is not None and "<html" in run.report.read_text(encoding="utf-8")[:5000].lower()
+
+    # estimated from the scores alone, for every served day, and set beside the realised figures once known
+    expected = estimation.estimate(p)
+    assert run.estimates[(version, day)].roc_auc == pytest.approx(expected.roc_auc, abs=1e-12)
+    assert run.estimates[(version, day)].positive_rate == pytest.approx(p.mean(), abs=1e-12)
+    assert (version, newest_served.date()) in run.estimates  # no outcome yet, an estimate already
+    [compared] = [c for c in run.comparisons if c.day == day and c.model_version == version]
+    assert compared.realised_auc == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert compared.estimated_auc == pytest.approx(expected.roc_auc, abs=1e-12)
 
     # evaluated again, the day's row is replaced, not added
     performance_runs.run_performance(settings, servers, days=1, last_day=day)

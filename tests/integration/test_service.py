@@ -298,7 +298,7 @@ def _register_broken_version(served: ServedWorld) -> str:
 def _refusals(served: ServedWorld, version: str) -> list[tuple[str, str]]:
     with psycopg.connect(served.database_url) as conn:
         return conn.execute(
-            "SELECT kind, message FROM serving.alerts WHERE subject LIKE %s", (f"% version {version} %",)
+            "SELECT kind, message FROM monitoring.alerts WHERE subject LIKE %s", (f"% version {version} %",)
         ).fetchall()
 
 

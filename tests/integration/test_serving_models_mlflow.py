@@ -151,20 +151,26 @@ class Served:
     database_url: str
 
     def alerts(self) -> list[tuple[str, str]]:
-        return [(a.kind, a.subject) for a in reversed(alerts.recent_alerts(self.database_url, limit=100))]
+        return [(a.kind, a.subject) for a in reversed(alerts.list_alerts(self.database_url, include_resolved=True))]
+
+    def open_alerts(self) -> list[tuple[str, str]]:
+        return [(a.kind, a.subject) for a in alerts.list_alerts(self.database_url)]
 
 
 @pytest.fixture
 def served(tracking: str, database_url: str) -> Served:
     """A model set built as `ChurnPredictor` builds it, on a model name of this test's own; alerts go to
-    serving.alerts of a fresh database through the service's own sink."""
+    monitoring.alerts of a fresh database through the service's own sinks."""
     model_name = f"churn_models_{uuid.uuid4().hex[:8]}"
     loader = CountingLoader()
 
     def record(kind: str, subject: str, message: str) -> None:
         alerts.record_alert(database_url, kind, subject, message)
 
-    models = ModelSet(tracking, model_name, FEATURES, on_alert=record, loader=loader)
+    def recovered(kind: str, subject: str) -> None:
+        alerts.record_recovery(database_url, kind, subject)
+
+    models = ModelSet(tracking, model_name, FEATURES, on_alert=record, on_recovered=recovered, loader=loader)
     return Served(models, loader, model_name, database_url)
 
 
@@ -193,6 +199,7 @@ def test_a_stopped_registry_keeps_the_last_good_model_alerts_once_and_recovers(
         assert _predictions(served.models.current()["champion"]) == before
         assert served.models.registry_error is not None and "Connection refused" in served.models.registry_error
         assert served.alerts() == [("registry_unreachable", tracking)]
+        assert served.open_alerts() == [("registry_unreachable", tracking)]
     finally:
         own_registry.start()
 
@@ -202,6 +209,7 @@ def test_a_stopped_registry_keeps_the_last_good_model_alerts_once_and_recovers(
     assert served.models.registry_error is None
     assert _predictions(served.models.current()["champion"]) != before
     assert served.alerts() == [("registry_unreachable", tracking)]  # recovering raises nothing new
+    assert served.open_alerts() == []  # and resolves the outage's alert, which stays in the history
     assert served.loader.calls == [first, second]
     assert outage_s < 60, f"three polls against a stopped registry took {outage_s:.0f} s"
 
@@ -227,7 +235,7 @@ def test_a_version_that_fails_to_load_is_refused_once_and_never_retried_by_later
     assert served.models.current()["champion"].version == good
     assert served.loader.calls == [good, broken]
     assert served.alerts() == [("model_refused", f"{served.model_name} version {broken} (champion)")]
-    message = alerts.recent_alerts(served.database_url)[0].message
+    message = alerts.list_alerts(served.database_url)[0].message
     assert "not the platform's encode -> classify pipeline" in message and "keeps serving" in message
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from churn_platform.cli.ab import ab_app
+from churn_platform.cli.alerts import alerts_app
 from churn_platform.cli.database import db_app
 from churn_platform.cli.features import features_app
 from churn_platform.cli.ingest import ingest_app
@@ -30,6 +31,7 @@ for group, name in (
     (models_app, "models"),
     (ab_app, "ab"),
     (monitor_app, "monitor"),
+    (alerts_app, "alerts"),
 ):
     app.add_typer(group, name=name)
 

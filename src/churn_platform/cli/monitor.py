@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import statistics
 from datetime import UTC, date, datetime, time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from churn_platform.cli.output import connect, console, fail, stepped
-from churn_platform.settings import get_settings
+from churn_platform.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from churn_platform.monitoring.alerts import Changes
+    from churn_platform.monitoring.quality import FeatureQuality
 
 monitor_app = typer.Typer(
-    help="Monitoring: drift of the served features against the training data.", no_args_is_help=True
+    help="Monitoring: drift and data quality of the served features, realised and estimated performance.",
+    no_args_is_help=True,
 )
-DRIFT_STEPS = 6  # the steps `run_drift` reports
+DRIFT_STEPS = 7  # the steps `run_drift` reports
 PERFORMANCE_STEPS = 6  # the steps `run_performance` reports
+
+
+def _of(figures: object | None, name: str) -> float | None:
+    """A figure of a realised or estimated set that may be absent for the day."""
+    value = None if figures is None else getattr(figures, name)
+    return None if value is None else float(value)
 
 
 def _figure(value: float | None, digits: int = 3) -> str:
@@ -72,8 +84,46 @@ def drift(
             f"scores served by v{run.model_version}: KS {run.score.ks:.3f} (p {_figure(run.score.p_value)}),"
             f" PSI {run.score.psi:.3f} over {run.score.served:,} predictions"
         )
+    _print_quality(run.quality)
     console.print(f"report: {run.report}")
     console.print(f"stored as monitoring run {run.run_id}; MLflow run {run.mlflow_run_id}")
+    _print_alerts(settings, connections.database_url, run.alerts)
+
+
+def _print_quality(qualities: list[FeatureQuality]) -> None:
+    """Per feature over the window: missing (beside training), the worst day's stale and out-of-range shares."""
+    from churn_platform.monitoring import quality
+
+    missing = quality.window_missing(qualities)
+    table = Table(title="data quality of the served features (worst day of the window)")
+    for name in ("feature", "missing", "in training", "stale", "outside training range", "new categories"):
+        table.add_column(name, justify="left" if name in ("feature", "new categories") else "right")
+    for feature in sorted(missing):
+        days = [q for q in qualities if q.feature == feature]
+        outside = [q.out_of_range for q in days if q.out_of_range is not None]
+        new = sorted({c for q in days for c in (q.new_categories or [])})
+        share, reference = missing[feature]
+        table.add_row(
+            feature, f"{share:.1%}", f"{reference:.1%}", f"{max(q.stale_share for q in days):.1%}",
+            "-" if not outside else f"{max(outside):.1%}", ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""),
+        )  # fmt: skip
+    console.print(table)
+
+
+def _print_alerts(settings: Settings, database_url: str, changes: Changes) -> None:
+    """What the run did to the alerts, and their delivery to the webhook when one is configured."""
+    from churn_platform.monitoring import webhook
+
+    for a in changes.opened:
+        console.print(f"[bold red]alert {a.id} opened[/] ({a.severity}, {a.source}/{a.kind}): {a.message}")
+    for a in changes.repeated:
+        console.print(f"[yellow]alert {a.id} still open[/] ({a.occurrences} times): {a.message}")
+    for a in changes.resolved:
+        console.print(f"[green]alert {a.id} resolved[/]: {a.kind} of {a.subject}")
+    hook = webhook.from_settings(settings, database_url)
+    if hook is not None:
+        hook.send(changes)
+        hook.wait()
 
 
 @monitor_app.command("performance")
@@ -105,23 +155,39 @@ def performance(
         except drift_runs.MonitoringError as exc:
             raise fail(str(exc)) from exc
 
-    table = Table(
-        title=f"realised performance, {run.horizon_days}-day outcomes of snapshots {run.first_day}..{run.last_day}"
-    )
-    for name in ("version", "day", "rows", "churn rate", "mean score", "ROC AUC", "PR AUC", "log loss", "Brier", "ECE"):
+    first, last = run.estimated_days
+    table = Table(title=f"performance: realised on snapshots {run.first_day}..{run.last_day} ({run.horizon_days}-day"
+                  f" outcomes, once known), estimated from the scores on {first}..{last}")  # fmt: skip
+    for name in ("version", "day", "rows", "churn rate", "est.", "mean score", "ROC AUC", "est.", "PR AUC",
+                 "log loss", "Brier", "est.", "ECE"):  # fmt: skip
         table.add_column(name, justify="left" if name in ("version", "day") else "right")
-    for (version_, day), f in sorted(run.by_day.items()):
-        table.add_row(
-            version_, day.isoformat(), f"{f.rows:,}", f"{f.positive_rate:.3f}", f"{f.mean_score:.3f}",
-            _figure(f.roc_auc), _figure(f.pr_auc), f"{f.log_loss:.3f}", f"{f.brier:.3f}", f"{f.calibration_error:.3f}",
-        )  # fmt: skip
+    for key in sorted(set(run.by_day) | set(run.estimates)):
+        f, e = run.by_day.get(key), run.estimates.get(key)
+        rows = f.rows if f is not None else e.rows if e is not None else 0
+        cells = [_of(f, "positive_rate"), _of(e, "positive_rate"), _of(f, "mean_score"), _of(f, "roc_auc"),
+                 _of(e, "roc_auc"), _of(f, "pr_auc"), _of(f, "log_loss"), _of(f, "brier"), _of(e, "brier"),
+                 _of(f, "calibration_error")]  # fmt: skip
+        table.add_row(key[0], key[1].isoformat(), f"{rows:,}", *(_figure(c) for c in cells))
     console.print(table)
     if run.overall is not None:
         f = run.overall
         console.print(
-            f"v{run.model_version} over the range: ROC AUC {_figure(f.roc_auc)}, Brier {f.brier:.3f},"
+            f"v{run.model_version} realised over the range: ROC AUC {_figure(f.roc_auc)}, Brier {f.brier:.3f},"
             f" calibration error {f.calibration_error:.3f} on {f.rows:,} predictions"
         )
         console.print(f"report: {run.report}; MLflow run {run.mlflow_run_id}")
     else:
-        console.print(f"v{run.model_version} served no prediction with a known outcome in the range")
+        console.print(f"v{run.model_version}: no prediction in the range has a known outcome yet")
+    if run.recent_estimate is not None:
+        e = run.recent_estimate
+        console.print(
+            f"v{run.model_version} estimated from its newest {settings.monitor_window_days} days of scores: ROC AUC"
+            f" {_figure(e.roc_auc)}, Brier {e.brier:.3f}, churn rate {e.positive_rate:.3f} on {e.rows:,} predictions"
+        )
+    errors = [abs(c.auc_error) for c in run.comparisons if c.auc_error is not None]
+    if errors:
+        console.print(
+            f"past estimates against the realised ROC AUC, {len(errors)} version-days: median absolute error"
+            f" {statistics.median(errors):.3f}, largest {max(errors):.3f}"
+        )
+    _print_alerts(settings, connections.database_url, run.alerts)

@@ -15,7 +15,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from churn_platform import db
 from churn_platform.connections import Connections
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.model.aliases import CHAMPION, is_version_number
-from churn_platform.monitoring import drift, reports, served
+from churn_platform.monitoring import alerts, checks, drift, quality, reports, served
 from churn_platform.settings import Settings
 from churn_platform.training import registry
 
@@ -48,6 +48,11 @@ INSERT INTO monitoring.drift_runs (
 INSERT_FEATURE_SQL = """
 INSERT INTO monitoring.feature_drift
     (run_id, feature, test, statistic, p_value, psi, reference_rows, current_rows, drifted)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+INSERT_QUALITY_SQL = """
+INSERT INTO monitoring.feature_quality
+    (run_id, feature, day, rows, missing_share, reference_missing, stale_share, out_of_range, new_categories)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
@@ -75,6 +80,8 @@ class DriftRun:
     current_rows: int
     result: drift.DatasetDrift
     score: ScoreDrift | None  # None when the version served no score in the window
+    quality: list[quality.FeatureQuality]
+    alerts: alerts.Changes
     report: Path
     workspace_run: str | None
     mlflow_run_id: str | None
@@ -84,10 +91,10 @@ def resolve_version(settings: Settings, connections: Connections, version: str |
     """The version a run monitors: the champion unless named (a number or an alias)."""
     name, uri = settings.model_name, connections.mlflow
     reference = version or CHAMPION
-    number = reference if is_version_number(reference) else registry.alias_version(uri, name, reference)
-    if number is None:
-        raise MonitoringError(f"model {name} has no `{reference}` version: train and register one first")
     try:
+        number = reference if is_version_number(reference) else registry.alias_version(uri, name, reference)
+        if number is None:
+            raise MonitoringError(f"model {name} has no `{reference}` version: train and register one first")
         return registry.get_version(uri, name, number)
     except registry.RegistryError as exc:
         raise MonitoringError(str(exc)) from exc
@@ -111,7 +118,10 @@ def run_drift(
 
     step("reading the model version and its reference")
     registered = resolve_version(settings, connections, version)
-    reference = registry.logged_reference(connections.mlflow, registered.run_id)
+    try:
+        reference = registry.logged_reference(connections.mlflow, registered.run_id)
+    except registry.RegistryError as exc:
+        raise MonitoringError(str(exc)) from exc
     if reference is None:
         raise MonitoringError(
             f"version {registered.version} of {registered.name} has no drift reference (it was trained before"
@@ -146,6 +156,16 @@ def run_drift(
         ks, p_value = drift.ks_2samp(reference[registry.REFERENCE_SCORE], scores)
         score = ScoreDrift(ks, p_value, drift.numeric_psi(reference[registry.REFERENCE_SCORE], scores), len(scores))
 
+    step("checking the served features' quality")
+    max_age = timedelta(hours=settings.serve_feature_max_age_hours)
+    stale = quality.stale_by_day(url, catalog.feature_view_name, window, max_age)
+    qualities = quality.feature_quality(reference, current, numeric, categorical, stale)
+    subject = checks.version_subject(registered.name, registered.version)
+    conditions = [
+        *checks.drift_checks(subject, result, thresholds, window),
+        *checks.quality_checks(settings, catalog.feature_view_name, qualities),
+    ]
+
     step("writing the Evidently report")
     ran_at = datetime.now(UTC)
     shown = (
@@ -171,12 +191,12 @@ def run_drift(
     step("logging the monitoring run to MLflow")
     mlflow_run_id = _log_mlflow(connections.mlflow, registered, window, result, score, saved.html, len(current))
 
-    step("storing the figures")
-    run_id = _store(url, catalog.name, registered, window, ran_at, thresholds, result, score, saved.html,
-                    mlflow_run_id, len(reference), len(current))  # fmt: skip
+    step("storing the figures and the alerts")
+    run_id, changes = _store(url, catalog.name, registered, window, ran_at, thresholds, result, score, saved.html,
+                             mlflow_run_id, len(reference), len(current), qualities, conditions)  # fmt: skip
     return DriftRun(
         run_id, ran_at, registered.name, registered.version, window, len(reference), len(current), result, score,
-        saved.html, saved.workspace_run, mlflow_run_id,
+        qualities, changes, saved.html, saved.workspace_run, mlflow_run_id,
     )  # fmt: skip
 
 
@@ -195,10 +215,39 @@ def summary_markdown(run: DriftRun, tracking_uri: str | None = None) -> str:
     for f in sorted(run.result.features, key=lambda f: (not f.drifted, -(f.psi or 0.0))):
         cells = ["-" if v is None else f"{v:.3g}" for v in (f.statistic, f.p_value, f.psi)]
         lines.append(f"| {f.feature} | {f.test} | {' | '.join(cells)} | {'yes' if f.drifted else 'no'} |")
+    lines += ["", *quality_markdown(run.quality), "", *alerts_markdown(run.alerts)]
     lines += ["", f"Evidently report: `{run.report}` (stored as monitoring run {run.run_id})."]
     if tracking_uri and run.mlflow_run_id:
         lines.append(f"MLflow run: {tracking_uri.rstrip('/')}/#/experiments/runs/{run.mlflow_run_id}")
     return "\n".join(lines)
+
+
+def quality_markdown(qualities: list[quality.FeatureQuality]) -> list[str]:
+    """Data quality over the window, per feature: the worst day's figures."""
+    if not qualities:
+        return []
+    lines = [
+        "| feature | missing (training) | stale, worst day | outside the training range, worst day | new categories |",
+        "|---|---|---|---|---|",
+    ]
+    missing = quality.window_missing(qualities)
+    for feature in sorted(missing):
+        days = [q for q in qualities if q.feature == feature]
+        outside = [q.out_of_range for q in days if q.out_of_range is not None]
+        new = sorted({c for q in days for c in (q.new_categories or [])})
+        share, reference = missing[feature]
+        lines.append(
+            f"| {feature} | {share:.1%} ({reference:.1%}) | {max(q.stale_share for q in days):.1%}"
+            f" | {'-' if not outside else f'{max(outside):.1%}'} | {', '.join(new[:5]) or '-'} |"
+        )
+    return lines
+
+
+def alerts_markdown(changes: alerts.Changes) -> list[str]:
+    lines = [f"- **{a.severity}** alert {a.id} opened: {a.message}" for a in changes.opened]
+    lines += [f"- alert {a.id} still open ({a.occurrences} runs): {a.message}" for a in changes.repeated]
+    lines += [f"- alert {a.id} resolved: {a.kind} of {a.subject}" for a in changes.resolved]
+    return lines or ["No alert raised or resolved."]
 
 
 def _log_mlflow(
@@ -240,8 +289,9 @@ def _log_mlflow(
 def _store(
     url: str, catalog: str, registered: registry.RegisteredVersion, window: served.Window, ran_at: datetime,
     thresholds: drift.Thresholds, result: drift.DatasetDrift, score: ScoreDrift | None, html: Path,
-    mlflow_run_id: str | None, reference_rows: int, current_rows: int,
-) -> int:  # fmt: skip
+    mlflow_run_id: str | None, reference_rows: int, current_rows: int, qualities: list[quality.FeatureQuality],
+    conditions: list[alerts.Check],
+) -> tuple[int, alerts.Changes]:  # fmt: skip
     values: dict[str, Any] = {
         "ran_at": ran_at, "catalog": catalog, "model_name": registered.name, "model_version": registered.version,
         "window_start": window.start, "window_end": window.end, "reference_rows": reference_rows,
@@ -259,4 +309,9 @@ def _store(
         run_id = int(row[0])
         fields = ("feature", "test", "statistic", "p_value", "psi", "reference_rows", "current_rows", "drifted")
         cur.executemany(INSERT_FEATURE_SQL, [(run_id, *(getattr(f, k) for k in fields)) for f in result.features])
-    return run_id
+        cur.executemany(INSERT_QUALITY_SQL, [
+            (run_id, q.feature, q.day, q.rows, q.missing_share, q.reference_missing, q.stale_share, q.out_of_range,
+             q.new_categories) for q in qualities
+        ])  # fmt: skip
+        changes = alerts.apply_checks(conn, conditions, by=f"drift run {run_id}: the condition cleared")
+    return run_id, changes

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from churn_platform import db
 from churn_platform.connections import Connections
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.snapshots import labels_table_name
-from churn_platform.monitoring import performance, reports
-from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, resolve_version
+from churn_platform.monitoring import alerts, checks, estimation, performance, reports, served
+from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, alerts_markdown, resolve_version
 from churn_platform.settings import Settings
 
 NEWEST_LABEL_SQL = "SELECT max(event_timestamp) FROM {labels} WHERE horizon_days = %(horizon)s"
@@ -24,12 +25,17 @@ NEWEST_LABEL_SQL = "SELECT max(event_timestamp) FROM {labels} WHERE horizon_days
 @dataclass(frozen=True)
 class PerformanceRun:
     model_name: str
-    model_version: str  # the monitored version (its report and MLflow run)
-    first_day: date
+    model_version: str  # the monitored version (its report, MLflow run and alerts)
+    first_day: date  # the snapshot days evaluated against outcomes (default: ending at the newest labelled one)
     last_day: date
+    estimated_days: tuple[date, date]  # the days estimated from the scores (default: ending at the newest served)
     horizon_days: int
-    by_day: dict[tuple[str, date], performance.Figures]  # every version served in the range
-    overall: performance.Figures | None  # the monitored version over the range; None if it served no known outcome
+    by_day: dict[tuple[str, date], performance.Figures]  # realised, every version served on a labelled day
+    overall: performance.Figures | None  # the monitored version's realised figures; None before outcomes arrive
+    estimates: dict[tuple[str, date], estimation.Estimate]  # every version served in the range
+    recent_estimate: estimation.Estimate | None  # the monitored version over its newest window of served days
+    comparisons: list[estimation.Comparison]  # past days with both an estimate and realised figures
+    alerts: alerts.Changes
     report: Path | None
     mlflow_run_id: str | None
 
@@ -54,79 +60,143 @@ def run_performance(
     version: str | None = None,
     on_step: Step | None = None,
 ) -> PerformanceRun:
-    """Evaluate the predictions scored on the `days` snapshot days (default: the setting) ending at `last_day`
-    (default: the newest labelled day) against their outcomes."""
+    """Estimate the figures of the `days` snapshot days (default: the setting) ending at `last_day` (default: the
+    newest served) from the scores, and evaluate the `days` ending at `last_day` (default: the newest labelled)
+    against their outcomes."""
     step = on_step or (lambda _description: None)
     url = connections.database_url
     horizon = settings.label_horizon_days
     step("reading the model version")
     registered = resolve_version(settings, connections, version)
-    step("joining the served predictions with their outcomes")
-    last = last_day or newest_label_day(url, settings)
-    if last is None:
-        raise MonitoringError(f"no snapshot has a {horizon}-day outcome yet: nothing to evaluate")
-    first = last - timedelta(days=(days or settings.monitor_performance_days) - 1)
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    joined = performance.joined_predictions(
-        url, catalog_from_settings(settings), horizon, start, start + timedelta(days=(last - first).days + 1)
-    )
-    if joined.empty:
+    subject = checks.version_subject(registered.name, registered.version)
+    test_auc = registered.metrics.get(checks.TEST_AUC_METRIC)
+
+    step("estimating the figures from the served scores")
+    newest = served.newest_served_snapshot(url)
+    if newest is None:
+        raise MonitoringError("the prediction log holds no scored prediction yet: nothing to evaluate")
+    span = timedelta(days=(days or settings.monitor_performance_days) - 1)
+    estimated_last = last_day or newest.astimezone(UTC).date()
+    scores = estimation.served_scores(url, estimated_last - span, estimated_last)
+    if scores.empty:
         raise MonitoringError(
-            f"no prediction scored on a snapshot from {first} to {last} has a known {horizon}-day outcome"
+            f"no prediction was scored on a snapshot from {estimated_last - span} to {estimated_last}"
         )
-    step("computing the figures")
-    by_day = performance.daily_figures(joined)
-    mine = joined[joined["model_version"] == registered.version]
-    overall = performance.figures(mine["churned"], mine["churn_probability"]) if not mine.empty else None
+    estimates = estimation.daily_estimates(scores)
+    mine = scores[scores["model_version"] == registered.version]
+    recent = mine[mine["day"] > max(mine["day"]) - timedelta(days=settings.monitor_window_days)] if len(mine) else mine
+    recent_estimate = estimation.estimate(recent["churn_probability"].to_numpy()) if len(recent) else None
+
+    step("joining the served predictions with their outcomes")
+    labelled = newest_label_day(url, settings)
+    last = last_day or labelled or estimated_last
+    first = last - span
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    joined = (
+        performance.joined_predictions(url, catalog_from_settings(settings), horizon, start,
+                                       start + timedelta(days=(last - first).days + 1))
+        if labelled is not None and labelled >= first
+        else pd.DataFrame(columns=["model_version", "churned", "churn_probability"])
+    )  # fmt: skip
+    by_day = performance.daily_figures(joined) if not joined.empty else {}
+    realised = joined[joined["model_version"] == registered.version]
+    overall = performance.figures(realised["churned"], realised["churn_probability"]) if len(realised) else None
     evaluated_at = datetime.now(UTC)
 
     report, mlflow_run_id = None, None
     if overall is not None:
         step("writing the Evidently report")
-        snapshot = reports.classification_report(
-            mine,
-            name=f"performance {registered.name} v{registered.version} {first}..{last}",
-            timestamp=datetime(last.year, last.month, last.day, tzinfo=UTC),
-            metadata={"model_name": registered.name, "model_version": registered.version, "horizon": str(horizon)},
-        )
-        stamp = f"{last:%Y%m%d}-{evaluated_at:%Y%m%dT%H%M%S%f}"
-        html = (
-            settings.reports_folder
-            / "performance"
-            / registered.name
-            / f"performance-v{registered.version}-{stamp}.html"
-        )
-        report = reports.save(snapshot, html, settings.reports_folder, registered.name).html
+        report = _report(settings, registered.name, registered.version, realised, first, last, horizon, evaluated_at)
         step("logging the run to MLflow")
         mlflow_run_id = _log_mlflow(
             connections.mlflow, registered.name, registered.version, first, last, overall, by_day, report
         )
-    step("storing the figures")
+    step("storing the figures and the alerts")
     performance.store(url, settings.model_name, horizon, by_day, evaluated_at)
+    estimation.store(url, settings.model_name, horizon, estimates, evaluated_at)
+    conditions = []
+    if overall is not None:
+        conditions += checks.auc_checks(
+            settings, subject, test_auc, overall.roc_auc, overall.rows, source="performance", what="realised"
+        )
+        conditions += checks.calibration_checks(settings, subject, overall)
+    if recent_estimate is not None:
+        conditions += checks.auc_checks(
+            settings, subject, test_auc, recent_estimate.roc_auc, recent_estimate.rows, source="estimate",
+            what=f"estimated (from the scores of the newest {settings.monitor_window_days} served days)",
+        )  # fmt: skip
+    with db.connect(url) as conn, conn.transaction():
+        changes = alerts.apply_checks(conn, conditions, by="performance run: the condition cleared")
+    comparisons = estimation.compared(url, settings.model_name, horizon, first - timedelta(days=365), last)
     return PerformanceRun(
-        registered.name, registered.version, first, last, horizon, by_day, overall, report, mlflow_run_id
+        registered.name, registered.version, first, last, (estimated_last - span, estimated_last), horizon, by_day,
+        overall, estimates, recent_estimate,
+        comparisons, changes, report, mlflow_run_id,
+    )  # fmt: skip
+
+
+def _report(
+    settings: Settings, name: str, version: str, realised: pd.DataFrame, first: date, last: date, horizon: int,
+    at: datetime,
+) -> Path:  # fmt: skip
+    snapshot = reports.classification_report(
+        realised,
+        name=f"performance {name} v{version} {first}..{last}",
+        timestamp=datetime(last.year, last.month, last.day, tzinfo=UTC),
+        metadata={"model_name": name, "model_version": version, "horizon": str(horizon)},
     )
+    stamp = f"{last:%Y%m%d}-{at:%Y%m%dT%H%M%S%f}"
+    html = settings.reports_folder / "performance" / name / f"performance-v{version}-{stamp}.html"
+    return reports.save(snapshot, html, settings.reports_folder, name).html
 
 
 def summary_markdown(run: PerformanceRun) -> str:
-    """The run as Markdown (for Prefect artifacts): the monitored version over the range, then each version's days."""
+    """The run as Markdown (for Prefect artifacts): the monitored version, then each version's days (realised
+    figures beside the estimates), then how close past estimates came."""
+    first, last = run.estimated_days
     lines = [
-        f"# Realised performance, {run.horizon_days}-day outcomes of snapshots {run.first_day}..{run.last_day}",
+        f"# Performance: realised on snapshots {run.first_day}..{run.last_day} ({run.horizon_days}-day outcomes),"
+        f" estimated on {first}..{last}",
         "",
     ]
     if run.overall is not None:
         f = run.overall
-        auc = "-" if f.roc_auc is None else f"{f.roc_auc:.3f}"
         lines.append(
-            f"{run.model_name} v{run.model_version}: ROC AUC {auc}, Brier {f.brier:.3f}, calibration error"
-            f" {f.calibration_error:.3f}, churn rate {f.positive_rate:.3f} against a mean score {f.mean_score:.3f}"
-            f" over {f.rows:,} predictions. Evidently report: `{run.report}`."
+            f"{run.model_name} v{run.model_version}, realised: ROC AUC {_cell(f.roc_auc)}, Brier {f.brier:.3f},"
+            f" calibration error {f.calibration_error:.3f}, churn rate {f.positive_rate:.3f} against a mean score"
+            f" {f.mean_score:.3f} over {f.rows:,} predictions. Evidently report: `{run.report}`."
         )
-    lines += ["", "| version | day | rows | ROC AUC | Brier | ECE |", "|---|---|---|---|---|---|"]
-    for (version, day), f in sorted(run.by_day.items()):
-        auc = "-" if f.roc_auc is None else f"{f.roc_auc:.3f}"
-        lines.append(f"| {version} | {day} | {f.rows:,} | {auc} | {f.brier:.3f} | {f.calibration_error:.3f} |")
+    else:
+        lines.append(f"{run.model_name} v{run.model_version}: no outcome known yet in the range.")
+    if run.recent_estimate is not None:
+        e = run.recent_estimate
+        lines.append(
+            f"Estimated from the newest scores: ROC AUC {_cell(e.roc_auc)}, Brier {e.brier:.3f}, churn rate"
+            f" {e.positive_rate:.3f} over {e.rows:,} predictions."
+        )
+    lines += [
+        "",
+        "| version | day | rows | ROC AUC | estimated | Brier | estimated | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(set(run.by_day) | set(run.estimates)):
+        f_, e_ = run.by_day.get(key), run.estimates.get(key)
+        rows = f_.rows if f_ is not None else e_.rows if e_ is not None else 0
+        lines.append(
+            f"| {key[0]} | {key[1]} | {rows:,} | {_cell(None if f_ is None else f_.roc_auc)}"
+            f" | {_cell(None if e_ is None else e_.roc_auc)} | {_cell(None if f_ is None else f_.brier)}"
+            f" | {_cell(None if e_ is None else e_.brier)} | {_cell(None if f_ is None else f_.calibration_error)} |"
+        )
+    errors = [abs(c.auc_error) for c in run.comparisons if c.auc_error is not None]
+    if errors:
+        lines += ["", f"Estimated against realised ROC AUC on {len(errors)} past version-days: median absolute error"
+                  f" {float(np.median(errors)):.3f}, largest {max(errors):.3f}."]  # fmt: skip
+    lines += ["", *alerts_markdown(run.alerts)]
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _log_mlflow(

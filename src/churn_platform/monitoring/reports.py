@@ -44,16 +44,17 @@ def drift_report(
     timestamp: datetime,
     metadata: dict[str, str],
 ) -> Any:
-    """Evidently's data-drift preset on these rows: an Evidently `Snapshot` (save it with `save`)."""
+    """Evidently's data-drift and data-summary presets on these rows: an Evidently `Snapshot` (save it with `save`)."""
     from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
 
     columns = [*numeric, *categorical]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     preset = DataDriftPreset(
         columns=columns, method="psi", threshold=psi_threshold, drift_share=drift_share, include_tests=False
     )
-    report = Report([preset], metadata=metadata)  # type: ignore[arg-type]
+    # The summary preset shows each column's missing values, range and categories on both sides: data quality.
+    report = Report([preset, DataSummaryPreset(columns=columns)], metadata=metadata)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         # A feature constant in the window (a count that is zero for everyone) makes numpy's correlation matrix,
         # which the preset draws, divide by zero: normal in a week of data, and not our figures.

@@ -162,6 +162,7 @@ class ModelSet:
         served_features: Sequence[str],
         *,
         on_alert: AlertSink | None = None,
+        on_recovered: Callable[[str, str], None] | None = None,
         loader: Loader = load_version,
         aliases: Callable[[], dict[str, str]] | None = None,
     ) -> None:
@@ -169,6 +170,7 @@ class ModelSet:
         self.model_name = model_name
         self.served_features = list(served_features)
         self.on_alert = on_alert or (lambda kind, subject, message: None)
+        self.on_recovered = on_recovered or (lambda kind, subject: None)  # a condition alerted on has ended
         self.loader = loader
         self.aliases = aliases or self._registry_aliases
         self._current: Mapping[str, LoadedModel] = {}  # reference -> model; replaced whole, never mutated
@@ -194,6 +196,8 @@ class ModelSet:
                     self.on_alert("registry_unreachable", self.tracking_uri, f"model registry did not answer: {exc}")
                 self.registry_error = str(exc)
                 return {ref: model.version for ref, model in self._current.items()}
+            if self.registry_error is not None:
+                self.on_recovered("registry_unreachable", self.tracking_uri)
             self.registry_error = None
             by_version = {model.version: model for model in self._current.values()}
             updated: dict[str, LoadedModel] = {}

@@ -26,7 +26,7 @@ from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.feature_batch import FeatureBatch, FeatureVector
 from churn_platform.features.online import OnlineFeatures, last_materialized
 from churn_platform.model.aliases import CHALLENGER, CHAMPION
-from churn_platform.monitoring import alerts
+from churn_platform.monitoring import alerts, webhook
 from churn_platform.serving import prediction_log
 from churn_platform.serving.batch_scoring import (
     Outcome,
@@ -119,7 +119,11 @@ class ChurnPredictor:
         self.catalog = catalog_from_settings(settings)
         self._features: OnlineFeatures | None = None  # opened on the first poll that finds the feature service
         self.features_error: str | None = "not opened yet"
-        self.models = ModelSet(self.tracking_uri, settings.model_name, self.catalog.names, on_alert=self._alert)
+        self._webhook = webhook.from_settings(settings, self.database_url)  # delivers the service's new alerts
+        self.models = ModelSet(
+            self.tracking_uri, settings.model_name, self.catalog.names, on_alert=self._alert,
+            on_recovered=self._recovered,
+        )  # fmt: skip
         self.log = PredictionLogWriter(self.database_url, max_buffer=settings.serve_log_buffer_rows)
         self.experiment: Experiment | None = None
         self.feature_clock: datetime | None = None  # the newest materialized snapshot: staleness is judged there
@@ -128,6 +132,7 @@ class ChurnPredictor:
         self._poller = Poller(self.refresh, settings.serve_poll_interval_s, "churn-model-poller")
         self.router = Router(settings.model_name)
         self._request_log = RequestLog(self.log.buffer)
+        self._drops_alerted = 0  # prediction-log rows dropped, as far as the last alert told
 
     def start(self) -> None:
         """Load the models and the experiment once, then follow them on a background thread."""
@@ -169,6 +174,7 @@ class ChurnPredictor:
     def refresh(self) -> None:
         """One poll: the running experiment, then the models it and the aliases need, then the feature clock."""
         self.open_features()
+        self._alert_log_drops()
         experiment = self.experiment
         try:
             experiment = running_experiment(self.database_url)
@@ -295,6 +301,29 @@ class ChurnPredictor:
 
     def _alert(self, kind: str, subject: str, message: str) -> None:
         try:
-            alerts.record_alert(self.database_url, kind, subject, message)
+            alert, opened = alerts.record_alert(self.database_url, kind, subject, message)
         except psycopg.Error as exc:
             log.error("could not record the alert %s (%s: %s): %s", kind, subject, message, exc)
+            return
+        if opened and self._webhook is not None:
+            self._webhook.send(alerts.Changes([alert], [], []))
+
+    def _recovered(self, kind: str, subject: str) -> None:
+        try:
+            alert = alerts.record_recovery(self.database_url, kind, subject)
+        except psycopg.Error as exc:
+            log.error("could not resolve the alert %s (%s): %s", kind, subject, exc)
+            return
+        if alert is not None and self._webhook is not None:
+            self._webhook.send(alerts.Changes([], [], [alert]))
+
+    def _alert_log_drops(self) -> None:
+        """Rows the prediction log dropped since the last poll (its buffer was full: the database fell behind)."""
+        dropped = int(self.log.buffer.counts()["dropped"])
+        if dropped > self._drops_alerted:
+            self._alert(
+                "prediction_log_drops", "serving.prediction_log",
+                f"the prediction log dropped {dropped - self._drops_alerted:,} rows since the last check"
+                f" ({dropped:,} since the service started): the database did not keep up or was away",
+            )  # fmt: skip
+            self._drops_alerted = dropped

@@ -32,7 +32,7 @@ EVALUATED_MODEL, EVALUATED_MODEL_TAG = "evaluated_model", "evaluated_model_uri" 
 TESTED_SCORE = "p_model"  # the logged test rows' column holding the evaluated model's P(churn)
 TESTED_OUTCOMES_TAG = "tested_outcomes_seen_through"
 TEST_ROWS_ARTIFACT = f"{TEST_ROWS_FOLDER}/{TEST_ROWS_FILE}"
-# The drift reference: a sample of the rows the registered model was fitted on, with its P(churn) on each
+# The drift reference: a sample of the test window's rows, with the evaluated model's P(churn) on each
 REFERENCE_FOLDER, REFERENCE_FILE = "monitoring", "reference.parquet"
 REFERENCE_ARTIFACT = f"{REFERENCE_FOLDER}/{REFERENCE_FILE}"
 REFERENCE_SCORE = "p_churn"
@@ -174,14 +174,13 @@ def log_test_rows(trained: TrainedModel, features: list[str], path: Path) -> Non
 
 
 def log_reference(trained: TrainedModel, features: list[str], path: Path) -> None:
-    """Log the drift reference as a Parquet artifact, with the registered model's P(churn) on each row (what served
-    scores are compared with)."""
+    """Log the drift reference as a Parquet artifact: rows of the test window with the evaluated model's
+    out-of-sample P(churn) on each (what served scores are compared with)."""
     import mlflow
 
     if trained.reference.empty:
         return
-    scores = trained.model.predict_proba(trained.reference[features])[:, 1]
-    trained.reference.assign(**{REFERENCE_SCORE: scores}).to_parquet(path, index=False)
+    trained.reference.rename(columns={"p_model": REFERENCE_SCORE}).to_parquet(path, index=False)
     mlflow.log_artifact(str(path), REFERENCE_FOLDER)
 
 

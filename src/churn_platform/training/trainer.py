@@ -54,7 +54,7 @@ class TrainConfig:
     folds: int = 5  # K of the `folds` design, and of the refit's calibration folds
     refit: bool = True  # after the test evaluation, refit the chosen candidate on every labelled row
     censored: bool = True  # train on the snapshots censored at the cut too, their outcomes completed (censoring)
-    reference_rows: int = 20_000  # rows of what the registered model was fitted on, kept as the drift reference
+    reference_rows: int = 20_000  # rows of the test window kept as the drift reference (`reference_sample`)
 
 
 @dataclass
@@ -82,8 +82,8 @@ class TrainedModel:
     # The test rows as evaluated: user_id, event_timestamp, churned, the features, p_model, p_recency, p_bgnbd, p_oracle
     test_frame: pd.DataFrame = field(repr=False)
     input_example: pd.DataFrame = field(repr=False)  # feature rows from the test window, for the model signature
-    # A seeded sample of the rows the registered model was fitted on (user_id, event_timestamp, churned, the
-    # features): the reference monitoring compares served features with
+    # A seeded sample of the test window's rows (user_id, event_timestamp, churned, the features, p_model): the
+    # reference monitoring compares served features and scores with
     reference: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
 
     @property
@@ -212,7 +212,6 @@ def train_model(
     if config.refit:
         model = refit_on_all_rows(best.name, catalog, frame, config)
         rows["refit"] = len(frame)
-    fitted_on = frame if config.refit else parts["train"]
     return TrainedModel(
         candidate=best.name,
         model=model,
@@ -232,14 +231,21 @@ def train_model(
         definitions_hash=training.definitions_hash,
         test_frame=test_frame.reset_index(drop=True),
         input_example=parts["test"][encoder.feature_names].head(100).reset_index(drop=True),
-        reference=reference_sample(fitted_on, encoder.feature_names, config),
+        reference=reference_sample(test_frame, encoder.feature_names, config),
     )
 
 
-def reference_sample(fitted_on: pd.DataFrame, features: list[str], config: TrainConfig) -> pd.DataFrame:
-    """Up to `config.reference_rows` of the rows a model was fitted on, drawn with the training seed, in time order."""
-    count = min(config.reference_rows, len(fitted_on))
-    sample = fitted_on.sample(n=count, random_state=config.seed)[[*TEST_ROW_KEYS, *features]]
+def reference_sample(test_frame: pd.DataFrame, features: list[str], config: TrainConfig) -> pd.DataFrame:
+    """The drift reference: up to `config.reference_rows` rows of the test window, drawn with the training seed, in
+    time order, with the evaluated model's out-of-sample P(churn) (`p_model`).
+
+    The test window is the newest labelled data and the population the version's test figures describe; the whole
+    training window is not a fair reference: a world's population moves on by itself (a launch cohort ageing,
+    lifetime counts growing), so served weeks drifted from it in every simulated world, drifting or not. Scores
+    fitted on are over-confident, so in-sample scores are not a fair score reference either.
+    """
+    count = min(config.reference_rows, len(test_frame))
+    sample = test_frame.sample(n=count, random_state=config.seed)[[*TEST_ROW_KEYS, *features, "p_model"]]
     return sample.sort_values(["event_timestamp", "user_id"], kind="stable").reset_index(drop=True)
 
 
