@@ -1,5 +1,5 @@
 """Prefect flow: drift and data quality of the features the service scored in a window against the champion's
-training data, realised performance where outcomes are known and estimated performance where they are not, and the
+test window, realised performance where outcomes are known and estimated performance where they are not, and the
 alerts all of them raise or resolve (delivered to the webhook when one is configured), in one run."""
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def performance(connections: Connections, end: date | None, version: str | None)
 
 @task
 def deliver_alerts(connections: Connections, changes: list[alerts.Changes]) -> None:
-    """Post the alerts opened and resolved to the webhook, if one is configured; a failed delivery is logged."""
+    """Post the alerts opened and resolved to the webhook, if one is configured (and any open alert an earlier
+    delivery missed); a failed delivery is logged and left for the next run."""
     hook = webhook.from_settings(get_settings(), connections.database_url)
     if hook is None:
         return
@@ -57,8 +58,9 @@ def monitor_flow(window_days: int | None = None, end: date | None = None, versio
     summarised in one Markdown artifact; the drift run's id."""
     connections = platform_connections(mlflow=True)
     run = drift(connections, window_days, end, version)
+    deliver_alerts(connections, [run.alerts])  # now: the performance run may fail
     evaluated = performance(connections, end, version)
-    deliver_alerts(connections, [run.alerts, evaluated.alerts])
+    deliver_alerts(connections, [evaluated.alerts])
     summary = (
         drift_runs.summary_markdown(run, connections.mlflow) + "\n\n" + performance_runs.summary_markdown(evaluated)
     )

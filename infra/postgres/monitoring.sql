@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS monitoring.performance (
 
 -- Data quality of the features served in a drift run's window, per feature and snapshot day: the share of served
 -- rows whose value is missing (beside the reference's own share, as some features are legitimately empty), stale
--- (the snapshot was older than the service's feature age limit at the feature clock of the moment it was served),
+-- (the share of predictions served with features past the service's age limit: monitoring/quality.py),
 -- outside the reference's range (numeric), and the categories the reference never saw (categorical).
 CREATE TABLE IF NOT EXISTS monitoring.feature_quality (
     run_id            bigint           NOT NULL REFERENCES monitoring.drift_runs ON DELETE CASCADE,
@@ -73,7 +73,7 @@ CREATE TABLE IF NOT EXISTS monitoring.feature_quality (
     rows              integer          NOT NULL CHECK (rows > 0),
     missing_share     double precision NOT NULL CHECK (missing_share >= 0 AND missing_share <= 1),
     reference_missing double precision NOT NULL CHECK (reference_missing >= 0 AND reference_missing <= 1),
-    stale_share       double precision NOT NULL CHECK (stale_share >= 0 AND stale_share <= 1),
+    stale_share       double precision CHECK (stale_share >= 0 AND stale_share <= 1),  -- NULL: none judged
     out_of_range      double precision CHECK (out_of_range >= 0 AND out_of_range <= 1),  -- NULL: categorical
     new_categories    text[],  -- NULL: numeric
     PRIMARY KEY (run_id, feature, day)

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     monitor_reference_rows: int = Field(
         default=20_000,
         ge=100,
-        description="Rows of the registered model's training data kept with the version as the drift reference.",
+        description="Rows of the version's test window kept with it as the drift reference (with its scores).",
     )
     monitor_drift_alpha: float = Field(
         default=0.01,
@@ -254,7 +254,7 @@ class Settings(BaseSettings):
     monitor_report_rows: int = Field(
         default=20_000,
         ge=100,
-        description="Most current rows the Evidently report is drawn on (sampled; the stored statistics use all).",
+        description="Most rows of each side the Evidently report is drawn on (sampled; the stored figures use all).",
     )
     monitor_auc_margin: float = Field(
         default=0.05,
@@ -272,7 +272,7 @@ class Settings(BaseSettings):
         default=0.1,
         gt=0,
         le=1,
-        description="Alert when a served feature is missing this much more often than in the training data.",
+        description="Alert when a served feature is missing this much more often than in the drift reference.",
     )
     monitor_stale_share: float = Field(
         default=0.1,
@@ -280,9 +280,10 @@ class Settings(BaseSettings):
         le=1,
         description="Alert when this share of a day's served rows came from a stale snapshot.",
     )
-    alert_webhook_url: str | None = Field(
+    alert_webhook_url: SecretStr | None = Field(
         default=None,
-        description="POST each opened or resolved alert here as JSON with a `text` field (Slack, Mattermost, ...).",
+        description="POST each opened or resolved alert here as JSON with a `text` field (Slack, Mattermost, ...);"
+        " a chat tool's webhook URL is a credential.",
     )
     alert_webhook_attempts: int = Field(default=3, ge=1, le=10, description="Tries per alert delivery.")
     alert_webhook_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook POST.")

@@ -1,10 +1,10 @@
-"""A monitoring backtest on a simulated world: a version trained before the monitored days, its scores on each of
-them logged as the service logs a batch (`snapshot_at` the day's snapshot), and the stored drift statistics and
-the estimated and realised performance of every window of those days.
+"""A monitored world: a simulated world, a version trained on its first days, and that version's scores on each of
+the days after them logged as the service logs a batch (`snapshot_at` the day's snapshot); then the stored drift
+statistics and the estimated and realised performance of every window of those days (the backtest).
 
-The drift decision is the one a drift run stores (`monitoring.drift.feature_drift` over the features served in the
-window against the version's logged reference); the Evidently report and MLflow run around it are left out, as
-sixty of them would only cost time.
+The drift decision of a window is the one a drift run stores (`monitoring.drift.feature_drift` over the features
+served in the window against the version's logged reference); the Evidently report and MLflow run around it are
+left out, as eighty of them would only cost time (tests/integration/test_monitoring.py runs whole drift runs).
 """
 
 from __future__ import annotations
@@ -13,24 +13,39 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import psycopg
 from sklearn.metrics import roc_auc_score
 from tests.integration.feature_worlds import connections
 
-from churn_platform.connections import Connections
 from churn_platform.data.labels import ChurnDefinition
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
-from churn_platform.features import feast_repo, snapshots
+from churn_platform.features import feast_repo, population, snapshots
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.population import snapshot_time
 from churn_platform.monitoring import drift, estimation, performance, served
-from churn_platform.serving.as_of_scores import score_as_of
+from churn_platform.serving.as_of_scores import pipeline_scores
+from churn_platform.serving.models import LoadedModel, load_version
 from churn_platform.serving.prediction_log.rows import copy_lines, new_request_id
 from churn_platform.serving.prediction_log.writer import COPY_SQL
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
 from churn_platform.training.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class MonitoredWorld:
+    settings: Settings
+    database_url: str
+    config: WorldConfig
+    version: str  # the registered version (the champion) whose scores were logged
+    run_id: str  # its MLflow run, which holds the drift reference
+    first_monitored: date
+    last_monitored: date
+
+    def day(self, index: int) -> date:
+        return self.config.start_date + timedelta(days=index)
 
 
 @dataclass(frozen=True)
@@ -45,8 +60,6 @@ class WindowFigures:
 
 @dataclass(frozen=True)
 class Backtest:
-    start: date  # the world's first day
-    first_monitored: date
     drift_starts: date | None
     windows: list[WindowFigures]
 
@@ -67,7 +80,8 @@ class Backtest:
         clean = self.before_drift()
         return sum(w.drifted for w in clean), len(clean)
 
-    def estimate_errors(self, windows: list[WindowFigures]) -> list[float]:
+    @staticmethod
+    def estimate_errors(windows: list[WindowFigures]) -> list[float]:
         return [
             abs(w.estimated_auc - w.realised_auc)
             for w in windows
@@ -75,34 +89,74 @@ class Backtest:
         ]
 
 
-def run_backtest(
-    settings: Settings, url: str, config: WorldConfig, *, trained_through: int, monitored_days: int, window_days: int
-) -> Backtest:
-    """Generate `config`'s world, train on the snapshots of its first `trained_through` days, then score, log and
-    monitor each of the `monitored_days` days after them."""
+def monitored_world(
+    settings: Settings, url: str, config: WorldConfig, *, trained_through: int, monitored_days: int
+) -> MonitoredWorld:
+    """Generate `config`'s world, train on the snapshots of its first `trained_through` days, then compute the
+    snapshots and labels of the `monitored_days` after them and log the version's scores on each."""
     world.generate_world(url, config)
-    catalog = catalog_from_settings(settings)
-    definition = ChurnDefinition.from_settings(settings)
-    horizon = settings.label_horizon_days
     first = config.start_date + timedelta(days=trained_through)
     last = first + timedelta(days=monitored_days - 1)
-    snapshots.compute_snapshots(url, catalog, definition, first - timedelta(days=1))
-    snapshots.compute_labels(url, catalog, definition, horizon)
+    extend_snapshots(settings, url, first - timedelta(days=1))
     feast_repo.apply(settings, connections(settings))
-    servers = connections(settings, mlflow=True)
     train = TrainConfig(seed=3, test_days=21, validation_days=21, candidates=("logistic_regression",), refit=False)
-    registered = pipeline.train(settings, servers, config=train).registered
+    registered = pipeline.train(settings, connections(settings, mlflow=True), config=train).registered
     assert registered is not None
-    snapshots.compute_snapshots(url, catalog, definition, last)
-    snapshots.compute_labels(url, catalog, definition, horizon)
-
-    store = feast_repo.open_store(settings, servers)
+    extend_snapshots(settings, url, last)
+    monitored = MonitoredWorld(settings, url, config, registered.version, registered.run_id, first, last)
     day = first
-    while day <= last:  # the version's scores on each monitored day, logged as the service logs a batch
-        _log_scores(url, settings, servers, store, day, registered.version)
+    while day <= last:
+        log_scores(monitored, day)
         day += timedelta(days=1)
+    return monitored
 
-    reference = registry.logged_reference(servers.mlflow, registered.run_id)
+
+def extend_snapshots(settings: Settings, url: str, until: date) -> None:
+    """Snapshots up to `until`, and every label whose horizon has passed in the data."""
+    catalog = catalog_from_settings(settings)
+    definition = ChurnDefinition.from_settings(settings)
+    snapshots.compute_snapshots(url, catalog, definition, until)
+    snapshots.compute_labels(url, catalog, definition, settings.label_horizon_days)
+
+
+def log_scores(monitored: MonitoredWorld, day: date, users: int | None = None) -> pd.DataFrame:
+    """The version's scores of every user of `day`'s snapshot (the first `users` of them), logged as the service
+    logs a batch answered now; the scored rows (user_id, p_churn)."""
+    settings = monitored.settings
+    servers = connections(settings, mlflow=True)
+    model = _model(servers.mlflow, settings.model_name, monitored.version)
+    features = population.population_features(settings, servers, catalog_from_settings(settings), day)
+    scored = pd.DataFrame({"user_id": features["user_id"], "p_churn": pipeline_scores(model, features)})
+    if users is not None:
+        scored = scored.head(users)
+    count = len(scored)
+    route = (None, "champion", "champion", monitored.version)
+    lines = copy_lines(
+        new_request_id(), datetime.now(UTC), 1.0, "predict_batch", list(scored["user_id"]), [route] * count,
+        [float(p) for p in scored["p_churn"]], ["0" * 16] * count, [snapshot_time(day)] * count,
+    )  # fmt: skip
+    with psycopg.connect(monitored.database_url) as conn, conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+        copy.write("".join(lines))
+    return scored
+
+
+_MODELS: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+def _model(tracking_uri: str, name: str, version: str) -> LoadedModel:
+    """One load per version: the registry's artifact does not change."""
+    key = (tracking_uri, name, version)
+    if key not in _MODELS:
+        _MODELS[key] = load_version(tracking_uri, name, version)
+    return _MODELS[key]
+
+
+def backtest(monitored: MonitoredWorld, window_days: int) -> Backtest:
+    """Every window of `window_days` snapshot days ending on a monitored day: its drift decision, and the AUC
+    estimated from its scores beside the realised one."""
+    settings, url = monitored.settings, monitored.database_url
+    catalog = catalog_from_settings(settings)
+    reference = registry.logged_reference(connections(settings, mlflow=True).mlflow, monitored.run_id)
     assert reference is not None
     features = [f for f in catalog.features if f.name in reference.columns]
     numeric = [f.name for f in features if f.dtype != "text"]
@@ -110,34 +164,24 @@ def run_backtest(
     thresholds = drift.Thresholds(settings.monitor_drift_alpha, settings.monitor_psi_threshold,
                                   settings.monitor_drift_share)  # fmt: skip
     windows = []
-    end = first + timedelta(days=window_days - 1)
-    while end <= last:
+    end = monitored.first_monitored + timedelta(days=window_days - 1)
+    while end <= monitored.last_monitored:
         window = served.Window.ending(snapshot_time(end), window_days)
         result = drift.feature_drift(reference, served.served_features(url, catalog, window), numeric, categorical,
                                      thresholds)  # fmt: skip
-        start_day = end - timedelta(days=window_days - 1)
-        scores = estimation.served_scores(url, start_day, end)
+        start = end - timedelta(days=window_days - 1)
+        scores = estimation.served_scores(url, start, end)
         estimated = estimation.estimate(scores["churn_probability"].to_numpy(dtype="float64"))
+        realised = _realised_auc(settings, url, start, end, len(scores))
         windows.append(WindowFigures(end, result.drifted, result.share, result.drifted_features, estimated.roc_auc,
-                                     _realised_auc(url, settings, start_day, end, len(scores))))  # fmt: skip
+                                     realised))  # fmt: skip
         end += timedelta(days=1)
-    drift_starts = None if config.drift_at is None else config.start_date + timedelta(days=config.drift_at)
-    return Backtest(config.start_date, first, drift_starts, windows)
+    config = monitored.config
+    drift_starts = None if config.drift_at is None else monitored.day(config.drift_at)
+    return Backtest(drift_starts, windows)
 
 
-def _log_scores(url: str, settings: Settings, servers: Connections, store: object, day: date, version: str) -> None:
-    scored = score_as_of(settings, servers, day, version, store=store).frame
-    count = len(scored)
-    route = (None, "champion", "champion", version)
-    lines = copy_lines(
-        new_request_id(), datetime.now(UTC), 1.0, "predict_batch", list(scored["user_id"]), [route] * count,
-        [float(p) for p in scored["p_churn"]], ["0" * 16] * count, [snapshot_time(day)] * count,
-    )  # fmt: skip
-    with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-        copy.write("".join(lines))
-
-
-def _realised_auc(url: str, settings: Settings, first: date, last: date, served_rows: int) -> float | None:
+def _realised_auc(settings: Settings, url: str, first: date, last: date, served_rows: int) -> float | None:
     start = datetime(first.year, first.month, first.day, tzinfo=UTC)
     joined = performance.joined_predictions(url, catalog_from_settings(settings), settings.label_horizon_days,
                                             start, start + timedelta(days=(last - first).days + 1))  # fmt: skip

@@ -140,8 +140,22 @@ def test_the_webhook_delivers_opened_and_resolved_alerts_after_retrying(
         cleared = alerts.apply_checks(conn, [_drift(False)], by="run 3")
     hook.send(repeated)  # an alert raised again is not news
     hook.send(cleared)
-    hook.wait()
+    assert hook.wait()
     assert [b["alert"]["state"] for b in handler.bodies] == ["open", "resolved"]
+
+
+def test_an_alert_the_webhook_missed_is_sent_with_the_next_delivery(
+    database_url: str, receiver: tuple[str, type[_Receiver]]
+) -> None:
+    url, handler = receiver
+    with db.connect(database_url) as conn:
+        missed = alerts.apply_checks(conn, [_drift(True)], by="run 1")  # its delivery never happened
+        other = alerts.apply_checks(conn, [Check("quality", "missing_values", "plan for churn v3", True, "x")], by="2")
+    hook = webhook.Webhook(url, database_url, attempts=1, timeout_s=2.0)
+    hook.send(other)
+    assert hook.wait()
+    assert sorted(b["alert"]["id"] for b in handler.bodies) == sorted([missed.opened[0].id, other.opened[0].id])
+    assert alerts.undelivered(database_url) == []
 
 
 def test_an_unreachable_webhook_never_fails_or_blocks_monitoring(database_url: str) -> None:
@@ -151,9 +165,10 @@ def test_an_unreachable_webhook_never_fails_or_blocks_monitoring(database_url: s
     started = time.monotonic()
     hook.send(opened)
     assert time.monotonic() - started < 0.5  # delivery runs on its own thread
-    hook.wait()
+    assert hook.wait()  # and ends after its attempts
     [alert] = alerts.list_alerts(database_url)
-    assert alert.notified_at is None  # not delivered, still listed
+    assert alert.notified_at is None  # not delivered, still listed, and sent with the next delivery:
+    assert [a.id for a in alerts.undelivered(database_url)] == [alert.id]
 
 
 def test_the_cli_lists_and_resolves_alerts(platform_database: str, monkeypatch: pytest.MonkeyPatch) -> None:

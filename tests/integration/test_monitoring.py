@@ -1,34 +1,61 @@
-"""Drift monitoring over a real served world: the service's prediction log, the snapshots, the version's reference
-in MLflow, the stored figures in PostgreSQL, the Evidently report and workspace."""
+"""Monitoring over a simulated quarter and its prediction log: whole drift and performance runs (the figures
+stored in PostgreSQL against scipy and scikit-learn, the Evidently reports and workspace, MLflow, the flow, the
+CLI, data quality and alerts), and the backtest of every window (drift flagged soon after the world drifts and
+never before; the performance estimated from the scores close to the realised one while the world's concept
+holds)."""
 
 from __future__ import annotations
 
-import time
+import statistics
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pandas as pd
 import psycopg
 import pytest
 from flows.monitor import monitor_flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from psycopg import sql
 from scipy import stats
 from sklearn.metrics import roc_auc_score
-from tests.integration.feature_worlds import connections, redis_db_url
-from tests.integration.served_world import ServedWorld, post, served_world
+from tests.integration.feature_worlds import connections, platform_settings, redis_db_url
+from tests.integration.monitoring_backtest import (
+    Backtest,
+    MonitoredWorld,
+    backtest,
+    extend_snapshots,
+    log_scores,
+    monitored_world,
+)
 
+from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.features import online
 from churn_platform.features.catalog import catalog_from_settings
-from churn_platform.features.population import snapshot_time
-from churn_platform.monitoring import drift_runs, estimation, performance_runs, reports, served
-from churn_platform.serving.as_of_scores import score_as_of
-from churn_platform.serving.prediction_log.rows import copy_lines, new_request_id
-from churn_platform.serving.prediction_log.writer import COPY_SQL
+from churn_platform.features.snapshots import labels_table_name
+from churn_platform.monitoring import alerts, drift_runs, estimation, performance_runs, reports, served
 from churn_platform.settings import Settings
 from churn_platform.training import registry
 
 MONITORING_DB = 9  # a Redis database of its own
+USERS, TRAINED_THROUGH, WINDOW, HORIZON = 1_500, 200, 7, 30
+DRIFT_AT = TRAINED_THROUGH + 60  # sixty monitored days without drift, then thirty drifted ones
+MONITORED = 90
+SERVED_NOW = TRAINED_THROUGH + MONITORED + 10  # a day served after materialization, its outcome not known yet
+DAYS = TRAINED_THROUGH + MONITORED + HORIZON  # the monitored days' outcomes are in the data, later days' are not
+TWICE = 20  # users of SERVED_NOW answered twice
+DETECTION_BOUND_DAYS = 14  # measured: 9 (the simulated users' behaviour moves to the new regime over weeks)
+ESTIMATE_MEDIAN_ERROR_BOUND, ESTIMATE_MAX_ERROR_BOUND = 0.015, 0.05  # measured: 0.007 and 0.031 over 24 windows
+
+
+class World:
+    """The monitored world, then SERVED_NOW's snapshot materialized and every user of it served once (TWICE of
+    them twice): the newest day of the log, fresh at the feature clock and without outcomes yet."""
+
+    def __init__(self, monitored: MonitoredWorld, backtest: Backtest, served_now: int) -> None:
+        self.monitored, self.backtest, self.served_now = monitored, backtest, served_now
+        self.settings, self.database_url = monitored.settings, monitored.database_url
 
 
 @pytest.fixture(scope="module")
@@ -37,31 +64,27 @@ def world(
     stack_settings: Settings,
     mlflow_server: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ServedWorld]:
-    """A served world whose service has answered every user once and a tenth of them twice."""
+) -> Iterator[World]:
     url = make_database()
-    redis_url = redis_db_url(stack_settings, MONITORING_DB)
-    with served_world(url, redis_url, mlflow_server, tmp_path_factory.mktemp("monitoring")) as world:
-        status, body = post(world.url, "/predict_batch", {"user_ids": world.users})
-        assert status == 200, body
-        for user in world.users[:20]:
-            assert post(world.url, "/predict", {"user_id": user})[0] == 200
-        _wait_for_log_rows(url, len(world.users) + 20)
-        yield world
+    environment = {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "CHURN_MODEL_NAME": f"churn_monitor_{uuid.uuid4().hex[:8]}",
+        "CHURN_DATA_DIR": str(tmp_path_factory.mktemp("monitoring")),
+        "CHURN_MONITOR_REPORT_ROWS": "2000",  # Evidently's reports on samples, for the tests' time
+    }
+    with platform_settings(url, redis_db_url(stack_settings, MONITORING_DB), **environment) as settings:
+        assert settings.label_horizon_days == HORIZON
+        config = WorldConfig(users=USERS, days=DAYS, seed=17, drift_at=DRIFT_AT)
+        monitored = monitored_world(settings, url, config, trained_through=TRAINED_THROUGH, monitored_days=MONITORED)
+        found = backtest(monitored, WINDOW)
+        extend_snapshots(settings, url, monitored.day(SERVED_NOW))
+        online.materialize(settings, connections(settings))  # the feature clock moves to SERVED_NOW
+        served_now = len(log_scores(monitored, monitored.day(SERVED_NOW)))
+        log_scores(monitored, monitored.day(SERVED_NOW), users=TWICE)
+        yield World(monitored, found, served_now)
 
 
-def _wait_for_log_rows(url: str, rows: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with psycopg.connect(url) as conn:
-            found = conn.execute("SELECT count(*) FROM serving.prediction_log").fetchone()
-        if found is not None and found[0] >= rows:
-            return
-        assert time.monotonic() < deadline, f"the prediction log holds {found} rows, not {rows}"
-        time.sleep(0.2)
-
-
-def test_a_drift_run_stores_figures_equal_to_scipy_on_the_served_rows(world: ServedWorld) -> None:
+def test_a_drift_run_stores_figures_equal_to_scipy_on_the_served_rows(world: World) -> None:
     settings = world.settings
     servers = connections(settings, mlflow=True)
     run = drift_runs.run_drift(settings, servers, window_days=7)
@@ -70,7 +93,7 @@ def test_a_drift_run_stores_figures_equal_to_scipy_on_the_served_rows(world: Ser
     reference = registry.logged_reference(servers.mlflow, champion.run_id)
     assert reference is not None and len(reference) == run.reference_rows
     current = served.served_features(world.database_url, catalog_from_settings(settings), run.window)
-    assert run.current_rows == len(current) == len(world.users)  # a user answered twice on a snapshot counts once
+    assert run.current_rows == len(current) == world.served_now  # a user answered twice on a snapshot counts once
 
     with psycopg.connect(world.database_url) as conn:
         stored = {
@@ -87,7 +110,7 @@ def test_a_drift_run_stores_figures_equal_to_scipy_on_the_served_rows(world: Ser
         ).fetchone()
     features = catalog_from_settings(settings).features
     assert set(stored) == {f.name for f in features}
-    assert share == (pytest.approx(run.result.share), len(world.users), run.mlflow_run_id)
+    assert share == (pytest.approx(run.result.share), world.served_now, run.mlflow_run_id)
     checked = 0
     for feature in features:
         if feature.dtype == "text":
@@ -106,12 +129,12 @@ def test_a_drift_run_stores_figures_equal_to_scipy_on_the_served_rows(world: Ser
 
     # The scores the champion served, against its scores on the reference
     scores = served.served_scores(world.database_url, run.window, run.model_version)
-    assert run.score is not None and run.score.served == len(world.users)
+    assert run.score is not None and run.score.served == world.served_now
     expected_score = stats.ks_2samp(reference[registry.REFERENCE_SCORE], scores)
     assert run.score.ks == pytest.approx(expected_score.statistic, abs=1e-12)
 
 
-def test_the_report_opens_as_html_and_lands_in_mlflow_and_the_workspace(world: ServedWorld) -> None:
+def test_the_report_opens_as_html_and_lands_in_mlflow_and_the_workspace(world: World) -> None:
     from evidently.ui.workspace import Workspace
     from mlflow import MlflowClient
 
@@ -132,7 +155,7 @@ def test_the_report_opens_as_html_and_lands_in_mlflow_and_the_workspace(world: S
     assert client.get_run(run.mlflow_run_id).data.metrics["drift_share"] == pytest.approx(run.result.share)
 
 
-def test_a_window_without_served_snapshots_is_refused_and_stores_nothing(world: ServedWorld) -> None:
+def test_a_window_without_served_snapshots_is_refused_and_stores_nothing(world: World) -> None:
     settings = world.settings
     servers = connections(settings, mlflow=True)
     newest = served.newest_served_snapshot(world.database_url)
@@ -145,41 +168,46 @@ def test_a_window_without_served_snapshots_is_refused_and_stores_nothing(world: 
         assert conn.execute("SELECT count(*) FROM monitoring.drift_runs").fetchone() == before
     # the window is (end - days, end]: the newest snapshot alone is in a one-day window ending at it
     run = drift_runs.run_drift(settings, servers, window_days=1, end=newest)
-    assert run.current_rows == len(world.users) and run.window == served.Window(newest - timedelta(days=1), newest)
+    assert run.current_rows == world.served_now and run.window == served.Window(newest - timedelta(days=1), newest)
 
 
-def test_data_quality_counts_stale_predictions_and_raises_one_alert_until_fresh(world: ServedWorld) -> None:
+def test_data_quality_counts_stale_predictions_and_raises_one_alert_until_fresh(world: World) -> None:
     settings = world.settings
     servers = connections(settings, mlflow=True)
     newest = served.newest_served_snapshot(world.database_url)
     assert newest is not None
-    day = newest.date() - timedelta(days=10)  # older than the 7-day window the other tests watch
-    scored = score_as_of(settings, servers, day, None).frame
-    # served now, from a snapshot ten days behind the service's feature clock: every row is stale
-    _log_as_served(world.database_url, scored, day, str(scored["model_version"].iloc[0]))
-    end = datetime.combine(day, datetime.max.time(), tzinfo=UTC)
+    day = newest.date() - timedelta(days=8)  # outside the 7-day window the other tests watch
+    # served now, from a snapshot eight days behind the service's feature clock: every row is stale
+    scored = log_scores(world.monitored, day)
 
-    run = drift_runs.run_drift(settings, servers, window_days=1, end=end)
+    run = drift_runs.run_drift(settings, servers, window_days=9)  # the newest window, reaching back to that day
     features = {f.name for f in catalog_from_settings(settings).features}
-    assert {q.feature for q in run.quality} == features and {q.day for q in run.quality} == {day}
-    assert all(q.stale_share == 1.0 and q.rows == len(scored) for q in run.quality)
+    assert {q.feature for q in run.quality} == features and {q.day for q in run.quality} == {day, newest.date()}
+    assert all(q.stale_share == 1.0 and q.rows == len(scored) for q in run.quality if q.day == day)
+    assert all(q.stale_share == 0.0 for q in run.quality if q.day == newest.date())  # served after materializing
     [stale] = [a for a in run.alerts.opened if a.kind == "stale_features"]
-    assert stale.source == "quality" and "materialization" in stale.message
+    assert stale.source == "quality" and "materialization" in stale.message and world.monitored.version in stale.subject
     with psycopg.connect(world.database_url) as conn:
         stored = conn.execute(
-            "SELECT count(*), min(stale_share) FROM monitoring.feature_quality WHERE run_id = %s", (run.run_id,)
+            "SELECT count(*), max(stale_share) FROM monitoring.feature_quality WHERE run_id = %s", (run.run_id,)
         ).fetchone()
-    assert stored == (len(features), 1.0)
+    assert stored == (2 * len(features), 1.0)
 
-    again = drift_runs.run_drift(settings, servers, window_days=1, end=end)  # still stale: the same alert
+    again = drift_runs.run_drift(settings, servers, window_days=9)  # still stale: the same alert, once
     assert [a.id for a in again.alerts.repeated if a.kind == "stale_features"] == [stale.id]
-    fresh = drift_runs.run_drift(settings, servers, window_days=7)  # the service's own, fresh predictions
+    assert not [a for a in again.alerts.opened if a.kind == "stale_features"]
+    # an earlier window (a backfill) stores its figures and leaves the alerts alone; its predictions were made
+    # before any materialization, so their staleness is unknown, not zero
+    last = world.monitored.last_monitored
+    past = drift_runs.run_drift(settings, servers, window_days=1, end=datetime.combine(last, datetime.max.time(), UTC))
+    assert past.alerts == alerts.Changes([], [], []) and all(q.stale_share is None for q in past.quality)
+    fresh = drift_runs.run_drift(settings, servers, window_days=7)  # the newest week: fresh predictions only
     assert all(q.stale_share == 0.0 for q in fresh.quality)
     assert [a.id for a in fresh.alerts.resolved if a.kind == "stale_features"] == [stale.id]
     assert "stale, worst day" in drift_runs.summary_markdown(fresh)
 
 
-def test_the_monitor_flow_stores_a_run_and_publishes_its_summary(prefect_server: None, world: ServedWorld) -> None:
+def test_the_monitor_flow_stores_a_run_and_publishes_its_summary(prefect_server: None, world: World) -> None:
     run_id = monitor_flow(window_days=7)
 
     with psycopg.connect(world.database_url) as conn:
@@ -196,46 +224,42 @@ def test_the_monitor_flow_stores_a_run_and_publishes_its_summary(prefect_server:
     assert any(f"stored as monitoring run {run_id}" in str(a.data) for a in artifacts)
 
 
-def _log_as_served(url: str, scored: pd.DataFrame, day: date, version: str) -> None:
-    """The rows the service would have logged had it answered these users on `day`'s snapshot."""
-    count = len(scored)
-    route = (None, "champion", "champion", version)
-    lines = copy_lines(
-        new_request_id(), datetime.now(UTC), 1.0, "predict_batch", list(scored["user_id"]), [route] * count,
-        [float(p) for p in scored["p_churn"]], ["0" * 16] * count, [snapshot_time(day)] * count,
-    )  # fmt: skip
-    with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-        copy.write("".join(lines))
-
-
-def test_realised_performance_joins_known_outcomes_only_and_equals_sklearn(world: ServedWorld) -> None:
+def test_realised_performance_joins_known_outcomes_only_and_equals_sklearn(world: World) -> None:
     settings = world.settings
     servers = connections(settings, mlflow=True)
     day = performance_runs.newest_label_day(world.database_url, settings)
-    assert day is not None
-    scored = score_as_of(settings, servers, day, None).frame  # the champion, as the service would have scored then
-    labelled = scored[scored["churned"].notna()]
-    version = str(scored["model_version"].iloc[0])
-    _log_as_served(world.database_url, labelled, day, version)
+    assert day == world.monitored.last_monitored  # SERVED_NOW's outcome is not in the data yet
+    labels = labels_table_name(catalog_from_settings(settings))
+    with psycopg.connect(world.database_url) as conn:  # the day's predictions and outcomes, joined by hand
+        joined = conn.execute(
+            sql.SQL(
+                "SELECT l.churned::int, p.churn_probability FROM serving.prediction_log p JOIN {} l"
+                " ON l.user_id = p.user_id AND l.event_timestamp = p.snapshot_at AND l.horizon_days = %s"
+                " WHERE p.snapshot_at = %s ORDER BY p.user_id"
+            ).format(labels),
+            (HORIZON, datetime(day.year, day.month, day.day, tzinfo=UTC)),
+        ).fetchall()
+    version = world.monitored.version
     newest_served = served.newest_served_snapshot(world.database_url)
     assert newest_served is not None and newest_served.date() > day  # the fixture's predictions: no outcome yet
 
     run = performance_runs.run_performance(settings, servers, days=(newest_served.date() - day).days + 1,
                                            last_day=newest_served.date())  # fmt: skip
 
-    y = labelled["churned"].astype(int).to_numpy()
-    p = labelled["p_churn"].to_numpy(dtype=float)
+    y = np.array([row[0] for row in joined])
+    p = np.array([row[1] for row in joined], dtype=float)
     assert set(run.by_day) == {(version, day)}  # the unlabelled newest snapshot is never joined
     figures = run.by_day[(version, day)]
-    assert figures.rows == len(labelled) and figures.positives == int(y.sum())
+    assert figures.rows == len(joined) and figures.positives == int(y.sum())
     assert figures.roc_auc == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert figures.brier == pytest.approx(np.mean((p - y) ** 2), abs=1e-12)
     with psycopg.connect(world.database_url) as conn:
         stored = conn.execute(
-            "SELECT day, rows, roc_auc FROM monitoring.performance WHERE model_name = %s AND model_version = %s",
-            (settings.model_name, version),
+            "SELECT day, rows, roc_auc FROM monitoring.performance"
+            " WHERE model_name = %s AND model_version = %s AND day = %s",
+            (settings.model_name, version, day),
         ).fetchall()
-    assert stored == [(day, len(labelled), pytest.approx(roc_auc_score(y, p), abs=1e-12))]
+    assert stored == [(day, len(joined), pytest.approx(roc_auc_score(y, p), abs=1e-12))]
     assert run.report is not None and "<html" in run.report.read_text(encoding="utf-8")[:5000].lower()
 
     # estimated from the scores alone, for every served day, and set beside the realised figures once known
@@ -254,7 +278,7 @@ def test_realised_performance_joins_known_outcomes_only_and_equals_sklearn(world
     assert again == (1,)
 
 
-def test_the_cli_prints_the_drift_table_and_the_report(world: ServedWorld) -> None:
+def test_the_cli_prints_the_drift_table_and_the_report(world: World) -> None:
     from typer.testing import CliRunner
 
     from churn_platform import cli
@@ -265,3 +289,24 @@ def test_the_cli_prints_the_drift_table_and_the_report(world: ServedWorld) -> No
     assert "report: " in result.output and "stored as monitoring run" in result.output
     refused = CliRunner().invoke(cli.app, ["monitor", "drift", "--end", "2020-01-01"], terminal_width=200)
     assert refused.exit_code == 1 and "no prediction was served on a snapshot in" in refused.output
+
+
+def test_drift_is_flagged_within_the_bound_never_before_and_estimates_track_a_stable_world(world: World) -> None:
+    found = world.backtest
+    for w in found.windows:  # shown with -s, and on failure
+        flag = " DRIFT" if w.drifted else ""
+        print(f"window to {w.end}: drift share {w.drift_share:.2f}{flag}, estimated AUC {w.estimated_auc},"
+              f" realised {w.realised_auc}, drifted: {', '.join(w.drifted_features)}")  # fmt: skip
+
+    # Sixty days without drift: no window flagged (nominal: alpha = 0.01 of them, so none of 54)
+    alarms, clean = found.false_alarms()
+    assert clean == 60 - WINDOW + 1
+    assert alarms <= world.settings.monitor_drift_alpha * clean, f"{alarms} of {clean} windows flagged"
+    # then the drift is flagged within the bound
+    delay = found.detection_delay()
+    assert delay is not None and delay <= DETECTION_BOUND_DAYS, f"drift flagged {delay} days after it started"
+    # While outcomes come from the world the model was calibrated on, the estimate is the realised AUC's centre
+    stable = found.estimate_errors(found.before_drift(HORIZON))
+    assert len(stable) >= 20
+    assert statistics.median(stable) <= ESTIMATE_MEDIAN_ERROR_BOUND, f"median error {statistics.median(stable):.3f}"
+    assert max(stable) <= ESTIMATE_MAX_ERROR_BOUND, f"largest error {max(stable):.3f}"

@@ -28,6 +28,9 @@ def test_quality_per_feature_and_day_on_a_fixed_example() -> None:
     assert plan.missing_share == 0.25 and plan.reference_missing == 0.25 and plan.new_categories == ["team"]
     assert plan.out_of_range is None
     second = by_key[("plan", date(2026, 3, 2))]
-    assert second.new_categories == ["enterprise"] and second.stale_share == 0.0 and second.rows == 1
+    assert second.new_categories == ["enterprise"] and second.stale_share is None and second.rows == 1  # unjudged
     assert by_key[("logins", date(2026, 3, 2))].out_of_range == 0.0  # the reference's maximum is inside
-    assert quality.window_missing(found)["logins"] == pytest.approx((0.2, 0.25))
+    [logins_window, plan_window] = quality.window_summary(found)
+    assert (logins_window.missing_share, logins_window.reference_missing) == pytest.approx((0.2, 0.25))
+    assert logins_window.worst_out_of_range == 0.5 and logins_window.worst_stale == 0.25
+    assert plan_window.new_categories == ["enterprise", "team"] and plan_window.worst_out_of_range is None

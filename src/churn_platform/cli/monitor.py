@@ -46,7 +46,7 @@ def drift(
     ] = None,
     version: Annotated[str | None, typer.Option(help="A version number or an alias; default: the champion.")] = None,
 ) -> None:
-    """Compare the features served in the window with the model's training data: tests, PSI, an Evidently report."""
+    """Compare the features served in the window with the version's reference: tests, PSI, quality, a report."""
     from churn_platform.monitoring import drift_runs
 
     ends = None
@@ -91,21 +91,18 @@ def drift(
 
 
 def _print_quality(qualities: list[FeatureQuality]) -> None:
-    """Per feature over the window: missing (beside training), the worst day's stale and out-of-range shares."""
+    """Per feature over the window: missing (beside the reference), the worst day's stale and out-of-range shares."""
     from churn_platform.monitoring import quality
 
-    missing = quality.window_missing(qualities)
     table = Table(title="data quality of the served features (worst day of the window)")
-    for name in ("feature", "missing", "in training", "stale", "outside training range", "new categories"):
+    for name in ("feature", "missing", "in reference", "stale", "outside reference range", "new categories"):
         table.add_column(name, justify="left" if name in ("feature", "new categories") else "right")
-    for feature in sorted(missing):
-        days = [q for q in qualities if q.feature == feature]
-        outside = [q.out_of_range for q in days if q.out_of_range is not None]
-        new = sorted({c for q in days for c in (q.new_categories or [])})
-        share, reference = missing[feature]
+    for q in quality.window_summary(qualities):
+        new = ", ".join(q.new_categories[:5]) + (" ..." if len(q.new_categories) > 5 else "")
         table.add_row(
-            feature, f"{share:.1%}", f"{reference:.1%}", f"{max(q.stale_share for q in days):.1%}",
-            "-" if not outside else f"{max(outside):.1%}", ", ".join(new[:5]) + (" ..." if len(new) > 5 else ""),
+            q.feature, f"{q.missing_share:.1%}", f"{q.reference_missing:.1%}",
+            "-" if q.worst_stale is None else f"{q.worst_stale:.1%}",
+            "-" if q.worst_out_of_range is None else f"{q.worst_out_of_range:.1%}", new,
         )  # fmt: skip
     console.print(table)
 

@@ -48,7 +48,10 @@ LIST_SQL = f"""
 SELECT {_COLUMNS} FROM monitoring.alerts WHERE %(all)s OR resolved_at IS NULL
 ORDER BY resolved_at IS NULL DESC, last_seen DESC, id DESC LIMIT %(limit)s
 """
-NOTIFIED_SQL = "UPDATE monitoring.alerts SET notified_at = %(at)s WHERE id = ANY(%(ids)s)"
+NOTIFIED_SQL = "UPDATE monitoring.alerts SET notified_at = %(at)s WHERE id = %(id)s"
+UNDELIVERED_SQL = f"""
+SELECT {_COLUMNS} FROM monitoring.alerts WHERE resolved_at IS NULL AND notified_at IS NULL ORDER BY id LIMIT %(limit)s
+"""
 
 
 class AlertError(ValueError):
@@ -94,10 +97,6 @@ class Changes:
     opened: list[Alert]
     repeated: list[Alert]
     resolved: list[Alert]
-
-    @property
-    def open_now(self) -> list[Alert]:
-        return self.opened + self.repeated
 
 
 def raise_alert(
@@ -170,7 +169,20 @@ def resolve(url: str, alert_id: int, by: str) -> Alert:
     return Alert(*row)
 
 
-def mark_notified(url: str, ids: list[int]) -> None:
-    if ids:
-        with db.connect(url) as conn:
-            conn.execute(NOTIFIED_SQL, {"at": datetime.now(UTC), "ids": ids})
+def mark_notified(url: str, alert_id: int) -> None:
+    with db.connect(url) as conn:
+        conn.execute(NOTIFIED_SQL, {"at": datetime.now(UTC), "id": alert_id})
+
+
+def undelivered(url: str, limit: int = 50) -> list[Alert]:
+    """Open alerts no webhook has taken yet (an earlier delivery failed, or the webhook was set since)."""
+    with db.connect(url) as conn:
+        return [Alert(*row) for row in conn.execute(UNDELIVERED_SQL, {"limit": limit})]
+
+
+def changes_markdown(changes: Changes) -> list[str]:
+    """What a run did to the alerts, as Markdown list items."""
+    lines = [f"- **{a.severity}** alert {a.id} opened: {a.message}" for a in changes.opened]
+    lines += [f"- alert {a.id} still open ({a.occurrences} runs): {a.message}" for a in changes.repeated]
+    lines += [f"- alert {a.id} resolved: {a.kind} of {a.subject}" for a in changes.resolved]
+    return lines or ["No alert raised or resolved."]

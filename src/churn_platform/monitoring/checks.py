@@ -9,7 +9,7 @@ from __future__ import annotations
 from churn_platform.monitoring import drift
 from churn_platform.monitoring.alerts import Check
 from churn_platform.monitoring.performance import Figures
-from churn_platform.monitoring.quality import FeatureQuality, window_missing
+from churn_platform.monitoring.quality import FeatureQuality, window_summary
 from churn_platform.monitoring.served import Window
 from churn_platform.settings import Settings
 
@@ -29,23 +29,25 @@ def drift_checks(subject: str, result: drift.DatasetDrift, thresholds: drift.Thr
     return [Check("drift", "dataset_drift", subject, result.drifted, message, "warning")]
 
 
-def quality_checks(settings: Settings, view: str, quality: list[FeatureQuality]) -> list[Check]:
-    """Missing values above the reference's share by the margin, per feature; stale snapshots, per feature view."""
+def quality_checks(settings: Settings, subject: str, view: str, quality: list[FeatureQuality]) -> list[Check]:
+    """Missing values above the reference's share by the margin, per feature; stale features, per feature view.
+    Subjects name the version too: each version's runs compare with its own reference."""
     checks = []
-    for feature, (missing, reference) in sorted(window_missing(quality).items()):
+    for q in window_summary(quality):
         checks.append(Check(
-            "quality", "missing_values", feature, missing - reference > settings.monitor_missing_share,
-            f"{feature} is missing in {missing:.1%} of the served rows against {reference:.1%} in the training data"
-            f" (alert above {settings.monitor_missing_share:.0%} more)",
+            "quality", "missing_values", f"{q.feature} for {subject}",
+            q.missing_share - q.reference_missing > settings.monitor_missing_share,
+            f"{q.feature} is missing in {q.missing_share:.1%} of the served rows against {q.reference_missing:.1%} in"
+            f" the reference (alert above {settings.monitor_missing_share:.0%} more)",
         ))  # fmt: skip
-    stale = {q.day: q.stale_share for q in quality}
-    if stale:
-        worst = max(stale, key=lambda day: stale[day])
+    judged = {q.day: q.stale_share for q in quality if q.stale_share is not None}
+    if judged:  # no judged prediction: unknown, which neither raises nor resolves
+        worst = max(judged, key=lambda day: judged[day])
         checks.append(Check(
-            "quality", "stale_features", view, stale[worst] > settings.monitor_stale_share,
-            f"{stale[worst]:.1%} of the predictions on snapshots of {worst} used features older than"
-            f" {settings.serve_feature_max_age_hours:g} h at the feature clock (alert above"
-            f" {settings.monitor_stale_share:.0%}): is materialization running?",
+            "quality", "stale_features", f"{view} for {subject}", judged[worst] > settings.monitor_stale_share,
+            f"{judged[worst]:.1%} of the predictions on snapshots of {worst} were served with features older than"
+            f" {settings.serve_feature_max_age_hours:g} h (alert above {settings.monitor_stale_share:.0%}): is"
+            " materialization running after each snapshot?",
         ))  # fmt: skip
     return checks
 

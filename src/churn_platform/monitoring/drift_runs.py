@@ -1,13 +1,14 @@
-"""A drift run: the features served in a window against the champion's training data, stored, reported, tracked.
+"""A drift run: the features served in a window against the champion's reference, stored, reported, tracked.
 
-Reference: the sample of the rows the model version was fitted on, logged with the version at training time
-(`training.registry.REFERENCE_ARTIFACT`, with the version's P(churn) on each row). Current: every (user, snapshot)
-the service scored in the window (`monitoring.served`). The run computes each feature's test, p-value and PSI
-(`monitoring.drift`) and the score drift of the version's served probabilities against its reference scores, writes
-an Evidently HTML report (and a snapshot in the Evidently workspace), logs a monitoring run in MLflow (metrics and
-the report as an artifact), and stores the numbers in `monitoring.drift_runs` and `monitoring.feature_drift` in one
-transaction, last, so a failed run leaves no partial rows.
-"""
+Reference: a sample of the version's test window, logged with the version at training time
+(`training.registry.REFERENCE_ARTIFACT`, with the evaluated model's out-of-sample P(churn) on each row). Current:
+every (user, snapshot) the service scored in the window (`monitoring.served`). The run computes each feature's test,
+p-value and PSI (`monitoring.drift`), the score drift of the version's served probabilities against its reference
+scores, and the served features' quality (`monitoring.quality`); writes an Evidently HTML report (and a snapshot in
+the Evidently workspace); logs a monitoring run in MLflow (metrics and the report as an artifact); and stores the
+numbers in `monitoring.drift_runs`, `monitoring.feature_drift` and `monitoring.feature_quality` with the alerts the
+run raises or resolves (`monitoring.checks`; only a run over the newest window alerts) in one transaction, last,
+so a failed run leaves no partial rows."""
 
 from __future__ import annotations
 
@@ -161,21 +162,22 @@ def run_drift(
     stale = quality.stale_by_day(url, catalog.feature_view_name, window, max_age)
     qualities = quality.feature_quality(reference, current, numeric, categorical, stale)
     subject = checks.version_subject(registered.name, registered.version)
-    conditions = [
-        *checks.drift_checks(subject, result, thresholds, window),
-        *checks.quality_checks(settings, catalog.feature_view_name, qualities),
-    ]
+    # Alerts say how things are now: a run over an earlier window (`end` given) stores its figures, never alerts.
+    conditions = (
+        [
+            *checks.drift_checks(subject, result, thresholds, window),
+            *checks.quality_checks(settings, subject, catalog.feature_view_name, qualities),
+        ]
+        if end is None
+        else []
+    )
 
     step("writing the Evidently report")
     ran_at = datetime.now(UTC)
-    shown = (
-        current.sample(n=settings.monitor_report_rows, random_state=0)
-        if len(current) > settings.monitor_report_rows
-        else current
-    )
+    rows = settings.monitor_report_rows  # the report is drawn on samples; the stored figures used every row
     snapshot = reports.drift_report(
-        reference,
-        shown,
+        reference.sample(n=rows, random_state=0) if len(reference) > rows else reference,
+        current.sample(n=rows, random_state=0) if len(current) > rows else current,
         numeric=numeric,
         categorical=categorical,
         psi_threshold=settings.monitor_psi_threshold,
@@ -215,7 +217,7 @@ def summary_markdown(run: DriftRun, tracking_uri: str | None = None) -> str:
     for f in sorted(run.result.features, key=lambda f: (not f.drifted, -(f.psi or 0.0))):
         cells = ["-" if v is None else f"{v:.3g}" for v in (f.statistic, f.p_value, f.psi)]
         lines.append(f"| {f.feature} | {f.test} | {' | '.join(cells)} | {'yes' if f.drifted else 'no'} |")
-    lines += ["", *quality_markdown(run.quality), "", *alerts_markdown(run.alerts)]
+    lines += ["", *quality_markdown(run.quality), "", *alerts.changes_markdown(run.alerts)]
     lines += ["", f"Evidently report: `{run.report}` (stored as monitoring run {run.run_id})."]
     if tracking_uri and run.mlflow_run_id:
         lines.append(f"MLflow run: {tracking_uri.rstrip('/')}/#/experiments/runs/{run.mlflow_run_id}")
@@ -223,31 +225,22 @@ def summary_markdown(run: DriftRun, tracking_uri: str | None = None) -> str:
 
 
 def quality_markdown(qualities: list[quality.FeatureQuality]) -> list[str]:
-    """Data quality over the window, per feature: the worst day's figures."""
+    """Data quality over the window, per feature: missing (reference), the worst day's shares, new categories."""
     if not qualities:
         return []
     lines = [
-        "| feature | missing (training) | stale, worst day | outside the training range, worst day | new categories |",
+        "| feature | missing (reference) | stale, worst day | outside the reference's range, worst day"
+        " | new categories |",
         "|---|---|---|---|---|",
     ]
-    missing = quality.window_missing(qualities)
-    for feature in sorted(missing):
-        days = [q for q in qualities if q.feature == feature]
-        outside = [q.out_of_range for q in days if q.out_of_range is not None]
-        new = sorted({c for q in days for c in (q.new_categories or [])})
-        share, reference = missing[feature]
+    for q in quality.window_summary(qualities):
+        stale = "-" if q.worst_stale is None else f"{q.worst_stale:.1%}"
+        outside = "-" if q.worst_out_of_range is None else f"{q.worst_out_of_range:.1%}"
         lines.append(
-            f"| {feature} | {share:.1%} ({reference:.1%}) | {max(q.stale_share for q in days):.1%}"
-            f" | {'-' if not outside else f'{max(outside):.1%}'} | {', '.join(new[:5]) or '-'} |"
+            f"| {q.feature} | {q.missing_share:.1%} ({q.reference_missing:.1%}) | {stale} | {outside}"
+            f" | {', '.join(q.new_categories[:5]) or '-'} |"
         )
     return lines
-
-
-def alerts_markdown(changes: alerts.Changes) -> list[str]:
-    lines = [f"- **{a.severity}** alert {a.id} opened: {a.message}" for a in changes.opened]
-    lines += [f"- alert {a.id} still open ({a.occurrences} runs): {a.message}" for a in changes.repeated]
-    lines += [f"- alert {a.id} resolved: {a.kind} of {a.subject}" for a in changes.resolved]
-    return lines or ["No alert raised or resolved."]
 
 
 def _log_mlflow(

@@ -16,7 +16,7 @@ from churn_platform.connections import Connections
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.snapshots import labels_table_name
 from churn_platform.monitoring import alerts, checks, estimation, performance, reports, served
-from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, alerts_markdown, resolve_version
+from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, resolve_version
 from churn_platform.settings import Settings
 
 NEWEST_LABEL_SQL = "SELECT max(event_timestamp) FROM {labels} WHERE horizon_days = %(horizon)s"
@@ -114,13 +114,13 @@ def run_performance(
     step("storing the figures and the alerts")
     performance.store(url, settings.model_name, horizon, by_day, evaluated_at)
     estimation.store(url, settings.model_name, horizon, estimates, evaluated_at)
-    conditions = []
-    if overall is not None:
+    conditions: list[alerts.Check] = []  # alerts say how things are now: not from a run over earlier days
+    if overall is not None and last_day is None:
         conditions += checks.auc_checks(
             settings, subject, test_auc, overall.roc_auc, overall.rows, source="performance", what="realised"
         )
         conditions += checks.calibration_checks(settings, subject, overall)
-    if recent_estimate is not None:
+    if recent_estimate is not None and last_day is None:
         conditions += checks.auc_checks(
             settings, subject, test_auc, recent_estimate.roc_auc, recent_estimate.rows, source="estimate",
             what=f"estimated (from the scores of the newest {settings.monitor_window_days} served days)",
@@ -191,7 +191,7 @@ def summary_markdown(run: PerformanceRun) -> str:
     if errors:
         lines += ["", f"Estimated against realised ROC AUC on {len(errors)} past version-days: median absolute error"
                   f" {float(np.median(errors)):.3f}, largest {max(errors):.3f}."]  # fmt: skip
-    lines += ["", *alerts_markdown(run.alerts)]
+    lines += ["", *alerts.changes_markdown(run.alerts)]
     return "\n".join(lines)
 
 

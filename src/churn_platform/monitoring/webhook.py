@@ -55,31 +55,40 @@ class Webhook:
     _threads: list[threading.Thread] = field(default_factory=list, repr=False)
 
     def send(self, changes: alerts.Changes) -> None:
-        """Deliver the alerts a run opened and resolved (an alert raised again is not news)."""
+        """Deliver the alerts a run opened and resolved (an alert raised again is not news), and any open alert an
+        earlier delivery did not get through."""
+        self._threads = [t for t in self._threads if t.is_alive()]
         news = changes.opened + changes.resolved
-        if not news:
-            return
         thread = threading.Thread(target=self._deliver, args=(news,), name="churn-alert-webhook", daemon=True)
         thread.start()
         self._threads.append(thread)
 
-    def wait(self, timeout_s: float | None = None) -> None:
-        """Wait for deliveries under way, at most about every attempt's timeout and pause."""
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for deliveries under way, at most about every attempt's timeout and pause; False (and a warning)
+        when one is still going: its alerts stay undelivered, to be sent with the next run's."""
         limit = timeout_s if timeout_s is not None else self.attempts * (self.timeout_s + self.backoff_s * 4)
         deadline = time.monotonic() + limit
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = [t for t in self._threads if t.is_alive()]
+        if self._threads:
+            log.warning("alert webhook: delivery still under way after %.0f s; the next run sends what is left", limit)
+        return not self._threads
 
     def _deliver(self, news: list[alerts.Alert]) -> None:
-        delivered = []  # an opening's delivery is recorded; a resolution's is only posted
-        for alert in news:
-            if self.post(payload(alert)) and alert.is_open:
-                delivered.append(alert.id)
         try:
-            alerts.mark_notified(self.database_url, delivered)
+            pending = alerts.undelivered(self.database_url)
         except psycopg.Error as exc:
-            log.warning("could not record the delivery of alerts %s: %s", delivered, exc)
+            log.warning("could not read the undelivered alerts: %s", exc)
+            pending = []
+        known = {alert.id for alert in news}
+        for alert in [*news, *(a for a in pending if a.id not in known)]:
+            if not self.post(payload(alert)) or not alert.is_open:
+                continue  # an opening's delivery is recorded; a resolution's is only posted
+            try:
+                alerts.mark_notified(self.database_url, alert.id)
+            except psycopg.Error as exc:
+                log.warning("could not record the delivery of alert %d: %s", alert.id, exc)
 
     def post(self, body: dict[str, Any]) -> bool:
         """POST one body, retried on a network error or a 5xx/429 answer; False once the attempts are spent."""
@@ -111,5 +120,6 @@ def from_settings(settings: Settings, database_url: str) -> Webhook | None:
     if not settings.alert_webhook_url:
         return None
     return Webhook(
-        settings.alert_webhook_url, database_url, settings.alert_webhook_attempts, settings.alert_webhook_timeout_s
-    )
+        settings.alert_webhook_url.get_secret_value(), database_url, settings.alert_webhook_attempts,
+        settings.alert_webhook_timeout_s,
+    )  # fmt: skip

@@ -27,7 +27,7 @@ from churn_platform.model.scoring import Scorer, compile_scorer
 
 log = logging.getLogger(__name__)
 
-AlertSink = Callable[[str, str, str], None]  # (kind, subject, message)
+AlertSink = Callable[[str, str, str], object]  # (kind, subject, message); what it returns is ignored
 
 
 class ModelLoadError(RuntimeError):

@@ -299,14 +299,16 @@ class ChurnPredictor:
                 raise
         return set(user_ids) - known
 
-    def _alert(self, kind: str, subject: str, message: str) -> None:
+    def _alert(self, kind: str, subject: str, message: str) -> bool:
+        """Record (and deliver) one of the service's alerts; False when the database could not take it."""
         try:
             alert, opened = alerts.record_alert(self.database_url, kind, subject, message)
         except psycopg.Error as exc:
             log.error("could not record the alert %s (%s: %s): %s", kind, subject, message, exc)
-            return
+            return False
         if opened and self._webhook is not None:
             self._webhook.send(alerts.Changes([alert], [], []))
+        return True
 
     def _recovered(self, kind: str, subject: str) -> None:
         try:
@@ -320,10 +322,9 @@ class ChurnPredictor:
     def _alert_log_drops(self) -> None:
         """Rows the prediction log dropped since the last poll (its buffer was full: the database fell behind)."""
         dropped = int(self.log.buffer.counts()["dropped"])
-        if dropped > self._drops_alerted:
-            self._alert(
+        if dropped > self._drops_alerted and self._alert(
                 "prediction_log_drops", "serving.prediction_log",
                 f"the prediction log dropped {dropped - self._drops_alerted:,} rows since the last check"
                 f" ({dropped:,} since the service started): the database did not keep up or was away",
-            )  # fmt: skip
-            self._drops_alerted = dropped
+            ):  # fmt: skip
+            self._drops_alerted = dropped  # not before: rows drop when the database is away, and so would the alert
