@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS monitoring.estimated_performance (
     day            date             NOT NULL,
     horizon_days   integer          NOT NULL,
     rows           integer          NOT NULL CHECK (rows > 0),
-    roc_auc        double precision,  -- NULL when every score is 0 or 1
+    roc_auc        double precision,  -- NULL when no pair can be told apart (all scores 0, or all 1)
     brier          double precision NOT NULL,
     positive_rate  double precision NOT NULL,
     estimated_at   timestamptz      NOT NULL,

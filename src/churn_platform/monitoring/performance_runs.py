@@ -19,6 +19,7 @@ from churn_platform.monitoring import alerts, checks, estimation, performance, r
 from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, resolve_version
 from churn_platform.settings import Settings
 
+COMPARED_DAYS = timedelta(days=365)  # how far before the evaluated days past estimates are set beside outcomes
 NEWEST_LABEL_SQL = "SELECT max(event_timestamp) FROM {labels} WHERE horizon_days = %(horizon)s"
 
 
@@ -69,7 +70,7 @@ def run_performance(
     step("reading the model version")
     registered = resolve_version(settings, connections, version)
     subject = checks.version_subject(registered.name, registered.version)
-    test_auc = registered.metrics.get(checks.TEST_AUC_METRIC)
+    test_auc = registered.metrics.get(checks.TEST_AUC_METRIC)  # None for a version logged without one: no AUC alert
 
     step("estimating the figures from the served scores")
     newest = served.newest_served_snapshot(url)
@@ -114,25 +115,35 @@ def run_performance(
     step("storing the figures and the alerts")
     performance.store(url, settings.model_name, horizon, by_day, evaluated_at)
     estimation.store(url, settings.model_name, horizon, estimates, evaluated_at)
-    conditions: list[alerts.Check] = []  # alerts say how things are now: not from a run over earlier days
-    if overall is not None and last_day is None:
-        conditions += checks.auc_checks(
-            settings, subject, test_auc, overall.roc_auc, overall.rows, source="performance", what="realised"
-        )
-        conditions += checks.calibration_checks(settings, subject, overall)
-    if recent_estimate is not None and last_day is None:
-        conditions += checks.auc_checks(
-            settings, subject, test_auc, recent_estimate.roc_auc, recent_estimate.rows, source="estimate",
-            what=f"estimated (from the scores of the newest {settings.monitor_window_days} served days)",
-        )  # fmt: skip
+    # alerts say how things are now: a run over earlier days (`last_day` given) stores its figures, never alerts
+    conditions = [] if last_day is not None else _conditions(settings, subject, test_auc, overall, recent_estimate)
     with db.connect(url) as conn, conn.transaction():
         changes = alerts.apply_checks(conn, conditions, by="performance run: the condition cleared")
-    comparisons = estimation.compared(url, settings.model_name, horizon, first - timedelta(days=365), last)
+    comparisons = estimation.compared(url, settings.model_name, horizon, first - COMPARED_DAYS, last)
     return PerformanceRun(
         registered.name, registered.version, first, last, (estimated_last - span, estimated_last), horizon, by_day,
         overall, estimates, recent_estimate,
         comparisons, changes, report, mlflow_run_id,
     )  # fmt: skip
+
+
+def _conditions(
+    settings: Settings, subject: str, test_auc: float | None, overall: performance.Figures | None,
+    recent: estimation.Estimate | None,
+) -> list[alerts.Check]:  # fmt: skip
+    """The realised AUC and calibration, where outcomes are known, and the newest window's estimated AUC."""
+    conditions: list[alerts.Check] = []
+    if overall is not None:
+        conditions += checks.auc_checks(
+            settings, subject, test_auc, overall.roc_auc, overall.rows, source="performance", what="realised"
+        )
+        conditions += checks.calibration_checks(settings, subject, overall)
+    if recent is not None:
+        conditions += checks.auc_checks(
+            settings, subject, test_auc, recent.roc_auc, recent.rows, source="estimate",
+            what=f"estimated (from the scores of the newest {settings.monitor_window_days} served days)",
+        )  # fmt: skip
+    return conditions
 
 
 def _report(
