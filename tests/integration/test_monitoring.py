@@ -278,10 +278,14 @@ def test_realised_performance_joins_known_outcomes_only_and_equals_sklearn(world
     assert again == (1,)
 
 
-def test_the_cli_prints_the_drift_table_and_the_report(world: World) -> None:
+def test_the_cli_prints_the_drift_and_performance_tables_and_the_reports(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from churn_platform import cli
+
+    monkeypatch.setenv("COLUMNS", "250")  # sentences on one line each
 
     result = CliRunner().invoke(cli.app, ["monitor", "drift", "--window", "7"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -289,6 +293,11 @@ def test_the_cli_prints_the_drift_table_and_the_report(world: World) -> None:
     assert "report: " in result.output and "stored as monitoring run" in result.output
     refused = CliRunner().invoke(cli.app, ["monitor", "drift", "--end", "2020-01-01"], terminal_width=200)
     assert refused.exit_code == 1 and "no prediction was served on a snapshot in" in refused.output
+
+    evaluated = CliRunner().invoke(cli.app, ["monitor", "performance", "--days", "3"], terminal_width=200)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "estimated from its newest scores: ROC AUC" in evaluated.output  # SERVED_NOW: scored, no outcome yet
+    assert "realised on" in evaluated.output and "report: " in evaluated.output  # the newest labelled days
 
 
 def test_drift_is_flagged_within_the_bound_never_before_and_estimates_track_a_stable_world(world: World) -> None:

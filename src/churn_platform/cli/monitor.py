@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Annotated
 
@@ -166,25 +165,8 @@ def performance(
                  _of(f, "calibration_error")]  # fmt: skip
         table.add_row(key[0], key[1].isoformat(), f"{rows:,}", *(_figure(c) for c in cells))
     console.print(table)
-    if run.overall is not None:
-        f = run.overall
-        console.print(
-            f"v{run.model_version} realised over the range: ROC AUC {_figure(f.roc_auc)}, Brier {f.brier:.3f},"
-            f" calibration error {f.calibration_error:.3f} on {f.rows:,} predictions"
-        )
+    for sentence in performance_runs.summary_sentences(run):
+        console.print(sentence)
+    if run.report is not None:
         console.print(f"report: {run.report}; MLflow run {run.mlflow_run_id}")
-    else:
-        console.print(f"v{run.model_version}: no prediction in the range has a known outcome yet")
-    if run.recent_estimate is not None:
-        e = run.recent_estimate
-        console.print(
-            f"v{run.model_version} estimated from its newest {settings.monitor_window_days} days of scores: ROC AUC"
-            f" {_figure(e.roc_auc)}, Brier {e.brier:.3f}, churn rate {e.positive_rate:.3f} on {e.rows:,} predictions"
-        )
-    errors = [abs(c.auc_error) for c in run.comparisons if c.auc_error is not None]
-    if errors:
-        console.print(
-            f"past estimates against the realised ROC AUC, {len(errors)} version-days: median absolute error"
-            f" {statistics.median(errors):.3f}, largest {max(errors):.3f}"
-        )
     _print_alerts(settings, connections.database_url, run.alerts)

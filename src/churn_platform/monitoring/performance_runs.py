@@ -170,21 +170,9 @@ def summary_markdown(run: PerformanceRun) -> str:
         f" estimated on {first}..{last}",
         "",
     ]
-    if run.overall is not None:
-        f = run.overall
-        lines.append(
-            f"{run.model_name} v{run.model_version}, realised: ROC AUC {_cell(f.roc_auc)}, Brier {f.brier:.3f},"
-            f" calibration error {f.calibration_error:.3f}, churn rate {f.positive_rate:.3f} against a mean score"
-            f" {f.mean_score:.3f} over {f.rows:,} predictions. Evidently report: `{run.report}`."
-        )
-    else:
-        lines.append(f"{run.model_name} v{run.model_version}: no outcome known yet in the range.")
-    if run.recent_estimate is not None:
-        e = run.recent_estimate
-        lines.append(
-            f"Estimated from the newest scores: ROC AUC {_cell(e.roc_auc)}, Brier {e.brier:.3f}, churn rate"
-            f" {e.positive_rate:.3f} over {e.rows:,} predictions."
-        )
+    lines += summary_sentences(run)
+    if run.report is not None:
+        lines.append(f"Evidently report: `{run.report}`.")
     lines += [
         "",
         "| version | day | rows | ROC AUC | estimated | Brier | estimated | ECE |",
@@ -198,12 +186,36 @@ def summary_markdown(run: PerformanceRun) -> str:
             f" | {_cell(None if e_ is None else e_.roc_auc)} | {_cell(None if f_ is None else f_.brier)}"
             f" | {_cell(None if e_ is None else e_.brier)} | {_cell(None if f_ is None else f_.calibration_error)} |"
         )
-    errors = [abs(c.auc_error) for c in run.comparisons if c.auc_error is not None]
-    if errors:
-        lines += ["", f"Estimated against realised ROC AUC on {len(errors)} past version-days: median absolute error"
-                  f" {float(np.median(errors)):.3f}, largest {max(errors):.3f}."]  # fmt: skip
     lines += ["", *alerts.changes_markdown(run.alerts)]
     return "\n".join(lines)
+
+
+def summary_sentences(run: PerformanceRun) -> list[str]:
+    """The monitored version's realised and estimated figures, and how close past estimates came, in sentences."""
+    version = f"v{run.model_version}"
+    sentences = []
+    if run.overall is not None:
+        f = run.overall
+        sentences.append(
+            f"{version} realised on {run.first_day}..{run.last_day}: ROC AUC {_cell(f.roc_auc)}, Brier {f.brier:.3f},"
+            f" calibration error {f.calibration_error:.3f}, churn rate {f.positive_rate:.3f} against a mean score"
+            f" {f.mean_score:.3f}, over {f.rows:,} predictions."
+        )
+    else:
+        sentences.append(f"{version}: no prediction in {run.first_day}..{run.last_day} has a known outcome yet.")
+    if run.recent_estimate is not None:
+        e = run.recent_estimate
+        sentences.append(
+            f"{version} estimated from its newest scores: ROC AUC {_cell(e.roc_auc)}, Brier {e.brier:.3f}, churn rate"
+            f" {e.positive_rate:.3f}, over {e.rows:,} predictions."
+        )
+    errors = [abs(c.auc_error) for c in run.comparisons if c.auc_error is not None]
+    if errors:
+        sentences.append(
+            f"Past estimates against the realised ROC AUC, {len(errors)} version-days: median absolute error"
+            f" {float(np.median(errors)):.3f}, largest {max(errors):.3f}."
+        )
+    return sentences
 
 
 def _cell(value: float | None) -> str:
