@@ -6,8 +6,8 @@ ratios, two categorical attributes; a few features shifted in the current frame)
 repetition times `monitoring.drift.feature_drift` (what the platform stores) and Evidently's `DataDriftPreset` run
 on the same frames with its per-column tests set to KS and chi-square (`num_method="ks"`, `cat_method="chisquare"`:
 the same KS; Evidently's chi-square tests the current counts against the reference's shares (goodness of fit), ours
-the two samples' counts (homogeneity), the same work), and, separately, the preset as the platform runs it for its report (PSI per column).
-Medians over `--repeat` runs; the ratio is Evidently's time over ours (target: >= 10x).
+the two samples' counts (homogeneity), the same work), and, separately, the preset as the platform runs it for its
+report (PSI per column). Medians over `--repeat` runs; the ratio is Evidently's time over ours (target: >= 10x).
 
     uv run --frozen python -m bench.drift [--rows 700000] [--repeat 5]
 """
