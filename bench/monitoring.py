@@ -112,17 +112,9 @@ SERVED_ROWS_SQL = "SELECT user_id, served_id, event_timestamp FROM bench_served 
 class MonitoringWorld(BenchWorld):
     """The serving bench's world under names of its own: its database, data folder and Redis db are this bench's."""
 
-    @property
-    def name(self) -> str:
-        return f"{DATABASE_PREFIX}_{self.users}u_{DAYS}d"
-
-    @property
-    def redis_url(self) -> str:
-        return self.redis_server_url.rsplit("/", 1)[0] + f"/{ONLINE_DB}"
-
-    @property
-    def data_dir(self) -> Path:
-        return DATA_ROOT / f"{self.users}u_{DAYS}d"
+    prefix = DATABASE_PREFIX
+    online_db = ONLINE_DB
+    data_root = DATA_ROOT
 
 
 # --- the world and its scaled copy ------------------------------------------------------------------------------------

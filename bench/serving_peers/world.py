@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg
 import redis
@@ -47,10 +48,14 @@ class BenchWorld:
     users: int
     server_url: str  # the configured (or embedded) PostgreSQL server
     redis_server_url: str
+    # Names a bench gives its worlds (another bench's subclass gives its own: worlds of two benches never meet)
+    prefix: ClassVar[str] = DATABASE_PREFIX
+    online_db: ClassVar[int] = ONLINE_DB
+    data_root: ClassVar[Path] = DATA_ROOT
 
     @property
     def name(self) -> str:
-        return f"{DATABASE_PREFIX}_{self.users}u_{DAYS}d"
+        return f"{self.prefix}_{self.users}u_{DAYS}d"
 
     @property
     def database_url(self) -> str:
@@ -62,11 +67,11 @@ class BenchWorld:
 
     @property
     def redis_url(self) -> str:
-        return self.redis_server_url.rsplit("/", 1)[0] + f"/{ONLINE_DB}"
+        return self.redis_server_url.rsplit("/", 1)[0] + f"/{self.online_db}"
 
     @property
     def data_dir(self) -> Path:
-        return DATA_ROOT / f"{self.users}u_{DAYS}d"
+        return self.data_root / f"{self.users}u_{DAYS}d"
 
     def environment(self) -> dict[str, str]:
         """The platform's settings for this world; the prediction service inherits them."""
@@ -77,7 +82,7 @@ class BenchWorld:
             "CHURN_MLFLOW_PORT": "0",
             "CHURN_MLFLOW_DATABASE": self.mlflow_database,
             "CHURN_SERVE_PORT": "0",
-            "CHURN_MODEL_NAME": DATABASE_PREFIX,
+            "CHURN_MODEL_NAME": self.prefix,
             "CHURN_TRAIN_TEST_DAYS": str(TRAIN_WINDOW_DAYS),
             "CHURN_TRAIN_VALIDATION_DAYS": str(TRAIN_WINDOW_DAYS),
         }
