@@ -190,3 +190,37 @@ def test_the_cli_lists_and_resolves_alerts(platform_database: str, monkeypatch: 
     assert "registry_unreachable" in history.output and "by ana" in history.output
     twice = CliRunner().invoke(cli.app, ["alerts", "resolve", str(opened.id)])
     assert twice.exit_code == 1 and "already resolved" in twice.output
+
+
+def test_rows_the_prediction_log_drops_raise_one_service_alert_once_it_is_recorded(platform_database: str) -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from churn_platform.connections import Connections
+    from churn_platform.serving.prediction_log.rows import PredictionRecord
+    from churn_platform.serving.predictor import ChurnPredictor
+    from churn_platform.settings import get_settings
+
+    unused = "http://127.0.0.1:1"  # never started: the registry is never asked
+    predictor = ChurnPredictor(get_settings(), Connections(platform_database, mlflow_tracking_uri=unused))
+    row = PredictionRecord(uuid.uuid4(), datetime.now(UTC), "u1", None, "champion", "champion", "1", 0.2, "0" * 16,
+                           None, 1.0, "predict")  # fmt: skip
+
+    def drop(count: int) -> None:  # rows waiting for a writer that never comes, then dropped
+        predictor.log.buffer.submit_many([row] * count)
+        assert predictor.log.buffer.discard() == count
+
+    drop(3)
+    predictor.alert_log_drops()
+    predictor.alert_log_drops()  # nothing new dropped: nothing raised
+    [alert] = alerts.list_alerts(platform_database)
+    assert (alert.source, alert.kind, alert.occurrences) == ("serving", "prediction_log_drops", 1)
+    assert "dropped 3 rows" in alert.message
+
+    predictor.database_url = "postgresql://postgres@127.0.0.1:1/away"  # the database is away when rows drop
+    drop(2)
+    predictor.alert_log_drops()  # cannot be recorded: the drops stay to be alerted
+    predictor.database_url = platform_database
+    predictor.alert_log_drops()
+    [again] = alerts.list_alerts(platform_database)
+    assert again.id == alert.id and again.occurrences == 2 and "dropped 2 rows" in again.message

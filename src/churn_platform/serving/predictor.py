@@ -174,7 +174,7 @@ class ChurnPredictor:
     def refresh(self) -> None:
         """One poll: the running experiment, then the models it and the aliases need, then the feature clock."""
         self.open_features()
-        self._alert_log_drops()
+        self.alert_log_drops()
         experiment = self.experiment
         try:
             experiment = running_experiment(self.database_url)
@@ -319,7 +319,7 @@ class ChurnPredictor:
         if alert is not None and self._webhook is not None:
             self._webhook.send(alerts.Changes([], [], [alert]))
 
-    def _alert_log_drops(self) -> None:
+    def alert_log_drops(self) -> None:
         """Rows the prediction log dropped since the last poll (its buffer was full: the database fell behind)."""
         dropped = int(self.log.buffer.counts()["dropped"])
         if dropped > self._drops_alerted and self._alert(
