@@ -23,6 +23,16 @@ DRIFT_STEPS = 7  # the steps `run_drift` reports
 PERFORMANCE_STEPS = 6  # the steps `run_performance` reports
 
 
+def _end_day(value: str | None) -> date | None:
+    """The --end option as a day; one red line when it is not YYYY-MM-DD."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise fail(f"--end: {exc}") from exc
+
+
 def _of(figures: object | None, name: str) -> float | None:
     """A figure of a realised or estimated set that may be absent for the day."""
     value = None if figures is None else getattr(figures, name)
@@ -48,12 +58,8 @@ def drift(
     """Compare the features served in the window with the version's reference: tests, PSI, quality, a report."""
     from churn_platform.monitoring import drift_runs
 
-    ends = None
-    if end is not None:
-        try:
-            ends = datetime.combine(date.fromisoformat(end), time.max, tzinfo=UTC)
-        except ValueError as exc:
-            raise fail(f"--end: {exc}") from exc
+    last = _end_day(end)
+    ends = None if last is None else datetime.combine(last, time.max, tzinfo=UTC)
     settings = get_settings()
     connections = connect(settings, mlflow=True)
     with stepped(DRIFT_STEPS) as step:
@@ -135,12 +141,7 @@ def performance(
     """Realised performance of the served predictions whose outcome is known, per version and day."""
     from churn_platform.monitoring import drift_runs, performance_runs
 
-    last = None
-    if last_day is not None:
-        try:
-            last = date.fromisoformat(last_day)
-        except ValueError as exc:
-            raise fail(f"--end: {exc}") from exc
+    last = _end_day(last_day)
     settings = get_settings()
     connections = connect(settings, mlflow=True)
     with stepped(PERFORMANCE_STEPS) as step:
