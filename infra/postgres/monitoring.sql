@@ -87,13 +87,30 @@ CREATE TABLE IF NOT EXISTS monitoring.estimated_performance (
     model_version  text             NOT NULL,
     day            date             NOT NULL,
     horizon_days   integer          NOT NULL,
+    outcome_days   integer          NOT NULL DEFAULT 0,  -- days of the horizon whose outcomes the estimate saw
     rows           integer          NOT NULL CHECK (rows > 0),
+    decided        integer          NOT NULL DEFAULT 0,  -- predictions whose outcome was already known
     roc_auc        double precision,  -- NULL when no pair can be told apart (all scores 0, or all 1)
     brier          double precision NOT NULL,
     positive_rate  double precision NOT NULL,
     estimated_at   timestamptz      NOT NULL,
-    PRIMARY KEY (model_name, model_version, day, horizon_days)
+    PRIMARY KEY (model_name, model_version, day, horizon_days, outcome_days)
 );
+
+-- Estimates from before outcomes were seen: one per day, made from the scores alone (outcome_days 0).
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = 'monitoring' AND table_name = 'estimated_performance' AND column_name = 'outcome_days'
+    ) THEN
+        ALTER TABLE monitoring.estimated_performance
+            ADD COLUMN outcome_days integer NOT NULL DEFAULT 0,
+            ADD COLUMN decided integer NOT NULL DEFAULT 0,
+            DROP CONSTRAINT estimated_performance_pkey,
+            ADD PRIMARY KEY (model_name, model_version, day, horizon_days, outcome_days);
+    END IF;
+END $$;
 
 -- Every alert of the platform, monitoring's and the service's. One row per episode of a condition: while the
 -- condition holds, raising it again updates last_seen and counts it (the partial unique index keeps one open row

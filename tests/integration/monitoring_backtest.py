@@ -2,6 +2,9 @@
 the days after them logged as the service logs a batch (`snapshot_at` the day's snapshot); then the stored drift
 statistics and the estimated and realised performance of every window of those days (the backtest).
 
+The AUC of each window is estimated as a performance run would have estimated it at LEADS days after the window's
+last snapshot (from its scores and the outcomes seen by then), and from its scores alone (plain CBPE).
+
 The drift decision of a window is the one a drift run stores (`monitoring.drift.feature_drift` over the features
 served in the window against the version's logged reference); the Evidently report and MLflow run around it are
 left out, as eighty of them would only cost time (tests/integration/test_monitoring.py runs whole drift runs).
@@ -31,7 +34,10 @@ from churn_platform.serving.prediction_log.rows import copy_lines, new_request_i
 from churn_platform.serving.prediction_log.writer import COPY_SQL
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
+from churn_platform.training.censoring import deciding_events
 from churn_platform.training.trainer import TrainConfig
+
+LEADS = (0, 7, 14)  # days after a window's last snapshot its AUC is estimated at
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,8 @@ class WindowFigures:
     drifted: bool
     drift_share: float
     drifted_features: list[str]
-    estimated_auc: float | None
+    scores_only_auc: float | None  # plain CBPE: the scores alone
+    estimated_auc: dict[int, float | None]  # by lead: as of that many days after the window's last snapshot
     realised_auc: float | None  # None until every outcome of the window is known
 
 
@@ -80,13 +87,21 @@ class Backtest:
         clean = self.before_drift()
         return sum(w.drifted for w in clean), len(clean)
 
+    def after_drift(self, window_days: int) -> list[WindowFigures]:
+        """The windows whose days all come on or after the drift's first day."""
+        assert self.drift_starts is not None
+        return [w for w in self.windows if w.end - timedelta(days=window_days - 1) >= self.drift_starts]
+
     @staticmethod
-    def estimate_errors(windows: list[WindowFigures]) -> list[float]:
-        return [
-            abs(w.estimated_auc - w.realised_auc)
-            for w in windows
-            if w.estimated_auc is not None and w.realised_auc is not None
-        ]
+    def estimate_errors(windows: list[WindowFigures], lead: int | None) -> list[float]:
+        """|estimated - realised| AUC of the windows whose outcomes are known, estimated at `lead` (None: from the
+        scores alone)."""
+        found = []
+        for w in windows:
+            estimated = w.scores_only_auc if lead is None else w.estimated_auc[lead]
+            if estimated is not None and w.realised_auc is not None:
+                found.append(abs(estimated - w.realised_auc))
+        return found
 
 
 def monitored_world(
@@ -163,6 +178,9 @@ def backtest(monitored: MonitoredWorld, window_days: int) -> Backtest:
     categorical = [f.name for f in features if f.dtype == "text"]
     thresholds = drift.Thresholds(settings.monitor_drift_alpha, settings.monitor_psi_threshold,
                                   settings.monitor_drift_share)  # fmt: skip
+    scores = estimation.served_scores(url, monitored.first_monitored, monitored.last_monitored)
+    lookup = deciding_events(url, ChurnDefinition.from_settings(settings), settings.label_horizon_days)
+    decided_after = lookup.decided_after(scores.rename(columns={"snapshot_at": "event_timestamp"}))
     windows = []
     end = monitored.first_monitored + timedelta(days=window_days - 1)
     while end <= monitored.last_monitored:
@@ -170,11 +188,17 @@ def backtest(monitored: MonitoredWorld, window_days: int) -> Backtest:
         result = drift.feature_drift(reference, served.served_features(url, catalog, window), numeric, categorical,
                                      thresholds)  # fmt: skip
         start = end - timedelta(days=window_days - 1)
-        scores = estimation.served_scores(url, start, end)
-        estimated = estimation.estimate(scores["churn_probability"].to_numpy(dtype="float64"))
-        realised = _realised_auc(settings, url, start, end, len(scores))
-        windows.append(WindowFigures(end, result.drifted, result.share, result.drifted_features, estimated.roc_auc,
-                                     realised))  # fmt: skip
+        in_window = ((scores["day"] >= start) & (scores["day"] <= end)).to_numpy()
+        scores_only = estimation.estimate(scores["churn_probability"].to_numpy(dtype="float64")[in_window])
+        estimated = {}
+        for lead in LEADS:
+            found = estimation.estimator_from(scores, decided_after, snapshot_time(end) + timedelta(days=lead),
+                                              settings.label_horizon_days, lookup.contractual)  # fmt: skip
+            figures = found.window(monitored.version, start, end)
+            estimated[lead] = None if figures is None else figures.roc_auc
+        realised = _realised_auc(settings, url, start, end, int(in_window.sum()))
+        windows.append(WindowFigures(end, result.drifted, result.share, result.drifted_features,
+                                     scores_only.roc_auc, estimated, realised))  # fmt: skip
         end += timedelta(days=1)
     config = monitored.config
     drift_starts = None if config.drift_at is None else monitored.day(config.drift_at)

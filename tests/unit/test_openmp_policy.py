@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# Imports one module in a fresh interpreter and reports OMP_WAIT_POLICY at the moment scikit-learn is imported.
+# Imports one module in a fresh interpreter and reports OMP_WAIT_POLICY at the moment scikit-learn is imported, or
+# as soon as the policy is set while scikit-learn is not loaded yet (what follows cannot change the answer, and the
+# rest of a heavy entrypoint's imports would only cost time).
 PROBE = """
 import importlib, os, sys
 
 class Watch:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "sklearn":
-            print("when scikit-learn loads: OMP_WAIT_POLICY =", repr(os.environ.get("OMP_WAIT_POLICY")), flush=True)
+        policy = os.environ.get("OMP_WAIT_POLICY")
+        if name.split(".")[0] == "sklearn" or policy == "PASSIVE":
+            print("when scikit-learn loads: OMP_WAIT_POLICY =", repr(policy), flush=True)
             os._exit(0)
         return None
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from churn_platform import db
 from churn_platform.connections import Connections
+from churn_platform.data.labels import ChurnDefinition
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.snapshots import labels_table_name
 from churn_platform.monitoring import alerts, checks, estimation, performance, reports, served
@@ -35,6 +36,7 @@ class PerformanceRun:
     overall: performance.Figures | None  # the monitored version's realised figures; None before outcomes arrive
     estimates: dict[tuple[str, date], estimation.Estimate]  # every version served in the range
     recent_estimate: estimation.Estimate | None  # the monitored version over its newest window of served days
+    recalibration: estimation.Recalibration | None  # the monitored version's, from the outcomes seen so far
     comparisons: list[estimation.Comparison]  # past days with both an estimate and realised figures
     alerts: alerts.Changes
     report: Path | None
@@ -72,21 +74,27 @@ def run_performance(
     subject = checks.version_subject(registered.name, registered.version)
     test_auc = registered.metrics.get(checks.TEST_AUC_METRIC)  # None for a version logged without one: no AUC alert
 
-    step("estimating the figures from the served scores")
+    step("estimating the figures from the served scores and the outcomes seen so far")
     newest = served.newest_served_snapshot(url)
     if newest is None:
         raise MonitoringError("the prediction log holds no scored prediction yet: nothing to evaluate")
     span = timedelta(days=(days or settings.monitor_performance_days) - 1)
     estimated_last = last_day or newest.astimezone(UTC).date()
-    scores = estimation.served_scores(url, estimated_last - span, estimated_last)
-    if scores.empty:
+    # as of the last estimated snapshot: its features, and every outcome before it, were known then
+    as_of = datetime(estimated_last.year, estimated_last.month, estimated_last.day, tzinfo=UTC)
+    found = estimation.estimator(url, ChurnDefinition.from_settings(settings), horizon, estimated_last - span, as_of)
+    estimates = found.daily(estimated_last - span, estimated_last)
+    if not estimates:
         raise MonitoringError(
             f"no prediction was scored on a snapshot from {estimated_last - span} to {estimated_last}"
         )
-    estimates = estimation.daily_estimates(scores)
-    mine = scores[scores["model_version"] == registered.version]
-    recent = mine[mine["day"] > max(mine["day"]) - timedelta(days=settings.monitor_window_days)] if len(mine) else mine
-    recent_estimate = estimation.estimate(recent["churn_probability"].to_numpy()) if len(recent) else None
+    mine = sorted(day for version, day in estimates if version == registered.version)
+    recent_estimate = (
+        found.window(registered.version, mine[-1] - timedelta(days=settings.monitor_window_days - 1), mine[-1])
+        if mine
+        else None
+    )
+    recalibration = found.recalibrations.get(registered.version)
 
     step("joining the served predictions with their outcomes")
     labelled = newest_label_day(url, settings)
@@ -114,7 +122,7 @@ def run_performance(
         )
     step("storing the figures and the alerts")
     performance.store(url, settings.model_name, horizon, by_day, evaluated_at)
-    estimation.store(url, settings.model_name, horizon, estimates, evaluated_at)
+    estimation.store(url, settings.model_name, found, estimates, evaluated_at)
     # alerts say how things are now: a run over earlier days (`last_day` given) stores its figures, never alerts
     conditions = [] if last_day is not None else _conditions(settings, subject, test_auc, overall, recent_estimate)
     with db.connect(url) as conn, conn.transaction():
@@ -122,8 +130,7 @@ def run_performance(
     comparisons = estimation.compared(url, settings.model_name, horizon, first - COMPARED_DAYS, last)
     return PerformanceRun(
         registered.name, registered.version, first, last, (estimated_last - span, estimated_last), horizon, by_day,
-        overall, estimates, recent_estimate,
-        comparisons, changes, report, mlflow_run_id,
+        overall, estimates, recent_estimate, recalibration, comparisons, changes, report, mlflow_run_id,
     )  # fmt: skip
 
 
@@ -206,14 +213,30 @@ def summary_sentences(run: PerformanceRun) -> list[str]:
     if run.recent_estimate is not None:
         e = run.recent_estimate
         sentences.append(
-            f"{version} estimated from its newest scores: ROC AUC {_cell(e.roc_auc)}, Brier {e.brier:.3f}, churn rate"
-            f" {e.positive_rate:.3f}, over {e.rows:,} predictions."
+            f"{version} estimated from its newest scores and the {e.decided:,} outcomes already seen among them:"
+            f" ROC AUC {_cell(e.roc_auc)}, Brier {e.brier:.3f}, churn rate {e.positive_rate:.3f}, over {e.rows:,}"
+            " predictions."
         )
-    errors = [abs(c.auc_error) for c in run.comparisons if c.auc_error is not None]
-    if errors:
+    r = run.recalibration
+    if r is not None and (r.intercept, r.slope) != (0.0, 1.0):
         sentences.append(
-            f"Past estimates against the realised ROC AUC, {len(errors)} version-days: median absolute error"
-            f" {float(np.median(errors)):.3f}, largest {max(errors):.3f}."
+            f"The outcomes seen in the last {run.horizon_days} days ({r.decided:,} decided predictions) reject"
+            f" {version}'s calibration (p = {r.p_value:.2g}): its scores now mean expit({r.intercept:.2f} +"
+            f" {r.slope:.2f} logit(p)), and the estimates use that."
+        )
+    by_week: dict[int, list[float]] = {}
+    for c in run.comparisons:
+        if c.auc_error is not None:
+            by_week.setdefault(c.outcome_days // 7, []).append(abs(c.auc_error))
+    if by_week:
+        parts = [
+            f"{week * 7}-{week * 7 + 6} days: median {float(np.median(errors)):.3f}, largest {max(errors):.3f}"
+            f" ({len(errors)})"
+            for week, errors in sorted(by_week.items())
+        ]
+        sentences.append(
+            "Past estimates against the realised ROC AUC (absolute error over version-days), by the days of outcomes"
+            f" they had seen: {'; '.join(parts)}."
         )
     return sentences
 
