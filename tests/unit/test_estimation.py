@@ -119,3 +119,27 @@ def test_for_non_contractual_churn_a_seen_purchase_decides_the_label_negative() 
     assert complete.positive_rate == pytest.approx(y.mean(), abs=1e-12)
     kept = estimation.recalibrate(p, _seen(rng.uniform(0, HORIZON, 5_000), decided_after), HORIZON, False)
     assert (kept.intercept, kept.slope) == (0.0, 1.0)
+
+
+def _daily_snapshots(seed: int, users: int = 1_500, days: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users with constant hazards, scored with their true P(churn within H) on every day they are still there:
+    the last H days' predictions as of `days` (scores, their seen outcomes' exposure and decided day, user ids)."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(1.2, 8.0, size=users)
+    churns_at = rng.exponential(HORIZON / -np.log1p(-p))
+    user = np.concatenate([np.flatnonzero(churns_at > t) for t in range(days - HORIZON, days)])
+    t = np.concatenate([np.full(int((churns_at > t).sum()), t) for t in range(days - HORIZON, days)]).astype(float)
+    after = churns_at[user] - t
+    return p[user], np.where(after < HORIZON, after, np.nan), user, days - t
+
+
+def test_a_user_scored_every_day_counts_once_so_a_calibrated_model_is_rarely_refitted() -> None:
+    rejected = {True: 0, False: 0}
+    for seed in range(100):
+        p, decided_after, user, exposure = _daily_snapshots(seed)
+        seen = _seen(exposure, decided_after)
+        for by_user in (True, False):
+            found = estimation.recalibrate(p, seen, HORIZON, True, user if by_user else None)
+            rejected[by_user] += (found.intercept, found.slope) != (0.0, 1.0)
+    assert rejected[True] <= 5  # nominal: 1 of 100
+    assert rejected[False] >= 30  # every snapshot counted as a user: the ratio test sees evidence that is not there

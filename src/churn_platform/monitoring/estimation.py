@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -179,9 +179,20 @@ class Recalibration:
         return np.asarray(special.expit(self.intercept + self.slope * logit), dtype="float64")
 
 
-def recalibrate(scores: Scores, seen: SeenOutcomes, horizon: int, contractual: bool) -> Recalibration:
-    """The recalibration the partly seen outcomes of `scores` support (the identity when they do not reject it)."""
+def recalibrate(
+    scores: Scores, seen: SeenOutcomes, horizon: int, contractual: bool, users: npt.ArrayLike | None = None
+) -> Recalibration:
+    """The recalibration the partly seen outcomes of `scores` support (the identity when they do not reject it).
+
+    A user scored on many snapshots is one piece of evidence, not one per snapshot (one cancel decides all of them):
+    with `users`, the fit takes each user's longest-seen prediction only, so the likelihood, and its ratio test,
+    count independent users."""
     observed = seen.exposure_days > 0
+    if users is not None:
+        ids = np.asarray(users)
+        order = np.lexsort((-seen.exposure_days, ids))  # by user, the longest seen first
+        first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
+        observed &= np.isin(np.arange(ids.size), first)
     share, decided = seen.exposure_days[observed] / horizon, seen.decided[observed]
     logit = special.logit(
         np.clip(np.asarray(scores, dtype="float64")[observed], PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
@@ -242,12 +253,15 @@ class Estimator:
 
     def daily(self, first: date, last: date) -> dict[tuple[str, date], Estimate]:
         """Per (model version, snapshot day) in [first, last]."""
-        days, versions = self.scores["day"].to_numpy(), self.scores["model_version"].to_numpy()
-        return {
-            (str(version), day): self.estimate((versions == version) & (days == day), str(version))
-            for version, day in sorted(set(zip(versions, days, strict=True)))
-            if first <= day <= last
-        }
+        days = self.scores["day"]
+        chosen = self.scores[(days >= first) & (days <= last)]
+        found = {}
+        for key, index in chosen.groupby(["model_version", "day"], sort=True).indices.items():
+            version, day = cast(tuple[str, date], key)
+            rows = np.zeros(len(self.scores), dtype=bool)
+            rows[chosen.index.to_numpy()[index]] = True
+            found[(str(version), day)] = self.estimate(rows, str(version))
+        return found
 
     def window(self, version: str, first: date, last: date) -> Estimate | None:
         days = self.scores["day"].to_numpy()
@@ -262,8 +276,9 @@ class Estimator:
 def estimator(url: str, definition: ChurnDefinition, horizon: int, first: date, as_of: datetime) -> Estimator:
     """The scores served on the days from `first` (and on the H days before `as_of`, to recalibrate) to `as_of`,
     and their deciding events before `as_of`."""
-    fit_from = (as_of - timedelta(days=horizon)).astimezone(UTC).date()
-    scores = served_scores(url, min(first, fit_from), as_of.astimezone(UTC).date())
+    as_of = _utc(as_of)
+    fit_from = (as_of - timedelta(days=horizon)).date()
+    scores = served_scores(url, min(first, fit_from), as_of.date())
     lookup = deciding_events(url, definition, horizon)
     decided_after = lookup.decided_after(scores.rename(columns={"snapshot_at": "event_timestamp"}))
     return estimator_from(scores, decided_after, as_of, horizon, lookup.contractual)
@@ -274,6 +289,7 @@ def estimator_from(
 ) -> Estimator:
     """The estimator as of `as_of` over served scores (served_scores' columns) and the days from each snapshot to
     its first deciding event within the horizon, known or not by then (NaN: none)."""
+    as_of = _utc(as_of)
     known = (scores["snapshot_at"] <= pd.Timestamp(as_of)).to_numpy()
     scores = scores[known].reset_index(drop=True)
     seen = SeenOutcomes.as_of(scores["snapshot_at"], np.asarray(decided_after)[known], as_of, horizon)
@@ -284,9 +300,17 @@ def estimator_from(
     for version in sorted(set(versions)):
         fit = recent & (versions == version)
         recalibrations[str(version)] = recalibrate(
-            p[fit], SeenOutcomes(seen.exposure_days[fit], seen.decided[fit]), horizon, contractual
-        )
+            p[fit], SeenOutcomes(seen.exposure_days[fit], seen.decided[fit]), horizon, contractual,
+            scores["user_id"].to_numpy()[fit],
+        )  # fmt: skip
     return Estimator(scores, seen, as_of, horizon, contractual, recalibrations)
+
+
+def _utc(at: datetime) -> datetime:
+    """An as-of time in UTC, the calendar of snapshot days; a naive time is refused rather than guessed."""
+    if at.tzinfo is None:
+        raise ValueError(f"the as-of time {at.isoformat()} has no time zone")
+    return at.astimezone(UTC)
 
 
 def store(url: str, model_name: str, found: Estimator, by_day: dict[tuple[str, date], Estimate], at: datetime) -> None:

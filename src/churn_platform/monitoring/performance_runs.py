@@ -148,7 +148,8 @@ def _conditions(
     if recent is not None:
         conditions += checks.auc_checks(
             settings, subject, test_auc, recent.roc_auc, recent.rows, source="estimate",
-            what=f"estimated (from the scores of the newest {settings.monitor_window_days} served days)",
+            what=f"estimated (from the scores of the newest {settings.monitor_window_days} served days and the outcomes"
+            " seen so far)",
         )  # fmt: skip
     return conditions
 
@@ -226,17 +227,17 @@ def summary_sentences(run: PerformanceRun) -> list[str]:
         )
     by_week: dict[int, list[float]] = {}
     for c in run.comparisons:
-        if c.auc_error is not None:
+        if c.auc_error is not None and c.model_version == run.model_version:
             by_week.setdefault(c.outcome_days // 7, []).append(abs(c.auc_error))
     if by_week:
         parts = [
-            f"{week * 7}-{week * 7 + 6} days: median {float(np.median(errors)):.3f}, largest {max(errors):.3f}"
-            f" ({len(errors)})"
+            f"{week * 7}-{min(week * 7 + 6, run.horizon_days - 1)} days: median {float(np.median(errors)):.3f},"
+            f" largest {max(errors):.3f} ({len(errors)} estimates)"
             for week, errors in sorted(by_week.items())
         ]
         sentences.append(
-            "Past estimates against the realised ROC AUC (absolute error over version-days), by the days of outcomes"
-            f" they had seen: {'; '.join(parts)}."
+            f"{version}'s past estimates against its realised ROC AUC (absolute error), by the days of outcomes they"
+            f" had seen: {'; '.join(parts)}."
         )
     return sentences
 

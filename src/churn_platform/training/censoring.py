@@ -76,8 +76,18 @@ def deciding_event(definition: ChurnDefinition) -> str:
     return END_EVENT if definition.kind == "contractual" else QUALIFYING_EVENT
 
 
+# Contractual churn's deciding events (end events) are rare: read every one in the rows' span once and match them
+# in memory, rather than probing each row's horizon, which reads all of a user's events there to find none.
+END_EVENTS_SQL = """
+SELECT user_id, event_timestamp FROM raw.events
+WHERE event_timestamp >= %(start)s AND event_timestamp < %(end)s AND {deciding}
+"""
+
+
 def deciding_events(url: str, definition: ChurnDefinition, horizon_days: int) -> DecidingEvents:
     """Days from each row's t to its deciding event within the horizon, from `raw.events`."""
+    if definition.kind == "contractual":
+        return DecidingEvents(_end_events_lookup(url, definition, horizon_days), True)
     statement = DECIDED_SQL.format(deciding=deciding_event(definition))
 
     def lookup(rows: pd.DataFrame) -> FloatArray:
@@ -94,7 +104,41 @@ def deciding_events(url: str, definition: ChurnDefinition, horizon_days: int) ->
             days[np.asarray(row_ids, dtype=np.intp)] = np.asarray(values, dtype=np.float64)
         return days
 
-    return DecidingEvents(lookup, definition.kind == "contractual")
+    return DecidingEvents(lookup, False)
+
+
+NANOSECONDS = pd.DatetimeTZDtype("ns", "UTC")  # merge_asof needs one resolution on both sides
+
+
+def _end_events_lookup(url: str, definition: ChurnDefinition, horizon_days: int) -> DecidedLookup:
+    statement = END_EVENTS_SQL.format(deciding=deciding_event(definition))
+
+    def lookup(rows: pd.DataFrame) -> FloatArray:
+        days = np.full(len(rows), np.nan)
+        if rows.empty:
+            return days
+        t = pd.to_datetime(rows["event_timestamp"], utc=True).astype(NANOSECONDS)
+        span = {"start": t.min().to_pydatetime(), "end": (t.max() + pd.Timedelta(days=horizon_days)).to_pydatetime()}
+        with db.connect(url) as conn:
+            ends = pd.DataFrame(
+                conn.execute(statement, {**span, **definition.sql_params()}).fetchall(),
+                columns=["user_id", "decided_at"],
+            )
+        if ends.empty:
+            return days
+        ends["decided_at"] = pd.to_datetime(ends["decided_at"], utc=True).astype(NANOSECONDS)  # as the rows' t
+        keys = pd.DataFrame({"row": np.arange(len(rows)), "user_id": rows["user_id"].astype(str).to_numpy(), "t": t})
+        # the first end event at or after each row's t, by user
+        matched = pd.merge_asof(
+            keys.sort_values("t"), ends.astype({"user_id": str}).sort_values("decided_at"), left_on="t",
+            right_on="decided_at", by="user_id", direction="forward",
+        )  # fmt: skip
+        after = (matched["decided_at"] - matched["t"]).dt.total_seconds().to_numpy() / 86400
+        inside = after < horizon_days  # NaN (no end event) compares False
+        days[matched["row"].to_numpy()[inside]] = after[inside]
+        return days
+
+    return lookup
 
 
 def hazard_model(seed: int) -> HistGradientBoostingClassifier:
