@@ -69,3 +69,25 @@ CREATE INDEX IF NOT EXISTS prediction_log_snapshot_brin ON serving.prediction_lo
 -- The A/B analysis reads one experiment's rows by arm.
 CREATE INDEX IF NOT EXISTS prediction_log_experiment_arm_idx ON serving.prediction_log (experiment, arm)
     WHERE experiment IS NOT NULL;
+
+-- Every analysis of an experiment (`churn ab report`, flows/ab_analysis.py): the verdict's history, and the
+-- sequential test's always-valid p-value, which each analysis keeps as the running minimum of the ones before it.
+CREATE TABLE IF NOT EXISTS serving.experiment_analyses (
+    id                          bigserial PRIMARY KEY,
+    name                        text             NOT NULL REFERENCES serving.experiments (name) ON DELETE CASCADE,
+    analysed_at                 timestamptz      NOT NULL,
+    users_control               integer          NOT NULL,
+    users_variant               integer          NOT NULL,
+    outcome_users_control       integer          NOT NULL,  -- users with at least one known outcome
+    outcome_users_variant       integer          NOT NULL,
+    log_loss_control            double precision,  -- mean per-user log loss
+    log_loss_variant            double precision,
+    srm_p                       double precision NOT NULL,
+    welch_p                     double precision,
+    sequential_p                double precision,
+    probability_variant_better  double precision,
+    winner                      text CHECK (winner IN ('control', 'variant')),
+    reason                      text             NOT NULL,
+    details                     jsonb            NOT NULL  -- every figure of the analysis
+);
+CREATE INDEX IF NOT EXISTS experiment_analyses_name_idx ON serving.experiment_analyses (name, analysed_at);

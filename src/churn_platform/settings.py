@@ -280,6 +280,24 @@ class Settings(BaseSettings):
         le=1,
         description="Alert when this share of a day's served rows came from a stale snapshot.",
     )
+    ab_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="Level of the A/B sequential test (its always-valid p-value)."
+    )
+    ab_srm_alpha: float = Field(
+        default=0.001, gt=0, lt=1, description="A sample-ratio mismatch below this chi-square p-value stops a verdict."
+    )
+    ab_msprt_tau: float = Field(
+        default=0.02,
+        gt=0,
+        description="Standard deviation of the sequential test's mixture over the effect, in per-user log loss: about"
+        " the smallest difference worth finding.",
+    )
+    ab_min_outcome_users: int = Field(
+        default=1_000, ge=2, description="Users with a known outcome each A/B arm needs before a winner is declared."
+    )
+    ab_bootstrap_resamples: int = Field(
+        default=1_000, ge=100, description="Resamples of users behind the A/B report's AUC intervals."
+    )
     alert_webhook_url: SecretStr | None = Field(
         default=None,
         description="POST each opened or resolved alert here as JSON with a `text` field (Slack, Mattermost, ...);"

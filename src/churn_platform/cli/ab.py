@@ -4,7 +4,7 @@ up within one poll interval)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -92,3 +92,87 @@ def ab_status() -> None:
                 "-" if mean is None else f"{mean:.3f}",
             )
     console.print(table)
+
+
+@ab_app.command("report")
+def ab_report(
+    name: Annotated[str | None, typer.Argument(help="Default: the running experiment, else the newest.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Also every earlier analysis of it.")] = False,
+) -> None:
+    """Analyse an experiment over the outcomes known now: per arm, the tests, and the verdict (stored, with its
+    history)."""
+    from churn_platform.experiments import analysis, records
+    from churn_platform.features.catalog import catalog_from_settings
+
+    settings = get_settings()
+    url = connect(settings).database_url
+    if name is None:
+        found = records.list_experiments(url)
+        running = [e for e in found if e.is_running()]
+        if not found:
+            raise fail("no experiments yet: `churn ab start NAME --variant challenger --share 0.5`")
+        name = (running or found)[-1].name
+    with console.status(f"analysing {name}"):
+        try:
+            result = analysis.analyse(url, catalog_from_settings(settings), settings.label_horizon_days, name,
+                                      analysis.Thresholds.from_settings(settings))  # fmt: skip
+        except records.ExperimentError as exc:
+            raise fail(str(exc)) from exc
+    print_report(result)
+    if history:
+        table = Table(title=f"earlier analyses of {name}")
+        for column in ("analysed at", "users with outcomes (c / v)", "log loss (c / v)", "always-valid p", "verdict"):
+            table.add_column(column)
+        for row in analysis.history(url, name):
+            losses = [row["log_loss_control"], row["log_loss_variant"]]
+            table.add_row(
+                f"{row['analysed_at']:%Y-%m-%d %H:%M}",
+                f"{row['outcome_users_control']:,} / {row['outcome_users_variant']:,}",
+                " / ".join("-" if v is None else f"{v:.4f}" for v in losses),
+                "-" if row["sequential_p"] is None else f"{row['sequential_p']:.3g}",
+                row["winner"] or "none yet",
+            )
+        console.print(table)
+
+
+def print_report(result: Any) -> None:
+    """An analysis as two tables (per arm, then the tests) and its verdict."""
+    from churn_platform.experiments.analysis import Interval
+
+    def interval(value: Interval | None, digits: int = 4) -> str:
+        return (
+            "-" if value is None else f"{value.estimate:.{digits}f} [{value.low:.{digits}f}, {value.high:.{digits}f}]"
+        )
+
+    arms = Table(title=f"{result.name}: {result.variant} ({result.variant_share:.0%}) against {result.control}")
+    for column in ("arm", "users", "predictions", "with outcomes (users)", "log loss / user", "Brier / user",
+                   "ROC AUC", "churn rate"):  # fmt: skip
+        arms.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, f in result.arms.items():
+        arms.add_row(
+            arm, f"{f.users:,}", f"{f.predictions:,}", f"{f.outcomes:,} ({f.outcome_users:,})", interval(f.log_loss),
+            interval(f.brier), interval(f.roc_auc, 3), "-" if f.churn_rate is None else f"{f.churn_rate:.3f}",
+        )  # fmt: skip
+    console.print(arms)
+    tests = Table(title="variant - control")
+    for column in ("test", "difference [95% interval]", "p-value", "reads"):
+        tests.add_column(column)
+    srm = result.sample_ratio
+    tests.add_row("sample ratio (chi-square)", f"{srm.users[0]:,} / {srm.users[1]:,} users", f"{srm.p_value:.3g}",
+                  "MISMATCH" if srm.mismatch else "split as configured")  # fmt: skip
+    for label, found, reads in (
+        ("log loss per user (Welch)", result.loss_difference, "lower is better"),
+        ("churn rate (two-proportion z)", result.churn_rate_difference, "matters when the arm changes what users do"),
+        ("ROC AUC (bootstrap over users)", result.auc_difference, "higher is better"),
+    ):
+        if found is not None:
+            tests.add_row(label, f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]",
+                          f"{found.p_value:.3g}", reads)  # fmt: skip
+    if result.probability_variant_better is not None:
+        tests.add_row("P(variant's loss is lower)", "", "", f"{result.probability_variant_better:.1%}")
+    if result.sequential is not None:
+        tests.add_row("sequential (mSPRT, always valid)", f"{result.sequential.difference:+.4f}",
+                      f"{result.sequential.p_value:.3g}", "readable every day")  # fmt: skip
+    console.print(tests)
+    colour = "green" if result.winner else "yellow"
+    console.print(f"[{colour}]verdict:[/] {result.reason}")

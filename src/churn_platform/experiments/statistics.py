@@ -46,7 +46,7 @@ def sample_ratio_mismatch(users: Sequence[int], shares: Sequence[float], alpha: 
     if observed.sum() == 0 or np.any(expected == 0):
         return SampleRatio(tuple(int(u) for u in users), tuple(shares), 0.0, 1.0, False)
     chi2, p_value = stats.chisquare(observed, expected)
-    return SampleRatio(tuple(int(u) for u in users), tuple(shares), float(chi2), float(p_value), p_value < alpha)
+    return SampleRatio(tuple(int(u) for u in users), tuple(shares), float(chi2), float(p_value), bool(p_value < alpha))
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,18 @@ def auc(labels: npt.NDArray[np.int64], scores: FloatArray) -> float:
         return math.nan
     ranks = stats.rankdata(scores, method="average")
     return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def auc_interval(
+    outcomes: Outcomes, *, seed: int, resamples: int = 1_000, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """One arm's ROC AUC and its percentile interval from resampling users (seeded)."""
+    found = stats.bootstrap(
+        (np.arange(outcomes.users, dtype="float64"),), lambda users: outcomes.auc(users.astype(np.intp)),
+        n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=False,
+        random_state=np.random.default_rng(seed),
+    )  # fmt: skip
+    return outcomes.auc(), float(found.confidence_interval.low), float(found.confidence_interval.high)
 
 
 def bootstrap_auc_difference(

@@ -1,0 +1,192 @@
+"""The analysis of an A/B experiment on a simulated world: predictions logged per arm as the service logs them
+(control: the oracle's churn probability blurred; variant: the oracle's own), joined to their outcomes through the
+snapshots, analysed, stored with its history, and shown by `churn ab report`; a broken split stops the verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import psycopg
+import pytest
+from flows.ab_analysis import ab_analysis_flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from scipy import stats
+from tests.integration.feature_worlds import platform_settings, redis_db_url
+from tests.integration.monitoring_backtest import extend_snapshots
+
+from churn_platform.data.synthetic import world
+from churn_platform.data.synthetic.world_model import WorldConfig
+from churn_platform.experiments import analysis
+from churn_platform.experiments.assignment import assign_arm, bucket
+from churn_platform.features.catalog import catalog_from_settings
+from churn_platform.features.population import snapshot_time
+from churn_platform.serving.prediction_log.rows import copy_lines, new_request_id
+from churn_platform.serving.prediction_log.writer import COPY_SQL
+from churn_platform.settings import Settings
+
+AB_DB = 6  # a Redis database of its own (nothing here reads online features)
+USERS, DAYS, HORIZON, SERVED_DAYS = 1_500, 150, 30, 30
+# tau: the effect here (log loss per user lower by about 0.19) is far above the default's 0.02
+THRESHOLDS = analysis.Thresholds(alpha=0.05, srm_alpha=0.001, tau=0.05, min_outcome_users=300, bootstrap_resamples=300)
+BLUR = 2.0  # the control's scores: the oracle's log-odds plus N(0, BLUR^2)
+
+
+class World:
+    def __init__(self, settings: Settings, url: str, config: WorldConfig) -> None:
+        self.settings, self.url, self.config = settings, url, config
+        self.last_labelled = config.start_date + timedelta(days=DAYS - HORIZON - 1)
+        self.labels = catalog_from_settings(settings).labels_table  # features.<catalog>_labels
+        self.catalog_table = catalog_from_settings(settings).table  # the snapshots: the users a day serves
+
+
+@pytest.fixture(scope="module")
+def ab_world(make_database: Callable[[], str], stack_settings: Settings) -> Iterator[World]:
+    url = make_database()
+    with platform_settings(url, redis_db_url(stack_settings, AB_DB)) as settings:
+        assert settings.label_horizon_days == HORIZON
+        config = WorldConfig(users=USERS, days=DAYS, seed=23)
+        world.generate_world(url, config)
+        extend_snapshots(settings, url, config.start_date + timedelta(days=DAYS - 1))
+        yield World(settings, url, config)
+
+
+def _start(url: str, name: str, share: float = 0.5) -> str:
+    """The experiment's row, as `churn ab start` writes it (any running one stopped first)."""
+    salt = f"salt of {name}"  # fixed: the same split on every run
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE serving.experiments SET stopped_at = now() WHERE stopped_at IS NULL")
+        conn.execute(
+            "INSERT INTO serving.experiments (name, control, variant, variant_share, salt) VALUES (%s, %s, %s, %s, %s)",
+            (name, "champion", "challenger", share, salt),
+        )
+    return salt
+
+
+def _serve(ab_world: World, name: str, salt: str, days: list[date], drop_variant: float = 0.0) -> None:
+    """Log every user of each day's snapshot in their arm: control scores are the oracle's log-odds blurred by
+    N(0, BLUR^2), variant scores the oracle's; `drop_variant` of the variant's users are never logged (a broken
+    split)."""
+    rng = np.random.default_rng(5)
+    with psycopg.connect(ab_world.url) as conn:
+        for day in days:
+            oracle = conn.execute(
+                "SELECT o.user_id, o.p_churn FROM synthetic.oracle_churn o"
+                f" JOIN {ab_world.catalog_table} s ON s.user_id = o.user_id AND s.event_timestamp = %s"
+                " WHERE o.day = %s ORDER BY o.user_id",
+                (snapshot_time(day), day),
+            ).fetchall()
+            users, routes, scores = [], [], []
+            for user_id, p in oracle:
+                arm = assign_arm(name, salt, user_id, 0.5)
+                if arm == "variant" and bucket(f"{name}-dropped", salt, user_id) < drop_variant:
+                    continue
+                p = float(np.clip(p, 1e-4, 1 - 1e-4))
+                if arm == "control":
+                    p = float(1 / (1 + np.exp(-(np.log(p / (1 - p)) + rng.normal(0, BLUR)))))
+                users.append(user_id)
+                alias, version = ("champion", "1") if arm == "control" else ("challenger", "2")
+                routes.append((name, arm, alias, version))
+                scores.append(p)
+            lines = copy_lines(new_request_id(), datetime.now(UTC), 1.0, "predict_batch", users, routes, scores,
+                               ["0" * 16] * len(users), [snapshot_time(day)] * len(users))  # fmt: skip
+            with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
+                copy.write("".join(lines))
+
+
+def _served_days(ab_world: World) -> list[date]:
+    return [ab_world.last_labelled - timedelta(days=i) for i in range(SERVED_DAYS)]
+
+
+def test_the_analysis_equals_scipy_on_the_joined_rows_declares_the_better_model_and_keeps_its_history(
+    ab_world: World,
+) -> None:
+    salt = _start(ab_world.url, "oracle_vs_blurred")
+    _serve(ab_world, "oracle_vs_blurred", salt, _served_days(ab_world))
+    catalog = catalog_from_settings(ab_world.settings)
+
+    found = analysis.analyse(ab_world.url, catalog, HORIZON, "oracle_vs_blurred", THRESHOLDS)
+
+    with psycopg.connect(ab_world.url) as conn:  # the joined rows, by hand
+        joined = conn.execute(
+            "SELECT p.arm, p.user_id, p.churn_probability, l.churned::int FROM serving.prediction_log p"
+            f" JOIN {ab_world.labels} l ON l.user_id = p.user_id AND l.event_timestamp = p.snapshot_at"
+            " AND l.horizon_days = %s WHERE p.experiment = 'oracle_vs_blurred'",
+            (HORIZON,),
+        ).fetchall()
+    per_user: dict[str, dict[str, list[float]]] = {"control": {}, "variant": {}}
+    for arm, user, p, y in joined:
+        per_user[arm].setdefault(user, []).append(-np.log(p) if y else -np.log1p(-p))
+    losses = {arm: np.array([np.mean(v) for _, v in sorted(users.items())]) for arm, users in per_user.items()}
+    for arm in ("control", "variant"):
+        assert found.arms[arm].outcomes == sum(1 for row in joined if row[0] == arm)
+        assert found.arms[arm].outcome_users == len(losses[arm])
+        assert found.arms[arm].log_loss is not None
+        assert found.arms[arm].log_loss.estimate == pytest.approx(losses[arm].mean(), rel=1e-9)
+    expected = stats.ttest_ind(losses["variant"], losses["control"], equal_var=False)
+    assert found.loss_difference is not None
+    assert found.loss_difference.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+    assert not found.sample_ratio.mismatch  # the service's own hash split
+    # the oracle's scores beat the blurred ones: a winner, with the sequential test's always-valid p-value
+    assert found.winner == "variant", found.reason
+    assert found.sequential is not None and found.sequential.p_value < THRESHOLDS.alpha
+    assert found.auc_difference is not None and found.auc_difference.low > 0
+    assert found.probability_variant_better is not None and found.probability_variant_better > 0.99
+
+    again = analysis.analyse(ab_world.url, catalog, HORIZON, "oracle_vs_blurred", THRESHOLDS)
+    kept = analysis.history(ab_world.url, "oracle_vs_blurred")
+    assert [row["winner"] for row in kept] == ["variant", "variant"]
+    assert again.sequential is not None and again.sequential.p_value <= found.sequential.p_value  # a running minimum
+
+
+def test_a_broken_split_or_too_few_outcomes_stop_the_verdict_and_say_why(ab_world: World) -> None:
+    catalog = catalog_from_settings(ab_world.settings)
+    salt = _start(ab_world.url, "skewed")
+    _serve(ab_world, "skewed", salt, _served_days(ab_world), drop_variant=0.3)  # about 41 / 59 instead of 50 / 50
+    skewed = analysis.analyse(ab_world.url, catalog, HORIZON, "skewed", THRESHOLDS, store=False)
+    assert skewed.sample_ratio.mismatch and skewed.winner is None
+    assert skewed.reason.startswith("sample-ratio mismatch")
+
+    salt = _start(ab_world.url, "early")
+    _serve(ab_world, "early", salt, [ab_world.last_labelled + timedelta(days=1)])  # no outcome known yet
+    early = analysis.analyse(ab_world.url, catalog, HORIZON, "early", THRESHOLDS, store=False)
+    assert early.winner is None and early.reason.startswith("not enough outcomes yet")
+    assert early.arms["control"].outcome_users == 0 and early.arms["control"].users > 0
+
+
+def test_churn_ab_report_prints_the_arms_the_tests_and_the_verdict(
+    ab_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from churn_platform import cli
+
+    monkeypatch.setenv("COLUMNS", "250")
+    salt = _start(ab_world.url, "reported")
+    _serve(ab_world, "reported", salt, _served_days(ab_world)[:10])
+    result = CliRunner().invoke(cli.app, ["ab", "report", "reported", "--history"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    for shown in ("log loss / user", "sample ratio (chi-square)", "sequential (mSPRT, always valid)", "verdict:",
+                  "earlier analyses of reported"):  # fmt: skip
+        assert shown in result.output, result.output
+    unknown = CliRunner().invoke(cli.app, ["ab", "report", "nope"], terminal_width=250)
+    assert unknown.exit_code == 1 and "no experiment named 'nope'" in unknown.output
+
+
+def test_the_flow_analyses_the_running_experiment_and_publishes_its_summary(
+    prefect_server: None, ab_world: World
+) -> None:
+    salt = _start(ab_world.url, "flowed")  # now the running one
+    _serve(ab_world, "flowed", salt, _served_days(ab_world)[:10])
+    reason = ab_analysis_flow()
+    assert reason == analysis.history(ab_world.url, "flowed")[-1]["reason"]
+
+    with get_client(sync_client=True) as client:
+        published = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["churn-ab-analysis"]))
+        )
+    assert any(
+        "# A/B experiment flowed" in str(a.data) and "sample ratio (chi-square)" in str(a.data) for a in published
+    )
