@@ -26,8 +26,12 @@ demo: install  ## start the embedded stack, generate the default world, serve it
 	$(RUN) churn predict
 	$(RUN) churn status
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one of them: a module's served world
+# is built once, and each process has its own embedded servers and Prefect test server.
+TEST_WORKERS ?= 2
+
 test: install  ## run the tests against real PostgreSQL and Redis
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(RUN) ruff check src tests flows bench bentos feature_repo .ci

@@ -144,3 +144,12 @@ def platform_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Ite
 def data_dir(tmp_path: Path) -> Path:
     """A temporary data folder for tests that start their own embedded servers."""
     return tmp_path / "churn"
+
+
+@pytest.fixture
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's console 250 columns wide, so a table row or a sentence stays on one line. Rich reads COLUMNS once,
+    when the console is made (on the CLI's first import, whichever test comes first), so the width is set on it."""
+    from churn_platform.cli import output
+
+    monkeypatch.setattr(output.console, "_width", 250)

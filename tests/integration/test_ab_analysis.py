@@ -156,14 +156,11 @@ def test_a_broken_split_or_too_few_outcomes_stop_the_verdict_and_say_why(ab_worl
     assert early.arms["control"].outcome_users == 0 and early.arms["control"].users > 0
 
 
-def test_churn_ab_report_prints_the_arms_the_tests_and_the_verdict(
-    ab_world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_churn_ab_report_prints_the_arms_the_tests_and_the_verdict(ab_world: World, wide_console: None) -> None:
     from typer.testing import CliRunner
 
     from churn_platform import cli
 
-    monkeypatch.setenv("COLUMNS", "250")
     salt = _start(ab_world.url, "reported")
     _serve(ab_world, "reported", salt, _served_days(ab_world)[:10])
     result = CliRunner().invoke(cli.app, ["ab", "report", "reported", "--history"], terminal_width=250)

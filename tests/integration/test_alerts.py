@@ -171,12 +171,10 @@ def test_an_unreachable_webhook_never_fails_or_blocks_monitoring(database_url: s
     assert [a.id for a in alerts.undelivered(database_url)] == [alert.id]
 
 
-def test_the_cli_lists_and_resolves_alerts(platform_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_lists_and_resolves_alerts(platform_database: str, wide_console: None) -> None:
     from typer.testing import CliRunner
 
     from churn_platform import cli
-
-    monkeypatch.setenv("COLUMNS", "250")  # the table on one line per alert
 
     opened, _ = alerts.record_alert(platform_database, "registry_unreachable", "http://mlflow", "refused")
     listed = CliRunner().invoke(cli.app, ["alerts"], terminal_width=250)

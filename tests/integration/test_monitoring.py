@@ -296,14 +296,10 @@ def test_realised_performance_joins_known_outcomes_only_and_equals_sklearn(world
     assert again == (1,)
 
 
-def test_the_cli_prints_the_drift_and_performance_tables_and_the_reports(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_cli_prints_the_drift_and_performance_tables_and_the_reports(world: World, wide_console: None) -> None:
     from typer.testing import CliRunner
 
     from churn_platform import cli
-
-    monkeypatch.setenv("COLUMNS", "250")  # sentences on one line each
 
     result = CliRunner().invoke(cli.app, ["monitor", "drift", "--window", "7"], terminal_width=200)
     assert result.exit_code == 0, result.output
