@@ -11,25 +11,14 @@ from churn_platform.connections import Connections
 from churn_platform.experiments import analysis, records
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import get_settings
-from flows.common import platform_connections
+from flows.common import platform_connections, retry_unless
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=lambda _task, _run, state: not _refused(state))
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(records.ExperimentError))
 def analyse(connections: Connections, name: str) -> analysis.Analysis:
     settings = get_settings()
     return analysis.analyse(connections.database_url, catalog_from_settings(settings), settings.label_horizon_days,
                             name, analysis.Thresholds.from_settings(settings))  # fmt: skip
-
-
-def _refused(state: object) -> bool:
-    """An unknown experiment fails at once: retrying cannot help."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except records.ExperimentError:
-        return True
-    except Exception:  # any other failure (a server briefly away) is worth a retry
-        return False
-    return False
 
 
 @flow(name="ab-analysis")

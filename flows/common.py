@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prefect import get_run_logger, task
 
 from churn_platform import db, stack
@@ -23,3 +26,19 @@ def platform_connections(*, redis: bool = False, mlflow: bool = False) -> Connec
         )
     db.init_schema(resolved.connections.database_url)
     return resolved.connections
+
+
+def retry_unless(*refusals: type[Exception]) -> Callable[[Any, Any, Any], bool]:
+    """A task's retry condition: any failure (a server briefly away) is worth a retry, except a refusal of what the
+    task was asked (no champion, nothing served, no such experiment): retrying cannot help."""
+
+    def worth_a_retry(_task: Any, _run: Any, state: Any) -> bool:
+        try:
+            state.result()
+        except refusals:
+            return False
+        except Exception:
+            return True
+        return True
+
+    return worth_a_retry

@@ -12,10 +12,10 @@ from prefect.artifacts import create_markdown_artifact
 from churn_platform.connections import Connections
 from churn_platform.monitoring import alerts, drift_runs, performance_runs, webhook
 from churn_platform.settings import get_settings
-from flows.common import platform_connections
+from flows.common import platform_connections, retry_unless
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=lambda _task, _run, state: not _refused(state))
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(drift_runs.MonitoringError))
 def drift(
     connections: Connections, window_days: int | None, end: date | None, version: str | None
 ) -> drift_runs.DriftRun:
@@ -23,7 +23,7 @@ def drift(
     return drift_runs.run_drift(get_settings(), connections, window_days=window_days, end=ends, version=version)
 
 
-@task(retries=2, retry_delay_seconds=10, retry_condition_fn=lambda _task, _run, state: not _refused(state))
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(drift_runs.MonitoringError))
 def performance(connections: Connections, end: date | None, version: str | None) -> performance_runs.PerformanceRun:
     """Realised figures where outcomes are known (labels come a horizon late), estimated ones for every day."""
     return performance_runs.run_performance(get_settings(), connections, last_day=end, version=version)
@@ -39,17 +39,6 @@ def deliver_alerts(connections: Connections, changes: list[alerts.Changes]) -> N
     for change in changes:
         hook.send(change)
     hook.wait()
-
-
-def _refused(state: object) -> bool:
-    """A run refused for what it was asked (no champion, nothing served) fails at once: retrying cannot help."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except drift_runs.MonitoringError:
-        return True
-    except Exception:  # any other failure (a server briefly away) is worth a retry
-        return False
-    return False
 
 
 @flow(name="monitor")
