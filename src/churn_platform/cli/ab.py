@@ -137,42 +137,21 @@ def ab_report(
 
 def print_report(result: Any) -> None:
     """An analysis as two tables (per arm, then the tests) and its verdict."""
-    from churn_platform.experiments.analysis import Interval
-
-    def interval(value: Interval | None, digits: int = 4) -> str:
-        return (
-            "-" if value is None else f"{value.estimate:.{digits}f} [{value.low:.{digits}f}, {value.high:.{digits}f}]"
-        )
+    from churn_platform.experiments.analysis import ARM_COLUMNS, arm_cells, comparison_rows
 
     arms = Table(title=f"{result.name}: {result.variant} ({result.variant_share:.0%}) against {result.control}")
-    for column in ("arm", "users", "predictions", "with outcomes (users)", "log loss / user", "Brier / user",
-                   "ROC AUC", "churn rate"):  # fmt: skip
+    for column in ARM_COLUMNS:
         arms.add_column(column, justify="left" if column == "arm" else "right")
-    for arm, f in result.arms.items():
-        arms.add_row(
-            arm, f"{f.users:,}", f"{f.predictions:,}", f"{f.outcomes:,} ({f.outcome_users:,})", interval(f.log_loss),
-            interval(f.brier), interval(f.roc_auc, 3), "-" if f.churn_rate is None else f"{f.churn_rate:.3f}",
-        )  # fmt: skip
+    for arm, figures in result.arms.items():
+        arms.add_row(*arm_cells(arm, figures))
     console.print(arms)
     tests = Table(title="variant - control")
     for column in ("test", "difference [95% interval]", "p-value", "reads"):
         tests.add_column(column)
-    srm = result.sample_ratio
-    tests.add_row("sample ratio (chi-square)", f"{srm.users[0]:,} / {srm.users[1]:,} users", f"{srm.p_value:.3g}",
-                  "MISMATCH" if srm.mismatch else "split as configured")  # fmt: skip
-    for label, found, reads in (
-        ("log loss per user (Welch)", result.loss_difference, "lower is better"),
-        ("churn rate (two-proportion z)", result.churn_rate_difference, "matters when the arm changes what users do"),
-        ("ROC AUC (bootstrap over users)", result.auc_difference, "higher is better"),
-    ):
-        if found is not None:
-            tests.add_row(label, f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]",
-                          f"{found.p_value:.3g}", reads)  # fmt: skip
+    for row in comparison_rows(result):
+        tests.add_row(*row)
     if result.probability_variant_better is not None:
         tests.add_row("P(variant's loss is lower)", "", "", f"{result.probability_variant_better:.1%}")
-    if result.sequential is not None:
-        tests.add_row("sequential (mSPRT, always valid)", f"{result.sequential.difference:+.4f}",
-                      f"{result.sequential.p_value:.3g}", "readable every day")  # fmt: skip
     console.print(tests)
     colour = "green" if result.winner else "yellow"
     console.print(f"[{colour}]verdict:[/] {result.reason}")

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from churn_platform import db
 from churn_platform.experiments import statistics as ab
-from churn_platform.experiments.records import ExperimentError, experiment_summary
+from churn_platform.experiments.records import experiment_summary
 from churn_platform.features.catalog import Catalog
 from churn_platform.features.snapshots import labels_table_name
 from churn_platform.settings import Settings
@@ -276,44 +276,57 @@ def as_json(analysis: Analysis) -> dict[str, Any]:
     return clean(asdict(analysis))  # type: ignore[no-any-return]
 
 
+ARM_COLUMNS = ("arm", "users", "predictions", "with outcomes (users)", "log loss / user", "Brier / user", "ROC AUC",
+               "churn rate")  # fmt: skip
+
+
+def interval_text(value: Interval | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value.estimate:.{digits}f} [{value.low:.{digits}f}, {value.high:.{digits}f}]"
+
+
+def arm_cells(arm: str, f: ArmFigures) -> list[str]:
+    """One arm's row under ARM_COLUMNS (the CLI's table and the Markdown summary)."""
+    return [
+        arm, f"{f.users:,}", f"{f.predictions:,}", f"{f.outcomes:,} ({f.outcome_users:,})", interval_text(f.log_loss),
+        interval_text(f.brier), interval_text(f.roc_auc, 3), "-" if f.churn_rate is None else f"{f.churn_rate:.3f}",
+    ]  # fmt: skip
+
+
+def comparison_rows(analysis: Analysis) -> list[tuple[str, str, str, str]]:
+    """The tests, variant - control: (test, difference [95%], p-value, how to read it)."""
+    srm = analysis.sample_ratio
+    rows = [("sample ratio (chi-square)", f"{srm.users[0]:,} / {srm.users[1]:,} users", f"{srm.p_value:.3g}",
+             "MISMATCH" if srm.mismatch else "split as configured")]  # fmt: skip
+    for label, found, reads in (
+        ("log loss per user (Welch)", analysis.loss_difference, "lower is better"),
+        ("churn rate (two-proportion z)", analysis.churn_rate_difference, "matters when the arm changes what users do"),
+        ("ROC AUC (bootstrap over users)", analysis.auc_difference, "higher is better"),
+    ):
+        if found is not None:
+            rows.append((label, f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]", f"{found.p_value:.3g}",
+                         reads))  # fmt: skip
+    if analysis.sequential is not None:
+        rows.append(("sequential (mSPRT, always valid)", f"{analysis.sequential.difference:+.4f}",
+                     f"{analysis.sequential.p_value:.3g}", "readable every day"))  # fmt: skip
+    return rows
+
+
 def summary_markdown(analysis: Analysis) -> str:
     """The analysis as Markdown (for Prefect artifacts): per arm, the tests, the verdict."""
-
-    def interval(value: Interval | None, digits: int = 4) -> str:
-        return (
-            "-" if value is None else f"{value.estimate:.{digits}f} [{value.low:.{digits}f}, {value.high:.{digits}f}]"
-        )
-
     lines = [
         f"# A/B experiment {analysis.name}: {analysis.variant} ({analysis.variant_share:.0%}) against"
         f" {analysis.control}",
         "",
         f"**Verdict:** {analysis.reason}.",
         "",
-        "| arm | users | predictions | with outcomes (users) | log loss / user | Brier / user | ROC AUC | churn rate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(ARM_COLUMNS) + " |",
+        "|---" * len(ARM_COLUMNS) + "|",
+        *("| " + " | ".join(arm_cells(arm, f)) + " |" for arm, f in analysis.arms.items()),
+        "",
+        "| test (variant - control) | difference [95%] | p-value |",
+        "|---|---|---|",
+        *(f"| {label} | {difference} | {p_value} |" for label, difference, p_value, _ in comparison_rows(analysis)),
     ]
-    for arm, f in analysis.arms.items():
-        rate = "-" if f.churn_rate is None else f"{f.churn_rate:.3f}"
-        lines.append(
-            f"| {arm} | {f.users:,} | {f.predictions:,} | {f.outcomes:,} ({f.outcome_users:,}) | {interval(f.log_loss)}"
-            f" | {interval(f.brier)} | {interval(f.roc_auc, 3)} | {rate} |"
-        )
-    srm = analysis.sample_ratio
-    lines += [
-        "", "| test (variant - control) | difference [95%] | p-value |", "|---|---|---|",
-        f"| sample ratio (chi-square) | {srm.users[0]:,} / {srm.users[1]:,} users | {srm.p_value:.3g} |",
-    ]  # fmt: skip
-    for label, found in (("log loss per user (Welch)", analysis.loss_difference),
-                         ("churn rate (two-proportion z)", analysis.churn_rate_difference),
-                         ("ROC AUC (bootstrap over users)", analysis.auc_difference)):  # fmt: skip
-        if found is not None:
-            lines.append(
-                f"| {label} | {found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}] | {found.p_value:.3g} |"
-            )
-    if analysis.sequential is not None:
-        lines.append(f"| sequential (mSPRT, always valid) | {analysis.sequential.difference:+.4f} |"
-                     f" {analysis.sequential.p_value:.3g} |")  # fmt: skip
     if analysis.probability_variant_better is not None:
         lines.append(f"\nP(the variant's expected loss is lower) = {analysis.probability_variant_better:.1%}.")
     return "\n".join(lines)
@@ -325,6 +338,3 @@ def history(url: str, name: str) -> list[dict[str, Any]]:
         cur.execute(HISTORY_SQL, {"name": name})
         columns = [d.name for d in cur.description or []]
         return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
-
-
-__all__ = ["Analysis", "ArmFigures", "ExperimentError", "Interval", "Thresholds", "analyse", "as_json", "history"]
