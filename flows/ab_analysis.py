@@ -1,6 +1,7 @@
 """Prefect flow: the analysis of an A/B experiment over the outcomes known now (per arm, the tests, the verdict),
-stored with its history and published as a Markdown artifact; run it daily while an experiment runs: the sequential
-test stays valid however often it is read."""
+stored with its history and published as a Markdown artifact; on a declared winner, the decision (promoted with
+CHURN_AB_AUTO_PROMOTE, else recommended). Run it daily while an experiment runs: the sequential test stays valid
+however often it is read."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from churn_platform.connections import Connections
-from churn_platform.experiments import analysis, records
+from churn_platform.experiments import analysis, decision, records
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import get_settings
+from churn_platform.training.registry import ModelRegistry
 from flows.common import platform_connections, retry_unless
 
 
@@ -19,6 +21,16 @@ def analyse(connections: Connections, name: str) -> analysis.Analysis:
     settings = get_settings()
     return analysis.analyse(connections.database_url, catalog_from_settings(settings), settings.label_horizon_days,
                             name, analysis.Thresholds.from_settings(settings))  # fmt: skip
+
+
+@task(retries=2, retry_delay_seconds=10)
+def decide(connections: Connections, result: analysis.Analysis) -> decision.Decision | None:
+    settings = get_settings()
+    auto = settings.ab_auto_promote
+    return decision.decide(
+        connections.database_url, result, ModelRegistry(connections.mlflow, settings.model_name), auto_promote=auto,
+        decided_by=f"flow ab-analysis (CHURN_AB_AUTO_PROMOTE={'true' if auto else 'false'})",
+    )  # fmt: skip
 
 
 @flow(name="ab-analysis")
@@ -31,10 +43,12 @@ def ab_analysis_flow(name: str | None = None) -> str:
             raise records.ExperimentError("no experiment is running: name one")
         name = running.name
     result = analyse(connections, name)
-    create_markdown_artifact(
-        markdown=analysis.summary_markdown(result), key="churn-ab-analysis", description=f"A/B experiment {name}"
-    )
-    get_run_logger().info("%s: %s", name, result.reason)
+    decided = decide(platform_connections(mlflow=True), result) if result.winner else None
+    markdown = analysis.summary_markdown(result)
+    if decided is not None:
+        markdown += f"\n\n**Decision ({decided.action}, by {decided.decided_by}):** {decided.reason}"
+    create_markdown_artifact(markdown=markdown, key="churn-ab-analysis", description=f"A/B experiment {name}")
+    get_run_logger().info("%s: %s", name, result.reason if decided is None else decided.reason)
     return result.reason
 
 

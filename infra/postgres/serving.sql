@@ -24,7 +24,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS experiments_one_running ON serving.experiments
 -- churn_probability is NULL when the user had no features to score. snapshot_at is the snapshot the scored features
 -- came from (the newest among the feature views read; NULL without features): monitoring joins a prediction to its
 -- features and its outcome through it, not through the wall clock, so a world whose calendar is not the wall
--- clock's is monitored as production is. No foreign key to experiments: a log row is
+-- clock's is monitored as production is. Inside an experiment with shadow scoring on (CHURN_SERVE_SHADOW_SCORING),
+-- shadow_version and shadow_probability are the other arm's model and its score of the same features: the A/B
+-- analysis compares both models on the same users through them. No foreign key to experiments: a log row is
 -- never refused for bookkeeping, and the writer's COPY stays a plain append. No primary key either: request ids
 -- are unique by construction (UUIDv7), the writer never writes a batch twice (it asks PostgreSQL whether a batch
 -- whose commit was not acknowledged went through), and a unique index would cost about a fifth of each row's write.
@@ -41,9 +43,11 @@ CREATE TABLE IF NOT EXISTS serving.prediction_log (
     snapshot_at       timestamptz,
     latency_ms        double precision NOT NULL CHECK (latency_ms >= 0),
     endpoint          text             NOT NULL CHECK (endpoint IN ('predict', 'predict_batch')),
+    shadow_version    text,
+    shadow_probability double precision CHECK (shadow_probability >= 0 AND shadow_probability <= 1),
     CHECK ((experiment IS NULL) = (arm = 'champion'))
 );
--- A log made before the column gets it (a nullable column without a default is a catalog change, no rewrite), and
+-- A log made before the columns gets them (a nullable column without a default is a catalog change, no rewrite), and
 -- a log made before had a primary key: drop it. Both only when needed, so that applying the schema to a current log
 -- never takes the table's exclusive lock while the service writes to it.
 DO $$
@@ -53,6 +57,13 @@ BEGIN
         WHERE attrelid = 'serving.prediction_log'::regclass AND attname = 'snapshot_at' AND NOT attisdropped
     ) THEN
         ALTER TABLE serving.prediction_log ADD COLUMN snapshot_at timestamptz;
+    END IF;
+    IF NOT EXISTS (
+        SELECT FROM pg_attribute
+        WHERE attrelid = 'serving.prediction_log'::regclass AND attname = 'shadow_probability' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE serving.prediction_log ADD COLUMN shadow_version text,
+            ADD COLUMN shadow_probability double precision;
     END IF;
     IF EXISTS (
         SELECT FROM pg_constraint WHERE conrelid = 'serving.prediction_log'::regclass AND contype = 'p'
@@ -90,4 +101,30 @@ CREATE TABLE IF NOT EXISTS serving.experiment_analyses (
     reason                      text             NOT NULL,
     details                     jsonb            NOT NULL  -- every figure of the analysis
 );
+-- With shadow scores, both models on the same users: their count, the paired sequential test's running p-value and
+-- DeLong's p-value; decisive_test says which sequential test the verdict rests on. Added in place to a table made
+-- before them (a small table: the brief lock does not matter).
+ALTER TABLE serving.experiment_analyses
+    ADD COLUMN IF NOT EXISTS paired_users integer,
+    ADD COLUMN IF NOT EXISTS paired_sequential_p double precision,
+    ADD COLUMN IF NOT EXISTS delong_p double precision,
+    ADD COLUMN IF NOT EXISTS decisive_test text NOT NULL DEFAULT 'split' CHECK (decisive_test IN ('paired', 'split'));
 CREATE INDEX IF NOT EXISTS experiment_analyses_name_idx ON serving.experiment_analyses (name, analysed_at);
+
+-- What each declared winner changed (churn_platform.experiments.decision): promoted (the variant became the champion
+-- and the experiment stopped), kept (the control won: the experiment stopped, the champion stays) or recommended
+-- (automatic promotion is off: nothing moved, a person acts in the MLflow UI); who or what decided, and why.
+CREATE TABLE IF NOT EXISTS serving.experiment_decisions (
+    id              bigserial PRIMARY KEY,
+    name            text        NOT NULL REFERENCES serving.experiments (name) ON DELETE CASCADE,
+    analysis_id     bigint      REFERENCES serving.experiment_analyses (id) ON DELETE SET NULL,
+    decided_at      timestamptz NOT NULL DEFAULT now(),
+    winner          text        NOT NULL CHECK (winner IN ('control', 'variant')),
+    winner_version  text,
+    action          text        NOT NULL CHECK (action IN ('promoted', 'kept', 'recommended')),
+    champion_before text,
+    champion_after  text,
+    decided_by      text        NOT NULL,
+    reason          text        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS experiment_decisions_name_idx ON serving.experiment_decisions (name, decided_at);

@@ -205,6 +205,11 @@ class Settings(BaseSettings):
         ge=1_000,
         description="Prediction-log rows a worker holds while PostgreSQL is unreachable; beyond it the oldest drop.",
     )
+    serve_shadow_scoring: bool = Field(
+        default=True,
+        description="During an A/B experiment, also score each user with the other arm's model and log that score,"
+        " so the analysis compares both models on the same users (the answer is always the user's own arm's).",
+    )
     serve_access_log: bool = Field(
         default=False,
         description="BentoML's access-log line per request (the prediction log already records each prediction).",
@@ -294,6 +299,11 @@ class Settings(BaseSettings):
     )
     ab_min_outcome_users: int = Field(
         default=1_000, ge=2, description="Users with a known outcome each A/B arm needs before a winner is declared."
+    )
+    ab_auto_promote: bool = Field(
+        default=False,
+        description="On a declared A/B winner, promote it (a winning variant becomes the champion) and stop the"
+        " experiment; off: record a recommendation for a person to act on in the MLflow UI.",
     )
     ab_bootstrap_resamples: int = Field(
         default=1_000, ge=100, description="Resamples of users behind the A/B report's AUC intervals."

@@ -1,9 +1,11 @@
 """The analysis of an A/B experiment on a simulated world: predictions logged per arm as the service logs them
-(control: the oracle's churn probability blurred; variant: the oracle's own), joined to their outcomes through the
-snapshots, analysed, stored with its history, and shown by `churn ab report`; a broken split stops the verdict."""
+(control: the oracle's churn probability blurred; variant: the oracle's own), with or without the other arm's shadow
+score, joined to their outcomes through the snapshots, analysed, stored with its history, and shown by
+`churn ab report`; a broken split stops the verdict; a declared winner is promoted, or recommended."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -14,18 +16,20 @@ from flows.ab_analysis import ab_analysis_flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 from tests.integration.feature_worlds import platform_settings, redis_db_url
 from tests.integration.monitoring_backtest import extend_snapshots
 
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import WorldConfig
-from churn_platform.experiments import analysis
+from churn_platform.experiments import analysis, decision, records
 from churn_platform.experiments.assignment import assign_arm, bucket
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.population import snapshot_time
 from churn_platform.serving.prediction_log.rows import copy_lines, new_request_id
 from churn_platform.serving.prediction_log.writer import COPY_SQL
 from churn_platform.settings import Settings
+from churn_platform.training.registry import ModelRegistry
 
 AB_DB = 6  # a Redis database of its own (nothing here reads online features)
 USERS, DAYS, HORIZON, SERVED_DAYS = 1_500, 150, 30, 30
@@ -43,9 +47,11 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def ab_world(make_database: Callable[[], str], stack_settings: Settings) -> Iterator[World]:
+def ab_world(make_database: Callable[[], str], stack_settings: Settings, mlflow_server: str) -> Iterator[World]:
     url = make_database()
-    with platform_settings(url, redis_db_url(stack_settings, AB_DB)) as settings:
+    # a model name of its own: a winner declared by the report or the flow is recommended, touching no other model
+    environment = {"MLFLOW_TRACKING_URI": mlflow_server, "CHURN_MODEL_NAME": f"ab_world_{uuid.uuid4().hex[:8]}"}
+    with platform_settings(url, redis_db_url(stack_settings, AB_DB), **environment) as settings:
         assert settings.label_horizon_days == HORIZON
         config = WorldConfig(users=USERS, days=DAYS, seed=23)
         world.generate_world(url, config)
@@ -65,10 +71,12 @@ def _start(url: str, name: str, share: float = 0.5) -> str:
     return salt
 
 
-def _serve(ab_world: World, name: str, salt: str, days: list[date], drop_variant: float = 0.0) -> None:
+def _serve(
+    ab_world: World, name: str, salt: str, days: list[date], drop_variant: float = 0.0, shadow: bool = False
+) -> None:
     """Log every user of each day's snapshot in their arm: control scores are the oracle's log-odds blurred by
     N(0, BLUR^2), variant scores the oracle's; `drop_variant` of the variant's users are never logged (a broken
-    split)."""
+    split); with `shadow`, each row also carries the other arm's score, as shadow scoring logs it."""
     rng = np.random.default_rng(5)
     with psycopg.connect(ab_world.url) as conn:
         for day in days:
@@ -78,20 +86,21 @@ def _serve(ab_world: World, name: str, salt: str, days: list[date], drop_variant
                 " WHERE o.day = %s ORDER BY o.user_id",
                 (snapshot_time(day), day),
             ).fetchall()
-            users, routes, scores = [], [], []
+            users, routes, scores, shadows = [], [], [], []
             for user_id, p in oracle:
                 arm = assign_arm(name, salt, user_id, 0.5)
                 if arm == "variant" and bucket(f"{name}-dropped", salt, user_id) < drop_variant:
                     continue
-                p = float(np.clip(p, 1e-4, 1 - 1e-4))
-                if arm == "control":
-                    p = float(1 / (1 + np.exp(-(np.log(p / (1 - p)) + rng.normal(0, BLUR)))))
+                oracle_p = float(np.clip(p, 1e-4, 1 - 1e-4))
+                blurred = float(1 / (1 + np.exp(-(np.log(oracle_p / (1 - oracle_p)) + rng.normal(0, BLUR)))))
                 users.append(user_id)
                 alias, version = ("champion", "1") if arm == "control" else ("challenger", "2")
                 routes.append((name, arm, alias, version))
-                scores.append(p)
+                scores.append(blurred if arm == "control" else oracle_p)
+                shadows.append(("2", oracle_p) if arm == "control" else ("1", blurred))
             lines = copy_lines(new_request_id(), datetime.now(UTC), 1.0, "predict_batch", users, routes, scores,
-                               ["0" * 16] * len(users), [snapshot_time(day)] * len(users))  # fmt: skip
+                               ["0" * 16] * len(users), [snapshot_time(day)] * len(users),
+                               shadows if shadow else None)  # fmt: skip
             with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
                 copy.write("".join(lines))
 
@@ -139,6 +148,106 @@ def test_the_analysis_equals_scipy_on_the_joined_rows_declares_the_better_model_
     kept = analysis.history(ab_world.url, "oracle_vs_blurred")
     assert [row["winner"] for row in kept] == ["variant", "variant"]
     assert again.sequential is not None and again.sequential.p_value <= found.sequential.p_value  # a running minimum
+
+
+def test_shadow_scores_compare_both_models_on_the_same_users_and_the_paired_test_decides(ab_world: World) -> None:
+    salt = _start(ab_world.url, "shadowed")
+    _serve(ab_world, "shadowed", salt, _served_days(ab_world), shadow=True)
+
+    found = analysis.analyse(ab_world.url, catalog_from_settings(ab_world.settings), HORIZON, "shadowed", THRESHOLDS)
+
+    with psycopg.connect(ab_world.url) as conn:  # every joined row, both models' scores, by hand
+        joined = conn.execute(
+            "SELECT p.arm, p.user_id, p.snapshot_at, p.churn_probability, p.shadow_probability, l.churned::int"
+            f" FROM serving.prediction_log p JOIN {ab_world.labels} l ON l.user_id = p.user_id"
+            " AND l.event_timestamp = p.snapshot_at AND l.horizon_days = %s WHERE p.experiment = 'shadowed'"
+            " ORDER BY p.user_id, p.snapshot_at",
+            (HORIZON,),
+        ).fetchall()
+    losses: dict[str, list[tuple[float, float]]] = {}
+    first: dict[str, tuple[int, float, float]] = {}
+    for arm, user, _, p, shadow, y in joined:
+        p_control, p_variant = (p, shadow) if arm == "control" else (shadow, p)
+        loss = [-np.log(q) if y else -np.log1p(-q) for q in (p_control, p_variant)]
+        losses.setdefault(user, []).append((loss[0], loss[1]))
+        first.setdefault(user, (y, p_control, p_variant))
+    per_user = np.array([np.mean(pairs, axis=0) for _, pairs in sorted(losses.items())])
+    expected = stats.ttest_rel(per_user[:, 1], per_user[:, 0])
+    paired = found.paired
+    assert paired is not None and paired.users == len(per_user) == len(first)
+    assert paired.loss_difference is not None
+    assert paired.loss_difference.estimate == pytest.approx((per_user[:, 1] - per_user[:, 0]).mean(), rel=1e-9)
+    assert paired.loss_difference.p_value == pytest.approx(expected.pvalue, rel=1e-6, abs=1e-300)
+    # DeLong over each user's first prediction with an outcome: both AUCs are scikit-learn's on those rows
+    y, p_control, p_variant = (np.array(column) for column in zip(*first.values(), strict=True))
+    assert paired.delong is not None
+    assert paired.delong.auc_control == pytest.approx(roc_auc_score(y, p_control), abs=1e-12)
+    assert paired.delong.auc_variant == pytest.approx(roc_auc_score(y, p_variant), abs=1e-12)
+    assert paired.delong.auc_variant > paired.delong.auc_control and paired.delong.p_value < 0.001
+    # The verdict rests on the paired sequential test: the same users under both models are stronger evidence
+    assert found.decisive_test == "paired" and found.winner == "variant", found.reason
+    assert "paired sequential test (both models on the same" in found.reason
+    assert paired.sequential is not None and found.sequential is not None
+    assert paired.sequential.likelihood_ratio > found.sequential.likelihood_ratio
+    stored = analysis.history(ab_world.url, "shadowed")[-1]
+    assert stored["decisive_test"] == "paired" and stored["paired_users"] == paired.users
+    assert stored["paired_sequential_p"] == pytest.approx(paired.sequential.p_value)
+
+
+@pytest.fixture
+def two_versions(mlflow_tracking: str) -> ModelRegistry:
+    """A registered model of its own with version 1 as `champion` and 2 as `challenger` (the arms `_serve` logs)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    name = f"ab_decision_{uuid.uuid4().hex[:8]}"
+    client = MlflowClient()
+    client.create_registered_model(name)
+    for _ in range(2):
+        with mlflow.start_run() as run:  # a decision moves aliases and writes tags: it loads no model
+            mlflow.log_text("a stand-in version", "model/README.txt")
+        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    client.set_registered_model_alias(name, "challenger", "2")
+    return ModelRegistry(mlflow_tracking, name)
+
+
+def _tags(registry: ModelRegistry, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_model_version(registry.model_name, version).tags)
+
+
+def test_a_winner_is_recommended_with_automatic_promotion_off_and_promoted_with_it_on(
+    ab_world: World, two_versions: ModelRegistry
+) -> None:
+    salt = _start(ab_world.url, "decided")
+    _serve(ab_world, "decided", salt, _served_days(ab_world), shadow=True)
+    found = analysis.analyse(ab_world.url, catalog_from_settings(ab_world.settings), HORIZON, "decided", THRESHOLDS)
+    assert found.winner == "variant", found.reason
+
+    # Automatic promotion off: nothing moves, the recommendation is recorded once and tagged on the winner
+    off = decision.decide(ab_world.url, found, two_versions, auto_promote=False, decided_by="a test (off)")
+    assert off is not None and off.action == "recommended" and off.winner_version == "2"
+    assert "move `champion` to version 2 in the MLflow UI" in off.reason
+    assert two_versions.references().aliases == {"champion": "1", "challenger": "2"}
+    running = records.running_experiment(ab_world.url)
+    assert running is not None and running.name == "decided"
+    assert decision.decide(ab_world.url, found, two_versions, auto_promote=False, decided_by="again") == off
+    tags = _tags(two_versions, "2")
+    assert tags[decision.DECISION_TAG] == "recommended by experiment decided"
+    assert tags[decision.DECIDED_BY_TAG] == "a test (off)" and found.reason in tags[decision.REASON_TAG]
+
+    # On: the variant becomes the champion, the champion it replaces `previous`, and the experiment stops
+    on = decision.decide(ab_world.url, found, two_versions, auto_promote=True, decided_by="a test (on)")
+    assert on is not None and on.action == "promoted"
+    assert (on.champion_before, on.champion_after, on.analysis_id) == ("1", "2", found.analysis_id)
+    assert two_versions.references().aliases == {"champion": "2", "previous": "1"}
+    assert records.running_experiment(ab_world.url) is None
+    assert _tags(two_versions, "2")[decision.DECISION_TAG] == "promoted by experiment decided"
+    # Decided once: a later analysis of the stopped experiment changes nothing
+    assert decision.decide(ab_world.url, found, two_versions, auto_promote=True, decided_by="again") == on
+    assert [d.action for d in decision.decisions(ab_world.url, "decided")] == ["recommended", "promoted"]
 
 
 def test_a_broken_split_or_too_few_outcomes_stop_the_verdict_and_say_why(ab_world: World) -> None:

@@ -3,6 +3,7 @@ experiments and the prediction log in PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import subprocess
@@ -377,6 +378,89 @@ def test_ab_assignment_is_sticky_across_restarts_and_splits_as_configured(served
         assert all(again[u] == arms[u] for u in many[:5_000])
     finally:
         records.stop_experiment(served.database_url, name)
+
+
+def _await_experiment(served: ServedWorld, name: str | None) -> float:
+    """Seconds until the service answers inside experiment `name` (None: outside any)."""
+    started = time.monotonic()
+    while post(served.url, "/predict", {"user_id": served.users[0]})[1]["experiment"] != name:
+        assert time.monotonic() - started < 2 * POLL_INTERVAL_S + 5, f"the service did not follow to {name}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_shadow_scores_are_logged_and_an_automatic_promotion_is_served_within_two_poll_intervals(
+    served: ServedWorld,
+) -> None:
+    import mlflow.sklearn
+
+    from churn_platform.experiments import analysis, decision
+
+    uri, model_name = served.settings.mlflow_tracking_uri or "", served.settings.model_name
+    champion, boosted = _champion(served), served.versions["gradient_boosting"]
+    aliases_before = dict(registry.model_references(uri, model_name).aliases)
+    name = f"shadow-{uuid.uuid4().hex[:8]}"
+    records.start_experiment(
+        served.database_url, name, boosted, 0.5, registered=registry.model_references(uri, model_name)
+    )
+    try:
+        _await_experiment(served, name)
+        status, body = post(served.url, "/predict_batch", {"user_ids": served.users, "include_features": True})
+        assert status == 200
+        answers = {r["user_id"]: r for r in body["results"]}
+        deadline = time.monotonic() + 10
+        while True:
+            with psycopg.connect(served.database_url) as conn:
+                logged = conn.execute(
+                    "SELECT user_id, arm, model_version, churn_probability, shadow_version, shadow_probability"
+                    " FROM serving.prediction_log WHERE request_id = %s::uuid",
+                    (body["request_id"],),
+                ).fetchall()
+            if len(logged) == len(answers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(logged) == len(answers) and {row[1] for row in logged} == {"control", "variant"}
+
+        # Each row holds the answer of its arm's model and the other arm's score of the same features
+        names = catalog_from_settings(served.settings).names
+        models = {v: mlflow.sklearn.load_model(f"models:/{model_name}/{v}") for v in (champion, boosted)}
+        for user, arm, version, p, shadow_version, shadow_p in logged:
+            answer = answers[user]
+            frame = pd.DataFrame([{n: answer["features"][n]["value"] for n in names}])
+            assert (version, p) == (answer["model_version"], answer["churn_probability"])
+            assert shadow_version == (champion if arm == "variant" else boosted)
+            assert shadow_p == pytest.approx(models[shadow_version].predict_proba(frame)[0, 1], abs=1e-12)
+
+        # A declared winner, promoted automatically: the service follows the registry and the stopped experiment
+        found = analysis.analyse(
+            served.database_url, catalog_from_settings(served.settings), served.settings.label_horizon_days, name,
+            analysis.Thresholds.from_settings(served.settings),
+        )  # fmt: skip
+        won = dataclasses.replace(found, winner="variant", reason="variant wins (declared by this test)")
+        decided = decision.decide(served.database_url, won, registry.ModelRegistry(uri, model_name),
+                                  auto_promote=True, decided_by="the service test")  # fmt: skip
+        assert decided is not None and decided.action == "promoted"
+        followed_s = _await_experiment(served, None)
+        answer = post(served.url, "/predict", {"user_id": served.users[0]})[1]
+        assert answer["model_version"] == boosted and answer["model_alias"] == "champion"
+        assert followed_s <= 2 * POLL_INTERVAL_S, followed_s
+        assert registry.model_references(uri, model_name).aliases["previous"] == champion
+    finally:
+        if records.running_experiment(served.database_url) is not None:
+            records.stop_experiment(served.database_url, name)
+        _restore_aliases(served, aliases_before)
+        _wait_until_served_by(served, champion)
+
+
+def _restore_aliases(served: ServedWorld, aliases: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    uri, model_name = served.settings.mlflow_tracking_uri or "", served.settings.model_name
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for alias in set(registry.model_references(uri, model_name).aliases) - set(aliases):
+        client.delete_registered_model_alias(model_name, alias)
+    for alias, version in aliases.items():
+        client.set_registered_model_alias(model_name, alias, version)
 
 
 def test_the_prediction_log_has_one_row_per_answered_prediction(served: ServedWorld) -> None:

@@ -492,7 +492,8 @@ def test_bulk_formatted_rows_read_back_exactly(
     hashes = [f"{i:016x}" for i in range(len(users))]
     day_before = T0 - timedelta(days=1)
     snapshots = [day_before if i == 2 else T0 - timedelta(hours=1) for i in range(len(users))]
-    lines = copy_lines(request_id, T0, 2.5, "predict_batch", users, routes, scores, hashes, snapshots)
+    shadows = [None if i == 4 else ("8" if i % 3 else "7", 1 - i / 10) for i in range(len(users))]
+    lines = copy_lines(request_id, T0, 2.5, "predict_batch", users, routes, scores, hashes, snapshots, shadows)
     no_score = (None, "champion", "champion", "7")
     lines += copy_lines(new_request_id(), T0, 0.0, "predict", ["no-score"], [no_score], [None], ["no-features"], [None])
     writer = make_writer(database_url)
@@ -508,16 +509,19 @@ def test_bulk_formatted_rows_read_back_exactly(
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT user_id, request_id, predicted_at, experiment, arm, model_alias, churn_probability, feature_hash,"
-            " latency_ms, endpoint, snapshot_at FROM serving.prediction_log ORDER BY churn_probability NULLS LAST"
+            " latency_ms, endpoint, snapshot_at, shadow_version, shadow_probability FROM serving.prediction_log"
+            " ORDER BY churn_probability NULLS LAST"
         ).fetchall()
     assert [row[0] for row in rows] == [*users, "no-score"]
     first = rows[1]
     assert first[1:] == (
-        request_id, T0, "exp\t1", "control", None, 0.1, f"{1:016x}", 2.5, "predict_batch", T0 - timedelta(hours=1)
+        request_id, T0, "exp\t1", "control", None, 0.1, f"{1:016x}", 2.5, "predict_batch", T0 - timedelta(hours=1),
+        "8", 0.9,
     )  # fmt: skip
+    assert [tuple(row[11:]) if row[11] else None for row in rows[:-1]] == shadows  # each row's shadow score, or none
     assert [row[3:6] for row in rows[:-1:3]] == [("exp\t1", "variant", "challenger")] * 3  # the other route's rows
     assert [row[10] for row in rows] == [*snapshots, None]
-    assert rows[-1][3:7] == (None, "champion", "champion", None)
+    assert rows[-1][3:7] == (None, "champion", "champion", None) and rows[-1][11:] == (None, None)
 
 
 def test_request_ids_are_uuid7_in_time_order() -> None:

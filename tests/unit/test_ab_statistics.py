@@ -37,6 +37,21 @@ def test_welch_equals_scipy_with_its_interval() -> None:
     assert found.estimate == pytest.approx(variant.mean() - control.mean(), rel=1e-12)
 
 
+def test_the_paired_test_equals_scipy_and_sees_nothing_when_both_arms_run_one_model() -> None:
+    rng = np.random.default_rng(2)
+    control = rng.gamma(2.0, 0.2, size=800)
+    variant = control * rng.normal(0.97, 0.05, size=800)  # the same users, scored by both models
+    found = ab.paired(variant - control)
+    expected = stats.ttest_rel(variant, control)
+    interval = expected.confidence_interval(0.95)
+    assert (found.statistic, found.p_value) == pytest.approx((expected.statistic, expected.pvalue), rel=1e-12)
+    assert (found.low, found.high) == pytest.approx((interval.low, interval.high), rel=1e-12)
+    # An A/A test under shadow scoring: every user's two scores are equal, so every difference is 0
+    same = ab.paired(np.zeros(500))
+    assert (same.estimate, same.p_value) == (0.0, 1.0)
+    assert not ab.paired_msprt(np.zeros(500), TAU, ALPHA).rejects
+
+
 def test_the_two_proportion_z_test_equals_the_chi_square_of_the_two_by_two_table() -> None:
     found = ab.two_proportions(120, 1_000, 90, 1_100)
     chi2, p_value, _, _ = stats.chi2_contingency([[120, 880], [90, 1_010]], correction=False)

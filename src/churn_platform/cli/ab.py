@@ -100,9 +100,12 @@ def ab_report(
     history: Annotated[bool, typer.Option("--history", help="Also every earlier analysis of it.")] = False,
 ) -> None:
     """Analyse an experiment over the outcomes known now: per arm, the tests, and the verdict (stored, with its
-    history)."""
-    from churn_platform.experiments import analysis, records
+    history); on a declared winner, the decision: promoted with CHURN_AB_AUTO_PROMOTE, else recommended."""
+    import getpass
+
+    from churn_platform.experiments import analysis, decision, records
     from churn_platform.features.catalog import catalog_from_settings
+    from churn_platform.training.registry import ModelRegistry
 
     settings = get_settings()
     url = connect(settings).database_url
@@ -119,6 +122,14 @@ def ab_report(
         except records.ExperimentError as exc:
             raise fail(str(exc)) from exc
     print_report(result)
+    if result.winner is not None:
+        auto = settings.ab_auto_promote
+        registry = ModelRegistry(connect(settings, mlflow=True).mlflow, settings.model_name)
+        decided = decision.decide(url, result, registry, auto_promote=auto,
+                                  decided_by=f"churn ab report, run by {getpass.getuser()}"
+                                  f" (CHURN_AB_AUTO_PROMOTE={'true' if auto else 'false'})")  # fmt: skip
+        if decided is not None:
+            console.print(f"[bold]decision ({decided.action}):[/] {decided.reason}")
     if history:
         table = Table(title=f"earlier analyses of {name}")
         for column in ("analysed at", "users with outcomes (c / v)", "log loss (c / v)", "always-valid p", "verdict"):
@@ -129,10 +140,21 @@ def ab_report(
                 f"{row['analysed_at']:%Y-%m-%d %H:%M}",
                 f"{row['outcome_users_control']:,} / {row['outcome_users_variant']:,}",
                 " / ".join("-" if v is None else f"{v:.4f}" for v in losses),
-                "-" if row["sequential_p"] is None else f"{row['sequential_p']:.3g}",
+                _decisive_p(row),
                 row["winner"] or "none yet",
             )
         console.print(table)
+        for decided in decision.decisions(url, name):
+            console.print(
+                f"{decided.decided_at:%Y-%m-%d %H:%M} {decided.action} by {decided.decided_by}: {decided.reason}"
+            )
+
+
+def _decisive_p(row: dict[str, Any]) -> str:
+    """The always-valid p-value the stored verdict rested on, and which test gave it."""
+    paired = row["decisive_test"] == "paired"
+    p = row["paired_sequential_p"] if paired else row["sequential_p"]
+    return "-" if p is None else f"{p:.3g} ({'paired' if paired else 'split'})"
 
 
 def print_report(result: Any) -> None:

@@ -5,6 +5,12 @@ verdict's history (and the sequential test's running p-value) survives.
 A prediction is joined to its outcome through the snapshot it was scored on, as monitoring does; only predictions
 whose horizon has passed have one. Per user (the randomised unit): the mean log loss and Brier score of their
 predictions with known outcomes, and whether they churned within the horizon of their first such prediction.
+
+With shadow scoring on, each logged prediction also carries the other arm's score of the same features, so both
+models are compared on the same users (the paired comparison: each user's loss difference, DeLong's test on their
+first prediction with an outcome). The paired sequential test then decides the verdict: it needs far fewer users
+than the split one, and the split's tests stay in the report for what only a split can show (a change in what users
+do, the churn rates).
 """
 
 from __future__ import annotations
@@ -32,33 +38,34 @@ ARMS = ("control", "variant")
 
 # Each user's newest score on each snapshot, per arm, with the snapshot's label where its horizon has passed.
 ROWS_SQL = """
-SELECT p.arm, p.user_id, p.snapshot_at, p.churn_probability, l.churned
+SELECT p.arm, p.user_id, p.snapshot_at, p.churn_probability, p.shadow_probability, l.churned
 FROM (
-    SELECT DISTINCT ON (arm, user_id, snapshot_at) arm, user_id, snapshot_at, churn_probability
+    SELECT DISTINCT ON (arm, user_id, snapshot_at) arm, user_id, snapshot_at, churn_probability, shadow_probability
     FROM serving.prediction_log
     WHERE experiment = %(name)s AND arm IN ('control', 'variant') AND churn_probability IS NOT NULL
     ORDER BY arm, user_id, snapshot_at, predicted_at DESC
 ) p
 JOIN {labels} l ON l.user_id = p.user_id AND l.event_timestamp = p.snapshot_at AND l.horizon_days = %(horizon)s
 """
+# Each sequential test's running minimum: its always-valid p-value so far
 PREVIOUS_P_SQL = """
-SELECT sequential_p FROM serving.experiment_analyses
-WHERE name = %(name)s AND sequential_p IS NOT NULL ORDER BY analysed_at DESC, id DESC LIMIT 1
+SELECT min(sequential_p), min(paired_sequential_p) FROM serving.experiment_analyses WHERE name = %(name)s
 """
 INSERT_SQL = """
 INSERT INTO serving.experiment_analyses (
     name, analysed_at, users_control, users_variant, outcome_users_control, outcome_users_variant,
-    log_loss_control, log_loss_variant, srm_p, welch_p, sequential_p, probability_variant_better, winner, reason,
-    details
+    log_loss_control, log_loss_variant, srm_p, welch_p, sequential_p, probability_variant_better, paired_users,
+    paired_sequential_p, delong_p, decisive_test, winner, reason, details
 ) VALUES (
     %(name)s, %(analysed_at)s, %(users_control)s, %(users_variant)s, %(outcome_users_control)s,
     %(outcome_users_variant)s, %(log_loss_control)s, %(log_loss_variant)s, %(srm_p)s, %(welch_p)s, %(sequential_p)s,
-    %(probability_variant_better)s, %(winner)s, %(reason)s, %(details)s
+    %(probability_variant_better)s, %(paired_users)s, %(paired_sequential_p)s, %(delong_p)s, %(decisive_test)s,
+    %(winner)s, %(reason)s, %(details)s
 ) RETURNING id
 """
 HISTORY_SQL = """
 SELECT analysed_at, outcome_users_control, outcome_users_variant, log_loss_control, log_loss_variant, sequential_p,
-       winner, reason
+       paired_users, paired_sequential_p, decisive_test, winner, reason
 FROM serving.experiment_analyses WHERE name = %(name)s ORDER BY analysed_at, id
 """
 
@@ -98,6 +105,18 @@ class ArmFigures:
 
 
 @dataclass(frozen=True)
+class PairedFigures:
+    """Both models on the same users (shadow scores): users scored by both with a known outcome."""
+
+    users: int
+    log_loss_control: Interval | None  # the control's model, mean per-user log loss over every such user
+    log_loss_variant: Interval | None
+    loss_difference: ab.Difference | None  # paired t-test, variant - control
+    delong: ab.DeLong | None  # each user's first prediction with an outcome, scored by both models
+    sequential: ab.Sequential | None  # the paired mSPRT
+
+
+@dataclass(frozen=True)
 class Analysis:
     name: str
     analysed_at: datetime
@@ -111,9 +130,15 @@ class Analysis:
     auc_difference: ab.Difference | None  # bootstrap over users
     probability_variant_better: float | None
     sequential: ab.Sequential | None
+    paired: PairedFigures | None  # None without shadow scores
     winner: Literal["control", "variant"] | None
     reason: str
     analysis_id: int | None = None
+
+    @property
+    def decisive_test(self) -> Literal["paired", "split"]:
+        """The sequential test the verdict rests on: the paired one once both models scored the same users."""
+        return "paired" if self.paired is not None and self.paired.sequential is not None else "split"
 
 
 @dataclass(frozen=True)
@@ -150,10 +175,13 @@ def analyse(
     with db.connect(url) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL(ROWS_SQL).format(labels=labels_table_name(catalog)),
                     {"name": name, "horizon": horizon_days})  # fmt: skip
-        rows = pd.DataFrame(cur.fetchall(), columns=["arm", "user_id", "snapshot_at", "churn_probability", "churned"])
+        columns = ["arm", "user_id", "snapshot_at", "churn_probability", "shadow_probability", "churned"]
+        rows = pd.DataFrame(cur.fetchall(), columns=columns)
         previous = cur.execute(PREVIOUS_P_SQL, {"name": name}).fetchone()
-    previous_p = 1.0 if previous is None else float(previous[0])
-    rows = rows.astype({"churn_probability": "float64"}).assign(churned=lambda f: f["churned"].astype("int64"))
+    previous_p, previous_paired_p = (1.0 if p is None else float(p) for p in (previous or (None, None)))
+    rows = rows.astype({"churn_probability": "float64", "shadow_probability": "float64"}).assign(
+        churned=lambda f: f["churned"].astype("int64")
+    )
     arms = {arm: _arm(rows[rows["arm"] == arm].reset_index(drop=True)) for arm in ARMS}
 
     figures = {}
@@ -190,21 +218,62 @@ def analyse(
     )  # fmt: skip
     better = ab.probability_variant_better(loss_c, loss_v) if enough else None
     sequential = ab.msprt(loss_c, loss_v, thresholds.tau, thresholds.alpha, previous_p) if enough else None
-    winner, reason = _verdict(figures, srm, sequential, thresholds)
+    paired = _paired(rows, thresholds, previous_paired_p)
+    test: Literal["paired", "split"] = "split"
+    decisive, users_now = sequential, sum(f.outcome_users for f in figures.values())
+    if paired is not None and paired.sequential is not None:
+        test, decisive, users_now = "paired", paired.sequential, paired.users
+    winner, reason = _verdict(figures, srm, decisive, thresholds, test, users_now)
     analysis = Analysis(
         name, datetime.now(UTC), summary["control"], summary["variant"], share, figures, srm, welch, churn,
-        auc_difference, better, sequential, winner, reason,
+        auc_difference, better, sequential, paired, winner, reason,
     )  # fmt: skip
     if not store:
         return analysis
     return _store(url, analysis)
 
 
+def _paired(rows: pd.DataFrame, thresholds: Thresholds, previous_p: float) -> PairedFigures | None:
+    """Both models on the users the shadow scores cover: per-user losses of each model, their paired difference,
+    DeLong on each user's first prediction with an outcome, and the paired sequential test. None without shadows."""
+    shadowed = rows[rows["shadow_probability"].notna()]
+    if shadowed.empty:
+        return None
+    is_control = (shadowed["arm"] == "control").to_numpy()
+    served = shadowed["churn_probability"].to_numpy(dtype="float64")
+    shadow = shadowed["shadow_probability"].to_numpy(dtype="float64")
+    y = shadowed["churned"].to_numpy(dtype="int64")
+    scores = {"control": np.where(is_control, served, shadow), "variant": np.where(is_control, shadow, served)}
+    frame = shadowed[["user_id", "snapshot_at"]].assign(churned=y)
+    for model, p in scores.items():
+        clipped = p.clip(PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+        frame[f"loss_{model}"] = -(y * np.log(clipped) + (1 - y) * np.log1p(-clipped))
+        frame[f"p_{model}"] = p
+    per_user = frame.groupby("user_id", sort=True).agg(loss_control=("loss_control", "mean"),
+                                                       loss_variant=("loss_variant", "mean"))  # fmt: skip
+    first = frame.sort_values(["user_id", "snapshot_at"]).groupby("user_id", sort=True).first()
+    users = len(per_user)
+    differences = (per_user["loss_variant"] - per_user["loss_control"]).to_numpy()
+    enough = users >= 2
+    both_classes = first["churned"].nunique() == 2 and first["churned"].value_counts().min() >= 2
+    return PairedFigures(
+        users=users,
+        log_loss_control=_mean_interval(per_user["loss_control"].to_numpy()),
+        log_loss_variant=_mean_interval(per_user["loss_variant"].to_numpy()),
+        loss_difference=ab.paired(differences) if enough else None,
+        delong=ab.delong(first["churned"].to_numpy(), first["p_control"].to_numpy(), first["p_variant"].to_numpy())
+        if both_classes else None,
+        sequential=ab.paired_msprt(differences, thresholds.tau, thresholds.alpha, previous_p) if enough else None,
+    )  # fmt: skip
+
+
 def _verdict(
-    figures: dict[str, ArmFigures], srm: ab.SampleRatio, sequential: ab.Sequential | None, thresholds: Thresholds
-) -> tuple[Literal["control", "variant"] | None, str]:
-    """A winner only when the split is healthy, both arms have the minimum sample and the sequential test rejects;
-    otherwise what is missing."""
+    figures: dict[str, ArmFigures], srm: ab.SampleRatio, sequential: ab.Sequential | None, thresholds: Thresholds,
+    test: Literal["paired", "split"], users_now: int,
+) -> tuple[Literal["control", "variant"] | None, str]:  # fmt: skip
+    """A winner only when the split is healthy, both arms have the minimum sample and the decisive sequential test
+    (`test`: paired when both models scored the same users, over `users_now` users) rejects; otherwise what is
+    missing."""
     if srm.mismatch:
         return None, (
             f"sample-ratio mismatch: {srm.users[0]:,} control and {srm.users[1]:,} variant users against a"
@@ -220,14 +289,18 @@ def _verdict(
             f" needed before a verdict ({needed})"
         )
     assert sequential is not None
+    described = (
+        f"the paired sequential test (both models on the same {users_now:,} users)"
+        if test == "paired"
+        else "the sequential test"
+    )
     if sequential.rejects:
         winner: Literal["control", "variant"] = "variant" if sequential.difference < 0 else "control"
         return winner, (
-            f"{winner} wins: the sequential test rejects equal loss at {thresholds.alpha:g} (always-valid p ="
+            f"{winner} wins: {described} rejects equal loss at {thresholds.alpha:g} (always-valid p ="
             f" {sequential.p_value:.2g}); the variant's mean log loss per user is {sequential.difference:+.4f} against"
             " the control's"
         )
-    users_now = sum(f.outcome_users for f in figures.values())
     users_needed = sequential.users_needed(thresholds.alpha, thresholds.tau, users_now)
     more = (
         "no difference to find at the observed effect"
@@ -235,11 +308,16 @@ def _verdict(
         else f"about {max(users_needed - users_now, 0):,} more users with outcomes needed at the observed effect"
         f" ({sequential.difference:+.4f} log loss)"
     )
-    return None, f"no winner yet: always-valid p = {sequential.p_value:.2g} (needs < {thresholds.alpha:g}); {more}"
+    return None, (
+        f"no winner yet: {described} gives an always-valid p = {sequential.p_value:.2g} (needs <"
+        f" {thresholds.alpha:g}); {more}"
+    )
 
 
 def _store(url: str, analysis: Analysis) -> Analysis:
     c, v = analysis.arms["control"], analysis.arms["variant"]
+    paired_sequential = None if analysis.paired is None else analysis.paired.sequential
+    delong = None if analysis.paired is None else analysis.paired.delong
     row: dict[str, Any] = {
         "name": analysis.name, "analysed_at": analysis.analysed_at, "users_control": c.users,
         "users_variant": v.users, "outcome_users_control": c.outcome_users, "outcome_users_variant": v.outcome_users,
@@ -248,7 +326,11 @@ def _store(url: str, analysis: Analysis) -> Analysis:
         "srm_p": analysis.sample_ratio.p_value,
         "welch_p": None if analysis.loss_difference is None else analysis.loss_difference.p_value,
         "sequential_p": None if analysis.sequential is None else analysis.sequential.p_value,
-        "probability_variant_better": analysis.probability_variant_better, "winner": analysis.winner,
+        "probability_variant_better": analysis.probability_variant_better,
+        "paired_users": None if analysis.paired is None else analysis.paired.users,
+        "paired_sequential_p": None if paired_sequential is None else paired_sequential.p_value,
+        "delong_p": None if delong is None else delong.p_value,
+        "decisive_test": analysis.decisive_test, "winner": analysis.winner,
         "reason": analysis.reason, "details": json.dumps(as_json(analysis)),
     }  # fmt: skip
     with db.connect(url) as conn, conn.transaction():
@@ -305,9 +387,27 @@ def comparison_rows(analysis: Analysis) -> list[tuple[str, str, str, str]]:
         if found is not None:
             rows.append((label, f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]", f"{found.p_value:.3g}",
                          reads))  # fmt: skip
+    decisive = analysis.decisive_test
     if analysis.sequential is not None:
         rows.append(("sequential (mSPRT, always valid)", f"{analysis.sequential.difference:+.4f}",
-                     f"{analysis.sequential.p_value:.3g}", "readable every day"))  # fmt: skip
+                     f"{analysis.sequential.p_value:.3g}",
+                     "readable every day" + ("; decides" if decisive == "split" else "")))  # fmt: skip
+    paired = analysis.paired
+    if paired is not None:
+        if paired.loss_difference is not None:
+            found = paired.loss_difference
+            rows.append((f"log loss per user, paired ({paired.users:,} users, both models)",
+                         f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]", f"{found.p_value:.3g}",
+                         "the same users: lower is better"))  # fmt: skip
+        if paired.delong is not None:
+            d = paired.delong
+            half = 1.959964 * math.sqrt(d.variance)
+            difference = d.auc_variant - d.auc_control
+            interval = f"{difference:+.4f} [{difference - half:+.4f}, {difference + half:+.4f}]"
+            rows.append(("ROC AUC, paired (DeLong)", interval, f"{d.p_value:.3g}", "the same users: higher is better"))
+        if paired.sequential is not None:
+            rows.append(("sequential, paired (mSPRT, always valid)", f"{paired.sequential.difference:+.4f}",
+                         f"{paired.sequential.p_value:.3g}", "readable every day; decides"))  # fmt: skip
     return rows
 
 

@@ -6,6 +6,7 @@ observation per prediction (repeated predictions of one user are not independent
 
 - sample-ratio mismatch: Pearson's chi-square of the users per arm against the configured share;
 - Welch's t-test on the per-user loss, with its confidence interval (Welch-Satterthwaite degrees of freedom);
+- with shadow scores (both models scored every user), the paired t-test on each user's loss difference;
 - the two-proportion z-test on the arms' churn rates (pooled standard error);
 - a seeded bootstrap interval for the AUC difference, resampling users within each arm (scipy.stats.bootstrap);
 - the posterior probability that the variant's expected loss is lower (flat prior, normal likelihood of each mean);
@@ -69,6 +70,17 @@ def welch(control: FloatArray, variant: FloatArray, confidence: float = 0.95) ->
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
     estimate = float(b.mean() - a.mean())
     return Difference(estimate, estimate - half, estimate + half, float(result.statistic), float(result.pvalue))
+
+
+def paired(differences: FloatArray, confidence: float = 0.95) -> Difference:
+    """The paired t-test of per-user differences (variant - control, both models on the same users) and its
+    interval."""
+    d = np.asarray(differences, dtype="float64")
+    result = stats.ttest_1samp(d, 0.0)
+    half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    estimate = float(d.mean())
+    p_value = 1.0 if math.isnan(result.pvalue) else float(result.pvalue)  # every difference 0: nothing to see
+    return Difference(estimate, estimate - half, estimate + half, float(result.statistic), p_value)
 
 
 def two_proportions(

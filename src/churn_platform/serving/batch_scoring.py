@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
+from churn_platform.model.encoding import FeatureEncoder
+from churn_platform.serving.prediction_log.rows import Shadow
 from churn_platform.serving.routing import Route
 
 Outcome = Literal["ok", "no_features", "unknown_user"]
@@ -23,28 +25,53 @@ NO_FEATURES_HASH = "no-features"
 
 def score_batch(
     batch: FeatureBatch, routes: Sequence[Route], featureless: npt.NDArray[np.bool_]
-) -> tuple[list[float | None], list[str]]:
-    """Each user's probability (None for the `featureless`) and the hash of the vector its model scored."""
+) -> tuple[list[float | None], list[str], list[Shadow | None] | None]:
+    """Each user's probability (None for the `featureless`), the hash of the vector its model scored, and, when a
+    route has a shadow model, each user's shadow score (None where there is none; no list at all without shadows)."""
     probabilities: list[float | None] = [None] * len(batch.user_ids)
     hashes = [NO_FEATURES_HASH] * len(batch.user_ids)
+    shadows: list[Shadow | None] | None = None
     for rows in _rows_by_model(routes, featureless):
-        model = routes[rows[0]].model
+        route = routes[rows[0]]
+        model = route.model
         matrix = model.encoder.transform_batch(batch, rows)
-        for i, p, hashed in zip(rows.tolist(), model.score(matrix).tolist(), row_hashes(matrix), strict=True):
+        scores = model.score(matrix).tolist()
+        for i, p, hashed in zip(rows.tolist(), scores, row_hashes(matrix), strict=True):
             probabilities[i] = p
             hashes[i] = hashed
-    return probabilities, hashes
+        shadow = route.shadow
+        if shadow is not None:
+            if shadows is None:
+                shadows = [None] * len(batch.user_ids)
+            if shadow.version == model.version:  # an A/A test: the same model scores the same features alike
+                shadow_scores = scores
+            else:
+                same = same_encoding(shadow.encoder, model.encoder)
+                shadow_scores = shadow.score(matrix if same else shadow.encoder.transform_batch(batch, rows)).tolist()
+            for i, p in zip(rows.tolist(), shadow_scores, strict=True):
+                shadows[i] = (shadow.version, p)
+    return probabilities, hashes, shadows
+
+
+def same_encoding(a: FeatureEncoder, b: FeatureEncoder) -> bool:
+    """Two fitted encoders that turn any features into the same matrix (the same features, the same categories)."""
+    return a is b or (
+        list(a.numeric) == list(b.numeric)
+        and list(a.categorical) == list(b.categorical)
+        and a.categories_ == b.categories_
+    )
 
 
 def _rows_by_model(routes: Sequence[Route], featureless: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.intp]]:
-    """The rows each model scores (users with features), grouped by model version."""
-    if len({id(route.model) for route in routes}) == 1:
+    """The rows each route scores (users with features), grouped by model version (and shadow)."""
+    if len({id(route) for route in routes}) == 1:
         rows = np.flatnonzero(~featureless)
         return [rows] if len(rows) else []
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[str, str | None], list[int]] = {}
     for i, (none, route) in enumerate(zip(featureless.tolist(), routes, strict=True)):
         if not none:
-            groups.setdefault(route.model.version, []).append(i)
+            shadow = None if route.shadow is None else route.shadow.version
+            groups.setdefault((route.model.version, shadow), []).append(i)
     return [np.asarray(rows, dtype=np.intp) for rows in groups.values()]
 
 

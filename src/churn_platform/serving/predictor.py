@@ -130,7 +130,7 @@ class ChurnPredictor:
         self._users_lock = threading.Lock()
         self._users_conn: psycopg.Connection | None = None
         self._poller = Poller(self.refresh, settings.serve_poll_interval_s, "churn-model-poller")
-        self.router = Router(settings.model_name)
+        self.router = Router(settings.model_name, shadow_scoring=settings.serve_shadow_scoring)
         self._request_log = RequestLog(self.log.buffer)
         self._drops_alerted = 0  # prediction-log rows dropped, as far as the last alert told
 
@@ -258,13 +258,13 @@ class ChurnPredictor:
             first = next(user_id for user_id in user_ids if user_id in unknown)
             raise UnknownUserError(f"unknown user {first!r}: no features and no such user in raw.users")
         featureless = batch.featureless
-        probabilities, hashes = score_batch(batch, routes, featureless)
+        probabilities, hashes, shadows = score_batch(batch, routes, featureless)
         answers, messages = outcomes(batch, featureless, probabilities, unknown)
         request_id = prediction_log.new_request_id()
         latency_ms = (time.perf_counter() - started) * 1000
         self._request_log.submit(
             request_id, latency_ms, endpoint, user_ids, routes, probabilities, hashes, batch.snapshot_times(), answers,
-            unknown,
+            unknown, shadows,
         )  # fmt: skip
         bands = self.settings.serve_risk_bands
         return BatchPrediction(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from churn_platform.serving.batch_scoring import Outcome
-from churn_platform.serving.prediction_log import PredictionLogBuffer, RouteFields
+from churn_platform.serving.prediction_log import PredictionLogBuffer, RouteFields, Shadow
 from churn_platform.serving.routing import Route, per_route
 
 
@@ -29,17 +29,18 @@ class RequestLog:
     def submit(
         self, request_id: uuid.UUID, latency_ms: float, endpoint: str, user_ids: Sequence[str], routes: Sequence[Route],
         probabilities: Sequence[float | None], hashes: Sequence[str], snapshots: Sequence[datetime | None],
-        outcomes: Sequence[Outcome], unknown: set[str],
+        outcomes: Sequence[Outcome], unknown: set[str], shadows: Sequence[Shadow | None] | None = None,
     ) -> None:  # fmt: skip
         """Queue the rows of one request's answers, in order (`unknown`: the users answered `unknown_user`;
-        `snapshots`: the snapshot time of each user's features)."""
+        `snapshots`: the snapshot time of each user's features; `shadows`: each user's shadow score, if any)."""
         route_fields = per_route(routes, log_fields)
         if unknown:  # an unknown user gets an answer but no log row
             kept = [i for i, outcome in enumerate(outcomes) if outcome != "unknown_user"]
             user_ids, probabilities = [user_ids[i] for i in kept], [probabilities[i] for i in kept]
             route_fields, hashes = [route_fields[i] for i in kept], [hashes[i] for i in kept]
             snapshots = [snapshots[i] for i in kept]
+            shadows = None if shadows is None else [shadows[i] for i in kept]
         self.buffer.submit_rows(
             request_id, datetime.now(UTC), latency_ms, endpoint, user_ids, route_fields, probabilities, hashes,
-            snapshots,
+            snapshots, shadows,
         )  # fmt: skip

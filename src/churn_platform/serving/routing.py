@@ -2,7 +2,9 @@
 
 Routing reads only what a request took at its start (the loaded models, the experiment), so a swap or a poll in the
 middle of a request never mixes two states. A user's arm is a pure function of the experiment and the user id
-(`Experiment.arm_for`); an arm whose model is not loaded falls back to the champion, and says so.
+(`Experiment.arm_for`); an arm whose model is not loaded falls back to the champion, and says so. With shadow
+scoring on, a user inside an experiment is also scored by the other arm's model (the route's `shadow`), so the two
+models can be compared on the same users; only the route's own model answers.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ class Route:
     model: LoadedModel
     experiment: str | None
     arm: str
+    shadow: LoadedModel | None = None  # the other arm's model, which scores the same features for the log
 
 
 class Router:
     """Routes users of one registered model to its loaded versions."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, *, shadow_scoring: bool = False) -> None:
         self.model_name = model_name
+        self.shadow_scoring = shadow_scoring
 
     def champion(self, models: Mapping[str, LoadedModel]) -> LoadedModel:
         """The champion, or ServiceUnavailableError while none is loaded."""
@@ -72,7 +76,10 @@ class Router:
         model = models.get(reference)
         if model is None:
             return Route(CHAMPION, champion, experiment.name, FALLBACK_ARM)
-        return Route(reference, model, experiment.name, arm)
+        shadow = None
+        if self.shadow_scoring:  # no shadow when the other arm's model is not loaded
+            shadow = models.get(experiment.control if arm == "variant" else experiment.variant)
+        return Route(reference, model, experiment.name, arm, shadow)
 
 
 def per_route(routes: Sequence[Route], fields: Callable[[Route], T]) -> list[T]:

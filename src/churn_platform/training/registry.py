@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,8 @@ import pandas as pd
 from churn_platform.model.aliases import CHALLENGER, CHAMPION, PREVIOUS, ModelReferences
 from churn_platform.training.evaluation import write_plots
 from churn_platform.training.trainer import TEST_ROW_KEYS, TrainedModel
+
+MAX_TAG_CHARS = 5_000  # the registry refuses longer model-version tag values
 
 logger = logging.getLogger(__name__)
 
@@ -367,3 +370,22 @@ def rollback(tracking_uri: str, model_name: str) -> RegisteredVersion:
         client.set_registered_model_alias(model_name, PREVIOUS, current)
     client.set_model_version_tag(model_name, previous, "rolled_back_to_at", datetime.now(UTC).isoformat())
     return get_version(tracking_uri, model_name, previous)
+
+
+@dataclass(frozen=True)
+class ModelRegistry:
+    """One registered model's registry operations, for callers that are handed a registry (an A/B decision)."""
+
+    tracking_uri: str
+    model_name: str
+
+    def references(self) -> ModelReferences:
+        return model_references(self.tracking_uri, self.model_name)
+
+    def promote(self, version: str, check: str) -> None:
+        make_champion(self.tracking_uri, self.model_name, version, check=check)
+
+    def tag(self, version: str, tags: Mapping[str, str]) -> None:
+        client = _client(self.tracking_uri)
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, version, key, value[:MAX_TAG_CHARS])

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from churn_platform.serving.prediction_log.rows import PredictionRecord, RouteFields, copy_lines, first_line
+from churn_platform.serving.prediction_log.rows import PredictionRecord, RouteFields, Shadow, copy_lines, first_line
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,21 @@ class PredictionLogBuffer:
     def submit_rows(
         self, request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str,
         user_ids: Sequence[str], routes: Sequence[RouteFields], probabilities: Sequence[float | None],
-        hashes: Sequence[str], snapshots: Sequence[datetime | None],
+        hashes: Sequence[str], snapshots: Sequence[datetime | None], shadows: Sequence[Shadow | None] | None = None,
     ) -> None:  # fmt: skip
         """Queue one request's rows (as `copy_lines` takes them); if they cannot be formatted they count as rejected."""
         try:
             lines = copy_lines(
-                request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes, snapshots
+                request_id,
+                predicted_at,
+                latency_ms,
+                endpoint,
+                user_ids,
+                routes,
+                probabilities,
+                hashes,
+                snapshots,
+                shadows,
             )
         except (TypeError, ValueError, AttributeError) as exc:
             with self._cond:

@@ -18,7 +18,8 @@ from typing import Any
 
 COLUMNS = (
     "request_id", "predicted_at", "user_id", "experiment", "arm", "model_alias", "model_version",
-    "churn_probability", "feature_hash", "snapshot_at", "latency_ms", "endpoint",
+    "churn_probability", "feature_hash", "snapshot_at", "latency_ms", "endpoint", "shadow_version",
+    "shadow_probability",
 )  # fmt: skip
 NULL = "\\N"  # COPY text's NULL
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -44,25 +45,34 @@ def copy_text(value: str | None) -> str:
 
 
 RouteFields = tuple[str | None, str, str | None, str]  # experiment, arm, model alias, model version
+Shadow = tuple[str, float]  # the other arm's model version and its score of the same features
+NO_SHADOW = f"\t{NULL}\t{NULL}"
 
 
 def copy_lines(
     request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str, user_ids: Sequence[str],
     routes: Sequence[RouteFields], probabilities: Sequence[float | None], hashes: Sequence[str],
-    snapshots: Sequence[datetime | None],
+    snapshots: Sequence[datetime | None], shadows: Sequence[Shadow | None] | None = None,
 ) -> list[str]:  # fmt: skip
     """COPY text lines of one request's rows, given as columns (a probability of None: no score; a hash in hex; the
-    snapshot time of the features scored, None without features); raises TypeError for a value the table could not
-    hold.
+    snapshot time of the features scored, None without features; the shadow score, None, or no `shadows` at all
+    outside an experiment); raises TypeError for a value the table could not hold.
 
     The request's shared fields are formatted once, each distinct route once (rows routed alike share one tuple)
     and each distinct snapshot time once (a batch's users mostly share one); user ids are escaped only if one of
     them needs it.
     """
     head = f"{request_id}\t{predicted_at.isoformat()}\t"
-    tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}\n"
     if len(snapshots) != len(user_ids):
         raise ValueError(f"{len(snapshots)} snapshot times for {len(user_ids)} rows")
+    if shadows is None or all(shadow is None for shadow in shadows):
+        tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}{NO_SHADOW}\n"
+        shadow_texts: Iterable[str] = itertools.repeat("", len(user_ids))
+    else:
+        if len(shadows) != len(user_ids):
+            raise ValueError(f"{len(shadows)} shadow scores for {len(user_ids)} rows")
+        tail = f"\t{_number(latency_ms)}\t{copy_text(endpoint)}"
+        shadow_texts = [_shadow(shadow) + "\n" for shadow in shadows]
     distinct_times = {id(at): at for at in snapshots}
     if len(distinct_times) == 1:  # the usual batch: every user's features from one snapshot, formatted once
         tail = f"\t{_time(snapshots[0])}{tail}"
@@ -79,8 +89,17 @@ def copy_lines(
     if _ESCAPED.search("".join(user_ids)):
         user_ids = [copy_text(user_id) for user_id in user_ids]
     scores = map(repr, probabilities) if None not in probabilities else [_score(p) for p in probabilities]
-    columns = zip(user_ids, middles, scores, stamped_hashes, strict=True)
-    return [f"{head}{user_id}{middle}{score}\t{hashed}{tail}" for user_id, middle, score, hashed in columns]
+    columns = zip(user_ids, middles, scores, stamped_hashes, shadow_texts, strict=True)
+    return [
+        f"{head}{user_id}{middle}{score}\t{hashed}{tail}{shadow}" for user_id, middle, score, hashed, shadow in columns
+    ]
+
+
+def _shadow(shadow: Shadow | None) -> str:
+    if shadow is None:
+        return NO_SHADOW
+    version, probability = shadow
+    return f"\t{copy_text(version)}\t{_number(probability)}"
 
 
 def _time(at: datetime | None) -> str:
@@ -117,6 +136,8 @@ class PredictionRecord:
     snapshot_at: datetime | None  # the snapshot the features came from (monitoring joins on it); None without
     latency_ms: float
     endpoint: str  # predict / predict_batch
+    shadow_version: str | None = None  # inside an experiment: the other arm's model, which scored the same features
+    shadow_probability: float | None = None
 
     def as_row(self) -> tuple[Any, ...]:
         return tuple(getattr(self, column) for column in COLUMNS)
@@ -133,6 +154,7 @@ class PredictionRecord:
         return copy_lines(
             self.request_id, self.predicted_at, self.latency_ms, self.endpoint, [self.user_id], [route], [p], [hashed],
             [self.snapshot_at],
+            None if self.shadow_version is None else [(self.shadow_version, self.shadow_probability)],  # type: ignore[list-item]
         )[0]  # fmt: skip
 
 

@@ -24,7 +24,7 @@ import psycopg
 
 from churn_platform import db
 from churn_platform.serving.prediction_log.buffer import PredictionLogBuffer
-from churn_platform.serving.prediction_log.rows import COLUMNS, PredictionRecord, RouteFields, first_line
+from churn_platform.serving.prediction_log.rows import COLUMNS, PredictionRecord, RouteFields, Shadow, first_line
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class PredictionLogWriter:
     def submit_rows(
         self, request_id: uuid.UUID, predicted_at: datetime, latency_ms: float, endpoint: str,
         user_ids: Sequence[str], routes: Sequence[RouteFields], probabilities: Sequence[float | None],
-        hashes: Sequence[str], snapshots: Sequence[datetime | None],
+        hashes: Sequence[str], snapshots: Sequence[datetime | None], shadows: Sequence[Shadow | None] | None = None,
     ) -> None:  # fmt: skip
         """Queue one request's rows (`PredictionLogBuffer.submit_rows`)."""
         self.buffer.submit_rows(
-            request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes, snapshots
+            request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes, snapshots, shadows
         )
 
     def submit_lines(self, lines: Sequence[str]) -> None:
