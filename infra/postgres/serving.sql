@@ -62,8 +62,11 @@ BEGIN
         SELECT FROM pg_attribute
         WHERE attrelid = 'serving.prediction_log'::regclass AND attname = 'shadow_probability' AND NOT attisdropped
     ) THEN
+        -- the range check without a scan: NOT VALID checks new rows only, and every old row's value is NULL
         ALTER TABLE serving.prediction_log ADD COLUMN shadow_version text,
-            ADD COLUMN shadow_probability double precision;
+            ADD COLUMN shadow_probability double precision,
+            ADD CONSTRAINT prediction_log_shadow_probability_check
+                CHECK (shadow_probability >= 0 AND shadow_probability <= 1) NOT VALID;
     END IF;
     IF EXISTS (
         SELECT FROM pg_constraint WHERE conrelid = 'serving.prediction_log'::regclass AND contype = 'p'

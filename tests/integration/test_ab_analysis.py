@@ -5,6 +5,7 @@ score, joined to their outcomes through the snapshots, analysed, stored with its
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -72,10 +73,11 @@ def _start(url: str, name: str, share: float = 0.5) -> str:
 
 
 def _serve(
-    ab_world: World, name: str, salt: str, days: list[date], drop_variant: float = 0.0, shadow: bool = False
-) -> None:
+    ab_world: World, name: str, salt: str, days: list[date], drop_variant: float = 0.0, shadow: bool = False,
+    blur: float = BLUR,
+) -> None:  # fmt: skip
     """Log every user of each day's snapshot in their arm: control scores are the oracle's log-odds blurred by
-    N(0, BLUR^2), variant scores the oracle's; `drop_variant` of the variant's users are never logged (a broken
+    N(0, blur^2), variant scores the oracle's; `drop_variant` of the variant's users are never logged (a broken
     split); with `shadow`, each row also carries the other arm's score, as shadow scoring logs it."""
     rng = np.random.default_rng(5)
     with psycopg.connect(ab_world.url) as conn:
@@ -92,7 +94,8 @@ def _serve(
                 if arm == "variant" and bucket(f"{name}-dropped", salt, user_id) < drop_variant:
                     continue
                 oracle_p = float(np.clip(p, 1e-4, 1 - 1e-4))
-                blurred = float(1 / (1 + np.exp(-(np.log(oracle_p / (1 - oracle_p)) + rng.normal(0, BLUR)))))
+                noise = rng.normal(0, blur) if blur else 0.0
+                blurred = float(1 / (1 + np.exp(-(np.log(oracle_p / (1 - oracle_p)) + noise)))) if blur else oracle_p
                 users.append(user_id)
                 alias, version = ("champion", "1") if arm == "control" else ("challenger", "2")
                 routes.append((name, arm, alias, version))
@@ -194,6 +197,22 @@ def test_shadow_scores_compare_both_models_on_the_same_users_and_the_paired_test
     assert stored["paired_sequential_p"] == pytest.approx(paired.sequential.p_value)
 
 
+def test_each_sequential_test_keeps_its_own_running_minimum(ab_world: World) -> None:
+    salt = _start(ab_world.url, "minimum")
+    _serve(ab_world, "minimum", salt, _served_days(ab_world)[:5], shadow=True, blur=0.0)  # both arms: the oracle
+    with psycopg.connect(ab_world.url) as conn:  # an earlier analysis that had seen stronger evidence
+        conn.execute(
+            "INSERT INTO serving.experiment_analyses (name, analysed_at, users_control, users_variant,"
+            " outcome_users_control, outcome_users_variant, srm_p, sequential_p, paired_sequential_p, reason, details)"
+            " VALUES ('minimum', now(), 1, 1, 1, 1, 1, 0.003, 0.004, 'earlier', '{}')"
+        )
+    found = analysis.analyse(ab_world.url, catalog_from_settings(ab_world.settings), HORIZON, "minimum", THRESHOLDS)
+    assert found.sequential is not None and found.paired is not None and found.paired.sequential is not None
+    # Today's evidence alone: the same model in both arms, every paired difference 0
+    assert found.paired.sequential.likelihood_ratio == 1.0 and found.sequential.likelihood_ratio < 1 / 0.003
+    assert (found.sequential.p_value, found.paired.sequential.p_value) == (0.003, 0.004)
+
+
 @pytest.fixture
 def two_versions(mlflow_tracking: str) -> ModelRegistry:
     """A registered model of its own with version 1 as `champion` and 2 as `challenger` (the arms `_serve` logs)."""
@@ -248,6 +267,43 @@ def test_a_winner_is_recommended_with_automatic_promotion_off_and_promoted_with_
     # Decided once: a later analysis of the stopped experiment changes nothing
     assert decision.decide(ab_world.url, found, two_versions, auto_promote=True, decided_by="again") == on
     assert [d.action for d in decision.decisions(ab_world.url, "decided")] == ["recommended", "promoted"]
+
+
+def test_a_stopped_experiment_a_moved_alias_or_a_winning_control_move_no_alias(
+    ab_world: World, two_versions: ModelRegistry
+) -> None:
+    from mlflow import MlflowClient
+
+    catalog = catalog_from_settings(ab_world.settings)
+    salt = _start(ab_world.url, "undecided")
+    _serve(ab_world, "undecided", salt, _served_days(ab_world)[:12], shadow=True)
+    found = analysis.analyse(ab_world.url, catalog, HORIZON, "undecided", THRESHOLDS)
+    assert found.winner == "variant", found.reason
+
+    # `challenger` moved to a version that never served the arm: nothing moves, even with automatic promotion on
+    MlflowClient().set_registered_model_alias(two_versions.model_name, "challenger", "1")
+    moved = decision.decide(ab_world.url, found, two_versions, auto_promote=True, decided_by="a test")
+    assert moved is not None and moved.action == "recommended" and moved.winner_version == "1"
+    assert "`challenger` now names version 1, while the arm was served by 2" in moved.reason
+    assert two_versions.references().aliases == {"champion": "1", "challenger": "1"}
+
+    # Stopped by a person: a recommendation, not a promotion
+    MlflowClient().set_registered_model_alias(two_versions.model_name, "challenger", "2")
+    records.stop_experiment(ab_world.url, "undecided")
+    stopped = decision.decide(ab_world.url, found, two_versions, auto_promote=True, decided_by="a test")
+    assert stopped is not None and stopped.action == "recommended" and "the experiment was stopped" in stopped.reason
+    assert two_versions.references().aliases == {"champion": "1", "challenger": "2"}
+
+    # A winning control (the champion) stops the experiment and keeps the champion
+    salt = _start(ab_world.url, "control_wins")
+    _serve(ab_world, "control_wins", salt, _served_days(ab_world)[:12], shadow=True)
+    control_won = dataclasses.replace(
+        analysis.analyse(ab_world.url, catalog, HORIZON, "control_wins", THRESHOLDS), winner="control"
+    )
+    kept = decision.decide(ab_world.url, control_won, two_versions, auto_promote=True, decided_by="a test")
+    assert kept is not None and (kept.action, kept.winner_version, kept.champion_after) == ("kept", "1", "1")
+    assert records.running_experiment(ab_world.url) is None
+    assert two_versions.references().aliases == {"champion": "1", "challenger": "2"}
 
 
 def test_a_broken_split_or_too_few_outcomes_stop_the_verdict_and_say_why(ab_world: World) -> None:

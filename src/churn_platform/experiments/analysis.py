@@ -36,14 +36,15 @@ PROBABILITY_CLIP = 1e-15  # log loss of a probability of exactly 0 or 1
 BOOTSTRAP_SEED = 0  # the same outcomes give the same intervals
 ARMS = ("control", "variant")
 
-# Each user's newest score on each snapshot, per arm, with the snapshot's label where its horizon has passed.
+# Each user's newest score on each snapshot, per arm (preferring one with a shadow score: the same model scored the
+# same features), with the snapshot's label where its horizon has passed.
 ROWS_SQL = """
 SELECT p.arm, p.user_id, p.snapshot_at, p.churn_probability, p.shadow_probability, l.churned
 FROM (
     SELECT DISTINCT ON (arm, user_id, snapshot_at) arm, user_id, snapshot_at, churn_probability, shadow_probability
     FROM serving.prediction_log
     WHERE experiment = %(name)s AND arm IN ('control', 'variant') AND churn_probability IS NOT NULL
-    ORDER BY arm, user_id, snapshot_at, predicted_at DESC
+    ORDER BY arm, user_id, snapshot_at, shadow_probability IS NULL, predicted_at DESC  -- one with a shadow first
 ) p
 JOIN {labels} l ON l.user_id = p.user_id AND l.event_timestamp = p.snapshot_at AND l.horizon_days = %(horizon)s
 """
@@ -401,7 +402,7 @@ def comparison_rows(analysis: Analysis) -> list[tuple[str, str, str, str]]:
                          "the same users: lower is better"))  # fmt: skip
         if paired.delong is not None:
             d = paired.delong
-            half = 1.959964 * math.sqrt(d.variance)
+            half = 1.959964 * math.sqrt(max(d.variance, 0.0))  # rounding can leave it just below 0
             difference = d.auc_variant - d.auc_control
             interval = f"{difference:+.4f} [{difference - half:+.4f}, {difference + half:+.4f}]"
             rows.append(("ROC AUC, paired (DeLong)", interval, f"{d.p_value:.3g}", "the same users: higher is better"))

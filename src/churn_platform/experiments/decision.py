@@ -23,7 +23,7 @@ from psycopg.rows import class_row
 from churn_platform import db
 from churn_platform.experiments.analysis import Analysis
 from churn_platform.experiments.records import LOCK_SQL, STOP_NAMED_SQL, experiment_summary
-from churn_platform.model.aliases import CHAMPION, ModelReferences
+from churn_platform.model.aliases import CHAMPION, PREVIOUS, ModelReferences
 
 Action = Literal["promoted", "kept", "recommended"]
 COLUMNS = (
@@ -37,6 +37,7 @@ INSERT INTO serving.experiment_decisions (
     %(decided_by)s, %(reason)s
 ) RETURNING {COLUMNS}
 """
+RUNNING_SQL = "SELECT stopped_at IS NULL FROM serving.experiments WHERE name = %(name)s"
 DECISIONS_SQL = f"SELECT {COLUMNS} FROM serving.experiment_decisions WHERE name = %(name)s ORDER BY decided_at, id"
 # Tags on the winning version: the newest decision that named it (the decisions table keeps every one)
 DECISION_TAG, DECIDED_BY_TAG, REASON_TAG, EXPERIMENT_TAG = "ab_decision", "ab_decided_by", "ab_reason", "ab_experiment"
@@ -54,6 +55,8 @@ class Registry(Protocol):
         ...
 
     def tag(self, version: str, tags: Mapping[str, str]) -> None: ...
+
+    def version_tags(self, version: str) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True)
@@ -84,55 +87,74 @@ def decisions(url: str, name: str) -> list[Decision]:
 
 
 def decide(url: str, analysis: Analysis, registry: Registry, *, auto_promote: bool, decided_by: str) -> Decision | None:
-    """Act on the analysis' winner (None: no winner, nothing to decide). An experiment already decided keeps its
-    decision; a recommendation is recorded once per winner while the experiment runs."""
+    """Act on the analysis' winner (None: no winner, nothing to decide).
+
+    One decision at a time per database, under the lock that starts and stops take: an experiment already decided
+    keeps its decision, and a recommendation is recorded once per winning version. Only a running experiment is
+    promoted or stopped; one a person stopped gets a recommendation. The winner is tagged before the registry moves,
+    so a run whose record was lost after the promotion finds it again (and records it as the promotion it was).
+    """
     if analysis.winner is None:
         return None
-    earlier = decisions(url, analysis.name)
-    if any(d.final for d in earlier):
-        return next(d for d in reversed(earlier) if d.final)
-    if not auto_promote and earlier and earlier[-1].winner == analysis.winner:
-        return earlier[-1]  # recommended already: the person has it
-    references = registry.references()
-    reference = analysis.variant if analysis.winner == "variant" else analysis.control
-    version = references.resolve(reference)
-    champion = references.aliases.get(CHAMPION)
-    served = experiment_summary(url, analysis.name)["arms"][analysis.winner]["model_versions"]
-    action: Action = "recommended"
+    name = analysis.name
+    served = experiment_summary(url, name)["arms"][analysis.winner]["model_versions"]
+    with db.connect(url) as conn, conn.transaction():
+        conn.execute(LOCK_SQL)
+        cur = conn.cursor(row_factory=class_row(Decision))
+        earlier = cur.execute(DECISIONS_SQL, {"name": name}).fetchall()
+        final = [d for d in earlier if d.final]
+        if final:
+            return final[-1]
+        found = conn.execute(RUNNING_SQL, {"name": name}).fetchone()
+        running = bool(found and found[0])
+        references = registry.references()
+        reference = analysis.variant if analysis.winner == "variant" else analysis.control
+        version = references.resolve(reference)
+        champion = references.aliases.get(CHAMPION)
+        action, why = _action(analysis, reference, version, champion, served, auto_promote and running, running)
+        if action == "kept" and version is not None and _promoted_by(registry, version, name):
+            action, champion = "promoted", references.aliases.get(PREVIOUS)  # its record was lost: the same decision
+        repeated = earlier and (earlier[-1].winner, earlier[-1].winner_version) == (analysis.winner, version)
+        if action == "recommended" and repeated:
+            return earlier[-1]  # recommended already: the person has it
+        if version is not None:
+            registry.tag(version, {DECISION_TAG: f"{action} by experiment {name}", DECIDED_BY_TAG: decided_by,
+                                   REASON_TAG: why, EXPERIMENT_TAG: name})  # fmt: skip
+        if action == "promoted" and champion != version:
+            assert version is not None
+            registry.promote(version, check=why)
+        if action != "recommended":
+            conn.execute(STOP_NAMED_SQL, {"name": name})
+        row = {
+            "name": name, "analysis_id": analysis.analysis_id, "winner": analysis.winner, "winner_version": version,
+            "action": action, "champion_before": champion,
+            "champion_after": version if action == "promoted" else champion, "decided_by": decided_by, "reason": why,
+        }  # fmt: skip
+        decided = cur.execute(INSERT_SQL, row).fetchone()
+    assert decided is not None
+    return decided
+
+
+def _action(
+    analysis: Analysis, reference: str, version: str | None, champion: str | None, served: list[str], act: bool,
+    running: bool,
+) -> tuple[Action, str]:  # fmt: skip
+    """What the winner changes, and why: a winner that cannot be named as the version that served its arm is
+    only recommended; without `act` (automatic promotion off, or the experiment stopped) everything is."""
     why = f"{analysis.winner} ({reference}, version {version}) won experiment {analysis.name}: {analysis.reason}"
-    if not auto_promote:
-        why += (
-            f"; automatic promotion is off: move `{CHAMPION}` to version {version} in the MLflow UI to promote it"
-            if version != champion
-            else "; it is the champion already: stop the experiment (`churn ab stop`)"
-        )
-    elif version is None or version not in served:
-        why += (
-            f"; not promoted automatically: `{reference}` now names version {version}, while the arm was served by"
+    if version is None or version not in served:
+        named = "no version" if version is None else f"version {version}"
+        return "recommended", (
+            f"{why}; nothing moves: `{reference}` now names {named}, while the arm was served by"
             f" {', '.join(served) or 'no version'}: check in the MLflow UI"
         )
-    elif version != champion:
-        registry.promote(version, check=why)
-        action = "promoted"
-    else:
-        action = "kept"
-    tags = {DECISION_TAG: f"{action} by experiment {analysis.name}", DECIDED_BY_TAG: decided_by, REASON_TAG: why,
-            EXPERIMENT_TAG: analysis.name}  # fmt: skip
-    if version is not None:
-        registry.tag(version, tags)
-    row = {
-        "name": analysis.name, "analysis_id": analysis.analysis_id, "winner": analysis.winner,
-        "winner_version": version, "action": action, "champion_before": champion,
-        "champion_after": version if action == "promoted" else champion, "decided_by": decided_by, "reason": why,
-    }  # fmt: skip
-    with db.connect(url) as conn, conn.transaction():
-        conn.execute(LOCK_SQL)  # with starts and stops: the experiment stops with its decision recorded, or neither
-        cur = conn.cursor(row_factory=class_row(Decision))
-        final = [d for d in cur.execute(DECISIONS_SQL, {"name": analysis.name}).fetchall() if d.final]
-        if final:
-            return final[-1]  # another run decided meanwhile
-        if action != "recommended":
-            conn.execute(STOP_NAMED_SQL, {"name": analysis.name})  # no row when it was stopped already
-        found = cur.execute(INSERT_SQL, row).fetchone()
-    assert found is not None
-    return found
+    if not act:
+        if version == champion:
+            return "recommended", f"{why}; it is the champion already: stop the experiment (`churn ab stop`)"
+        off = "automatic promotion is off" if running else "the experiment was stopped"
+        return "recommended", f"{why}; {off}: move `{CHAMPION}` to version {version} in the MLflow UI to promote it"
+    return ("kept", why) if version == champion else ("promoted", why)
+
+
+def _promoted_by(registry: Registry, version: str, name: str) -> bool:
+    return registry.version_tags(version).get(DECISION_TAG) == f"promoted by experiment {name}"

@@ -7,6 +7,7 @@ hashed for the prediction log, and every user gets an outcome and, when somethin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -16,9 +17,12 @@ import numpy.typing as npt
 
 from churn_platform.features.feature_batch import MISSING, PRESENT, STALE, FeatureBatch, FeatureVector
 from churn_platform.model.encoding import FeatureEncoder
+from churn_platform.serving.models import LoadedModel
 from churn_platform.serving.prediction_log.rows import Shadow
 from churn_platform.serving.routing import Route
 
+log = logging.getLogger(__name__)
+_FAILED_SHADOWS: set[str] = set()  # versions whose shadow scoring failed, reported once each
 Outcome = Literal["ok", "no_features", "unknown_user"]
 NO_FEATURES_HASH = "no-features"
 
@@ -43,14 +47,28 @@ def score_batch(
         if shadow is not None:
             if shadows is None:
                 shadows = [None] * len(batch.user_ids)
-            if shadow.version == model.version:  # an A/A test: the same model scores the same features alike
-                shadow_scores = scores
-            else:
-                same = same_encoding(shadow.encoder, model.encoder)
-                shadow_scores = shadow.score(matrix if same else shadow.encoder.transform_batch(batch, rows)).tolist()
-            for i, p in zip(rows.tolist(), shadow_scores, strict=True):
-                shadows[i] = (shadow.version, p)
+            shadow_scores = _shadow_scores(batch, rows, matrix, scores, model, shadow)
+            if shadow_scores is not None:
+                for i, p in zip(rows.tolist(), shadow_scores, strict=True):
+                    shadows[i] = (shadow.version, p)
     return probabilities, hashes, shadows
+
+
+def _shadow_scores(
+    batch: FeatureBatch, rows: npt.NDArray[np.intp], matrix: npt.NDArray[np.float64], scores: list[float],
+    model: LoadedModel, shadow: LoadedModel,
+) -> list[float] | None:  # fmt: skip
+    """The shadow model's scores of the rows; None (logged) if it fails: the answers never depend on it."""
+    if shadow.version == model.version:  # an A/A test: the same model scores the same features alike
+        return scores
+    try:
+        same = same_encoding(shadow.encoder, model.encoder)
+        return list(shadow.score(matrix if same else shadow.encoder.transform_batch(batch, rows)).tolist())
+    except Exception:
+        if shadow.version not in _FAILED_SHADOWS:  # once per version: a broken shadow must not flood the log
+            _FAILED_SHADOWS.add(shadow.version)
+            log.exception("shadow scoring by version %s failed; its rows are logged without a shadow", shadow.version)
+        return None
 
 
 def same_encoding(a: FeatureEncoder, b: FeatureEncoder) -> bool:

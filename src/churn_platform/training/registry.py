@@ -385,6 +385,9 @@ class ModelRegistry:
     def promote(self, version: str, check: str) -> None:
         make_champion(self.tracking_uri, self.model_name, version, check=check)
 
+    def version_tags(self, version: str) -> Mapping[str, str]:
+        return dict(_client(self.tracking_uri).get_model_version(self.model_name, version).tags or {})
+
     def tag(self, version: str, tags: Mapping[str, str]) -> None:
         client = _client(self.tracking_uri)
         for key, value in tags.items():
