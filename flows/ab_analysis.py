@@ -13,7 +13,7 @@ from churn_platform.experiments import analysis, decision, records
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.settings import get_settings
 from churn_platform.training.registry import ModelRegistry
-from flows.common import platform_connections, retry_unless
+from flows.common import platform_connections, retry_unless, run_on_the_stack
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(records.ExperimentError))
@@ -53,4 +53,4 @@ def ab_analysis_flow(name: str | None = None) -> str:
 
 
 if __name__ == "__main__":
-    ab_analysis_flow()
+    run_on_the_stack(ab_analysis_flow)

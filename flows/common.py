@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churn_platform import db, stack
 from churn_platform.connections import Connections
@@ -42,3 +43,13 @@ def retry_unless(*refusals: type[Exception]) -> Callable[[Any, Any, Any], bool]:
         return True
 
     return worth_a_retry
+
+
+def run_on_the_stack(flow: Callable[..., Any], **parameters: Any) -> Any:
+    """Run a flow (a flow file run as a script) on the stack's Prefect API: PREFECT_API_URL, or the embedded server
+    `churn up` started; only when neither is there does Prefect start a temporary server of its own."""
+    api = stack.running_prefect_api(get_settings())
+    if api is None:
+        return flow(**parameters)
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        return flow(**parameters)

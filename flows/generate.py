@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from churn_platform.data.synthetic import world
 from churn_platform.data.synthetic.world_model import Returns, WorldConfig, WorldKind, world_config_from_settings
 from churn_platform.settings import get_settings
-from flows.common import platform_connections
+from flows.common import platform_connections, run_on_the_stack
 
 
 @task
@@ -63,4 +63,4 @@ def advance_world_flow(days: int = 7) -> world.WorldSummary:
 
 
 if __name__ == "__main__":
-    generate_world_flow()
+    run_on_the_stack(generate_world_flow)

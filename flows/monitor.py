@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from churn_platform.connections import Connections
 from churn_platform.monitoring import alerts, drift_runs, performance_runs, webhook
 from churn_platform.settings import get_settings
-from flows.common import platform_connections, retry_unless
+from flows.common import platform_connections, retry_unless, run_on_the_stack
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(drift_runs.MonitoringError))
@@ -67,4 +67,4 @@ def monitor_flow(window_days: int | None = None, end: date | None = None, versio
 
 
 if __name__ == "__main__":
-    monitor_flow()
+    run_on_the_stack(monitor_flow)

@@ -80,6 +80,7 @@ class BenchWorld:
             "CHURN_REDIS_URL": self.redis_url,
             "CHURN_DATA_DIR": str(self.data_dir),
             "CHURN_MLFLOW_PORT": "0",
+            "CHURN_PREFECT_PORT": "0",
             "CHURN_MLFLOW_DATABASE": self.mlflow_database,
             "CHURN_SERVE_PORT": "0",
             "CHURN_MODEL_NAME": self.prefix,

@@ -58,17 +58,33 @@ def sqlalchemy_url(url: str, database: str) -> str:
 
     A socket folder cannot be a URL's host: like libpq, SQLAlchemy's psycopg dialect takes it as `?host=`.
     """
+    return _sqlalchemy_url(url, database, "psycopg")
+
+
+def asyncpg_url(url: str, database: str) -> str:
+    """A `postgresql+asyncpg://` SQLAlchemy URL to `database` on the server of a libpq URL (the Prefect server's
+    database): a socket folder as `?host=`, its port as the URL's port (asyncpg names the socket file by it)."""
+    return _sqlalchemy_url(url, database, "asyncpg")
+
+
+def _sqlalchemy_url(url: str, database: str, driver: str) -> str:
     params = {key: str(value) for key, value in psycopg.conninfo.conninfo_to_dict(url).items() if value is not None}
     host, port = params.pop("host", None), params.pop("port", None)
     user, password = params.pop("user", None), params.pop("password", None)
     params.pop("dbname", None)
+    if driver == "asyncpg":
+        if "sslmode" in params:
+            params["ssl"] = params.pop("sslmode")  # asyncpg's name for it, same values
+        for libpq_only in ("connect_timeout", "application_name", "options"):
+            params.pop(libpq_only, None)  # asyncpg's connect takes none of these as URL parameters
     if host is not None and host.startswith("/"):
         params["host"] = host
-        if port is not None:
+        if port is not None and driver == "psycopg":
             params["port"] = port
-        host = port = None
+            port = None
+        host = None
     return URL.create(
-        "postgresql+psycopg",
+        f"postgresql+{driver}",
         username=user,
         password=password,
         host=host,

