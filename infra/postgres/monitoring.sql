@@ -151,3 +151,18 @@ BEGIN
         DROP TABLE serving.alerts;
     END IF;
 END $$;
+
+-- Every evaluation of the retraining triggers (churn_platform.monitoring.retraining), fired or not: each trigger's
+-- value, threshold and reason in `triggers`, and what the entrypoint did about a fired one in `action`.
+CREATE TABLE IF NOT EXISTS monitoring.retraining_evaluations (
+    id               bigserial PRIMARY KEY,
+    evaluated_at     timestamptz NOT NULL,
+    model_name       text        NOT NULL,
+    champion_version text        NOT NULL,
+    fired            boolean     NOT NULL,
+    reason           text        NOT NULL,
+    triggers         jsonb       NOT NULL,
+    action           text
+);
+CREATE INDEX IF NOT EXISTS retraining_evaluations_model_idx
+    ON monitoring.retraining_evaluations (model_name, evaluated_at);

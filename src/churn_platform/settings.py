@@ -322,6 +322,36 @@ class Settings(BaseSettings):
     ab_bootstrap_resamples: int = Field(
         default=1_000, ge=100, description="Resamples of users behind the A/B report's AUC intervals."
     )
+    retrain_drift_share: float | None = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Retrain when the share of drifted features in the champion's newest drift run is above this;"
+        " `off` turns the trigger off.",
+    )
+    retrain_auc_margin: float | None = Field(
+        default=0.05,
+        ge=0,
+        description="Retrain when the champion's realised ROC AUC is below its test AUC minus this; `off` turns the"
+        " trigger off.",
+    )
+    retrain_auc_window_days: int = Field(
+        default=7, ge=1, description="The newest days of realised outcomes the quality trigger judges."
+    )
+    retrain_new_labelled_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Retrain when this many labelled snapshots have outcomes the champion never saw; unset or `off`:"
+        " the trigger is off.",
+    )
+    retrain_window_days: int | None = Field(
+        default=180,
+        ge=30,
+        description="A retraining trains on the newest this many days of labelled snapshots; `off`: all of them.",
+    )
+    retrain_ab_share: float = Field(
+        default=0.5, gt=0, lt=1, description="Share of users a retrained challenger's A/B experiment sends to it."
+    )
     alert_webhook_url: SecretStr | None = Field(
         default=None,
         description="POST each opened or resolved alert here as JSON with a `text` field (Slack, Mattermost, ...);"
@@ -372,6 +402,16 @@ class Settings(BaseSettings):
             settings_cls, env_file=dotenv_settings.env_file, env_file_encoding=dotenv_settings.env_file_encoding
         )  # keeps a per-call `_env_file`
         return init_settings, env_settings, dotenv, file_secret_settings
+
+    @field_validator(
+        "retrain_drift_share", "retrain_auc_margin", "retrain_new_labelled_rows", "retrain_window_days", mode="before"
+    )
+    @classmethod
+    def _off_is_none(cls, value: object) -> object:
+        """`off` (or an empty value) turns a retraining trigger off."""
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
+        return value
 
     @field_validator("feature_user_attributes")
     @classmethod

@@ -13,7 +13,7 @@ from churn_platform.cli.alerts import alerts_app
 from churn_platform.cli.database import db_app
 from churn_platform.cli.features import features_app
 from churn_platform.cli.ingest import ingest_app
-from churn_platform.cli.models import models_app, train
+from churn_platform.cli.models import models_app, retrain, train
 from churn_platform.cli.monitor import monitor_app
 from churn_platform.cli.scores import score
 from churn_platform.cli.servers import down, status, up
@@ -21,7 +21,7 @@ from churn_platform.cli.serving import explain, predict
 from churn_platform.cli.world import generate, world_app
 
 app = typer.Typer(help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True)
-for command in (up, down, status, generate, train, score, predict, explain):
+for command in (up, down, status, generate, train, retrain, score, predict, explain):
     app.command()(command)
 for group, name in (
     (db_app, "db"),

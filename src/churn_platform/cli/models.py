@@ -1,4 +1,5 @@
-"""`churn train` and `churn models`: training runs and the registered versions' roles (MLflow aliases)."""
+"""`churn train`, `churn retrain` and `churn models`: training runs, the retraining triggers, and the registered
+versions' roles (MLflow aliases)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,50 @@ def train(
     if registered is not None:
         roles = ", ".join(registered.aliases) or "no alias"
         console.print(f"registered {registered.name} version {registered.version} ({roles})")
+
+
+def retrain(
+    if_needed: Annotated[
+        bool, typer.Option("--if-needed", help="Only when a retraining trigger fires (drift, quality, volume).")
+    ] = False,
+    history: Annotated[bool, typer.Option("--history", help="Also the earlier evaluations of the triggers.")] = False,
+) -> None:
+    """Evaluate the retraining triggers (recorded, fired or not); retrain when one fires (always without
+    --if-needed): the new version becomes `challenger` and its A/B experiment against the champion starts."""
+    from mlflow.exceptions import MlflowException
+
+    from churn_platform.monitoring import retraining
+    from churn_platform.training import registry
+
+    settings = get_settings()
+    connections = connect(settings, redis=True, mlflow=True)
+    with console.status("evaluating the retraining triggers (and retraining if one fires)..."):
+        try:
+            done = retraining.retrain(settings, connections, if_needed=if_needed)
+        except (ValueError, registry.RegistryError) as exc:  # MonitoringError is a ValueError
+            raise fail(str(exc)) from exc
+        except MlflowException as exc:
+            raise fail(f"MLflow at {connections.mlflow}: {exc}") from exc
+    table = Table(
+        title=f"retraining triggers: {settings.model_name} champion version {done.evaluation.champion_version}"
+    )
+    for column in ("trigger", "on", "value", "threshold", "fired", "why"):
+        table.add_column(column, overflow="fold")
+    for t in done.evaluation.triggers:
+        table.add_row(
+            t.name, "yes" if t.enabled else "off", "-" if t.value is None else f"{t.value:.4g}",
+            "-" if t.threshold is None else f"{t.threshold:.4g}", "[red]yes[/]" if t.fired else "no", t.reason,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"[bold]{done.action}[/]")
+    if history:
+        earlier = Table(title="earlier evaluations, newest first")
+        for column in ("evaluated at", "champion", "fired", "reason", "action"):
+            earlier.add_column(column, overflow="fold")
+        for row in retraining.history(connections.database_url, settings.model_name):
+            earlier.add_row(f"{row['evaluated_at']:%Y-%m-%d %H:%M}", row["champion_version"],
+                            "yes" if row["fired"] else "no", row["reason"], row["action"] or "-")  # fmt: skip
+        console.print(earlier)
 
 
 @models_app.command("list")
