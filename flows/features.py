@@ -34,9 +34,13 @@ def materialize(connections: Connections) -> online.MaterializeRun:
 
 
 @flow(name="features")
-def features_flow(until: date) -> online.MaterializeRun:
-    """Snapshots and labels up to `until`, the Feast repository applied, the online store refreshed."""
+def features_flow(until: date | None = None) -> online.MaterializeRun:
+    """Snapshots and labels up to `until` (default: the day after the newest event), the Feast repository applied,
+    the online store refreshed."""
     connections = platform_connections(redis=True)
+    until = until or snapshots.day_after_last_event(connections.database_url)
+    if until is None:
+        raise ValueError("no events loaded yet: generate a world (`churn generate`) or ingest events first")
     compute(connections.database_url, until)
     apply_repo(connections)
     return materialize(connections)

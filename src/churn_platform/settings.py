@@ -92,6 +92,15 @@ class Settings(BaseSettings):
         default="prefect",
         description="Database of the embedded Prefect server's runs and deployments, on the platform's PostgreSQL.",
     )
+    flows_dir: Path = Field(
+        default=Path("flows"), description="The platform's flows; `churn up` serves their deployments from here."
+    )
+    flows_interval_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="Run every deployment on this interval (the platform's day: a synthetic world advances one"
+        " simulated day per run); unset: on demand only (Prefect UI, `churn flows run`).",
+    )
     prefect_start_timeout_s: float = Field(
         default=120.0, gt=0, description="How long `churn up` waits for the embedded Prefect server to answer."
     )
@@ -404,11 +413,12 @@ class Settings(BaseSettings):
         return init_settings, env_settings, dotenv, file_secret_settings
 
     @field_validator(
-        "retrain_drift_share", "retrain_auc_margin", "retrain_new_labelled_rows", "retrain_window_days", mode="before"
-    )
+        "retrain_drift_share", "retrain_auc_margin", "retrain_new_labelled_rows", "retrain_window_days",
+        "flows_interval_minutes", mode="before",
+    )  # fmt: skip
     @classmethod
     def _off_is_none(cls, value: object) -> object:
-        """`off` (or an empty value) turns a retraining trigger off."""
+        """`off` (or an empty value) turns a retraining trigger, or the flows' schedule, off."""
         if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
             return None
         return value

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import psycopg
@@ -34,7 +35,7 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
 
     # Then every server is healthy, embedded, and answers real queries
     try:
-        assert list(statuses) == ["postgres", "redis", "mlflow", "prefect", "service"]
+        assert list(statuses) == ["postgres", "redis", "mlflow", "prefect", "flows", "service"]
         assert all(s.healthy and s.embedded for s in statuses.values())
         # The prediction service is alive but not ready: nothing is registered or materialized yet
         assert statuses["service"].detail.startswith("alive, not ready")
@@ -60,6 +61,14 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         assert stack.running_prefect_api(settings) == statuses["prefect"].url
         _run_a_flow_file(data_dir)
         assert _flow_runs(statuses["prefect"].url or "") == ["stack-check"]
+        # The deployments are served; one run from the command line as the UI's Run button does is executed by
+        # the served process, and a failure comes back as Prefect's Failed state with the flow's own message
+        assert statuses["flows"].detail.startswith("serving 5 deployments")
+        listed = _churn(data_dir, "flows", "list")
+        assert listed.exit_code == 0 and "monitor/champion" in listed.output, listed.output
+        failed = _churn(data_dir, "flows", "run", "ab-analysis")
+        assert failed.exit_code == 1, failed.output
+        assert "is Failed" in failed.output and "no experiment is running" in failed.output, failed.output
         # A second `up` reuses the running servers instead of starting more
         record = stack.StackRecord(data_dir).read()
         stack.up(settings)
@@ -69,7 +78,7 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         stopped = stack.down(settings)
 
     # And `down` stops them all, in reverse order, after which status reports them down
-    assert stopped == ["service", "prefect", "mlflow", "redis", "postgres"]
+    assert stopped == ["service", "flows", "prefect", "mlflow", "redis", "postgres"]
     assert not any(s.healthy for s in stack.status(settings))
 
 
@@ -90,6 +99,19 @@ def _run_a_flow_file(data_dir: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
                           cwd=REPO, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _churn(data_dir: Path, *arguments: str) -> Any:
+    """A `churn` command as a user runs it next to the stack in `data_dir` (nothing else configured)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith(("CHURN_", "MLFLOW_", "PREFECT_"))]:
+            patch.delenv(name)
+        patch.setenv("CHURN_DATA_DIR", str(data_dir))
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, list(arguments), terminal_width=250)
+        finally:
+            get_settings.cache_clear()
 
 
 def _flow_runs(api: str) -> list[str]:

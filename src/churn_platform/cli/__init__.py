@@ -12,6 +12,7 @@ from churn_platform.cli.ab import ab_app
 from churn_platform.cli.alerts import alerts_app
 from churn_platform.cli.database import db_app
 from churn_platform.cli.features import features_app
+from churn_platform.cli.flows import flows_app
 from churn_platform.cli.ingest import ingest_app
 from churn_platform.cli.models import models_app, retrain, train
 from churn_platform.cli.monitor import monitor_app
@@ -32,6 +33,7 @@ for group, name in (
     (ab_app, "ab"),
     (monitor_app, "monitor"),
     (alerts_app, "alerts"),
+    (flows_app, "flows"),
 ):
     app.add_typer(group, name=name)
 

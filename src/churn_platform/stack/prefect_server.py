@@ -14,9 +14,6 @@ import logging
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
-from urllib.parse import urlsplit
 
 import psutil
 import psycopg
@@ -30,6 +27,7 @@ from churn_platform.stack.base import (
     StackError,
     StackRecord,
     free_loopback_port,
+    http_health,
     loopback_port_is_free,
     running_record,
     stop_recorded,
@@ -45,19 +43,7 @@ TRIGRAMS_SQL = "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
 
 def prefect_health(api_url: str) -> tuple[bool, str]:
     """GET the API's `/health`, then its `/admin/version` for the detail."""
-    base = api_url.rstrip("/")
-    is_loopback = urlsplit(api_url).hostname in ("127.0.0.1", "localhost", "::1")
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if is_loopback else []))
-    try:
-        with opener.open(f"{base}/health", timeout=3):
-            pass
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return False, f"unreachable: {getattr(exc, 'reason', exc)}"
-    try:
-        with opener.open(f"{base}/admin/version", timeout=3) as response:
-            return True, f"Prefect {response.read().decode().strip().strip(chr(34))}"
-    except (urllib.error.URLError, OSError, ValueError):
-        return True, "Prefect (version not readable)"
+    return http_health(api_url, "/health", "/admin/version", "Prefect")
 
 
 class ExternalPrefect(ExternalServer):
