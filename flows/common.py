@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 from prefect import get_run_logger, task
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churn_platform import db, stack
-from churn_platform.connections import Connections
+from churn_platform.connections import Connections, redact
 from churn_platform.settings import get_settings
 
 
-@task
+@task(retries=2, retry_delay_seconds=[2.0, 10.0])  # a server restarting is waited for, then named
 def platform_connections(*, redis: bool = False, mlflow: bool = False) -> Connections:
     """The servers the flow needs, resolved once (embedded ones started when none is configured), the schema
-    applied to the platform database."""
+    applied to the platform database; an unreachable database fails naming it and its setting."""
     settings = get_settings()
     resolved = stack.resolve(settings, redis=redis, mlflow=mlflow)
     if resolved.started:
@@ -25,7 +26,13 @@ def platform_connections(*, redis: bool = False, mlflow: bool = False) -> Connec
             ", ".join(resolved.started_names),
             settings.data_dir,
         )
-    db.init_schema(resolved.connections.database_url)
+    url = resolved.connections.database_url
+    try:
+        db.init_schema(url)
+    except (psycopg.OperationalError, db.DatabaseUnreachableError) as exc:
+        where = "(CHURN_DATABASE_URL)" if settings.database_url else "(the embedded server)"
+        cause = str(exc.__cause__ or exc).strip().splitlines()[0]
+        raise db.DatabaseUnreachableError(f"PostgreSQL at {redact(url)} {where} is unreachable: {cause}") from exc
     return resolved.connections
 
 

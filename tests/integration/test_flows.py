@@ -13,7 +13,7 @@ from flows.features import features_flow
 from flows.generate import advance_world_flow, generate_world_flow
 from flows.ingest import ingest_events_flow, ingest_users_flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
 from churn_platform import stack
 from churn_platform.data.synthetic import world
@@ -123,3 +123,29 @@ def test_the_features_flow_computes_snapshots_and_materializes(
     assert run.end > snapshots[1]
     assert redis.Redis.from_url(redis_url).dbsize() > 0
     redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_a_flow_whose_database_is_unreachable_is_retried_then_failed_naming_it(
+    prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.ab_analysis import ab_analysis_flow
+
+    # Given a platform database nobody listens for
+    monkeypatch.setenv("CHURN_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/churn")
+    get_settings.cache_clear()
+    try:
+        state = ab_analysis_flow(return_state=True)
+    finally:
+        get_settings.cache_clear()
+
+    # Then the flow run is Failed in Prefect, with a message that names the server and its setting
+    assert state.is_failed()
+    message = str(state.message)
+    assert "PostgreSQL at postgresql://postgres@127.0.0.1:1/churn (CHURN_DATABASE_URL) is unreachable" in message
+    # after its first task was tried three times (two retries), as Prefect records it
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    connecting = [run for run in runs if run.name.startswith("platform_connections")]
+    assert len(connecting) == 1 and connecting[0].run_count == 3, [(r.name, r.run_count) for r in runs]

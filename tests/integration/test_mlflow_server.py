@@ -32,7 +32,7 @@ def test_the_server_answers_and_status_lists_it(stack_settings: Settings, mlflow
 
     # Then it answers with its version, and `churn status` lists it as a healthy embedded component at that URL
     assert healthy and detail == f"MLflow {mlflow.__version__}"
-    assert list(statuses) == ["postgres", "redis", "mlflow", "service"]
+    assert list(statuses) == ["postgres", "redis", "mlflow", "prefect", "flows", "service"]
     assert statuses["mlflow"].healthy and statuses["mlflow"].embedded
     assert statuses["mlflow"].url == mlflow_server and mlflow_server.startswith("http://127.0.0.1:")
 

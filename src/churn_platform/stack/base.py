@@ -6,6 +6,7 @@ import abc
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
@@ -303,3 +304,100 @@ def stop_recorded(record: StackRecord, name: str) -> int | None:
         return None
     stop_process_group(recorded[0])
     return recorded[0]
+
+
+class EmbeddedHttpServer(abc.ABC):
+    """A server the platform runs as a child process on a loopback port (MLflow, Prefect): started once (a running
+    one is waited for, never doubled), recorded in `stack.json` before it turns healthy (so a server that never does
+    is not orphaned), stopped with its process group.
+
+    A subclass names itself and its settings, and gives its health check, what it prepares before the start (its
+    database), how it spawns, and its URL on a port.
+    """
+
+    name: str
+    label: str  # "embedded <label> server"
+    port_setting: str  # CHURN_<X>_PORT
+    url_setting: str  # the variable that configures an external server instead
+    timeout_setting: str  # CHURN_<X>_START_TIMEOUT_S
+    embedded = True
+
+    def __init__(self, data_dir: Path, port: int, timeout_s: float) -> None:
+        self.directory = (data_dir / self.name).resolve()
+        self.log_path = self.directory / f"{self.name}.log"
+        self.port = port
+        self.timeout_s = timeout_s
+        self.record = StackRecord(data_dir)
+
+    @abc.abstractmethod
+    def health(self, url: str) -> tuple[bool, str]: ...
+
+    @abc.abstractmethod
+    def prepare(self) -> dict[str, str]:
+        """Everything the server needs before it starts; what to record of it (e.g. where its database is)."""
+
+    @abc.abstractmethod
+    def spawn(self, port: int, environment: dict[str, str]) -> list[str]:
+        """The command on `port`; `environment` (a copy of this process's) may be extended in place."""
+
+    @abc.abstractmethod
+    def url(self, port: int) -> str: ...
+
+    def start(self) -> str:
+        recorded = running_record(self.record, self.name)
+        if recorded is not None:  # running, maybe still starting: wait for it rather than start a second server
+            url = recorded[1]
+            wait_until(lambda: self.health(url), self.timeout_s, f"embedded {self.label} server (log: {self.log_path})")
+            return url
+        port = self.port or free_loopback_port()
+        if not loopback_port_is_free(port):
+            raise StackError(
+                f"port {port} on 127.0.0.1 is taken: set {self.port_setting} to a free port (0 picks one), "
+                f"or {self.url_setting} to use the server listening there"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        recorded_too = self.prepare()
+        environment = dict(os.environ)
+        command = self.spawn(port, environment)
+        url = self.url(port)
+        with open(self.log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                command, cwd=self.directory, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command; `churn down` stops its process group
+            )  # fmt: skip
+        self.record.put(
+            self.name,
+            {"pid": process.pid, "started": psutil.Process(process.pid).create_time(), "url": url,
+             "log": str(self.log_path), **recorded_too},
+        )  # fmt: skip
+        took = wait_for_child(
+            process, lambda: self.health(url)[0], timeout_s=self.timeout_s, what=f"embedded {self.label} server",
+            setting=self.timeout_setting, log_path=self.log_path, forget=lambda: self.record.put(self.name, None),
+        )  # fmt: skip
+        logging.getLogger(__name__).info(
+            "started embedded %s (pid %s) on %s in %.1f s", self.label, process.pid, url, took
+        )
+        return url
+
+    def stop(self) -> bool:
+        pid = stop_recorded(self.record, self.name)
+        if pid is not None:
+            logging.getLogger(__name__).info("stopped embedded %s (pid %s)", self.label, pid)
+        return pid is not None
+
+    def status(self) -> ComponentStatus:
+        recorded = running_record(self.record, self.name)
+        if recorded is None:
+            return ComponentStatus(self.name, None, False, True, self.not_running())
+        healthy, detail = self.health(recorded[1])
+        if not healthy:
+            detail = f"running but not answering: {detail} (log: {self.log_path})"
+        else:
+            detail = self.healthy_detail(detail, self.record.read().get(self.name) or {})
+        return ComponentStatus(self.name, recorded[1], healthy, True, detail)
+
+    def not_running(self) -> str:
+        return "not running"
+
+    def healthy_detail(self, detail: str, recorded: dict[str, object]) -> str:
+        return detail
