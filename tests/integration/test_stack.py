@@ -30,11 +30,11 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         prefect_port=0, serve_port=0, data_dir=data_dir,
     )  # fmt: skip
 
-    # When the stack comes up
-    statuses = {s.name: s for s in stack.up(settings)}
-
-    # Then every server is healthy, embedded, and answers real queries
     try:
+        # When the stack comes up (a start that fails midway is stopped too: `finally`)
+        statuses = {s.name: s for s in stack.up(settings)}
+
+        # Then every server is healthy, embedded, and answers real queries
         assert list(statuses) == ["postgres", "redis", "mlflow", "prefect", "flows", "service"]
         assert all(s.healthy and s.embedded for s in statuses.values())
         # The prediction service is alive but not ready: nothing is registered or materialized yet
