@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from churn_platform import stack
 from churn_platform.connections import Connections
 from churn_platform.experiments import analysis, decision, records
 from churn_platform.features.catalog import catalog_from_settings
@@ -27,8 +28,9 @@ def analyse(connections: Connections, name: str) -> analysis.Analysis:
 def decide(connections: Connections, result: analysis.Analysis) -> decision.Decision | None:
     settings = get_settings()
     auto = settings.ab_auto_promote
+    tracking_uri = stack.connect(settings, mlflow=True).mlflow  # only a winner needs the registry (the schema is in)
     return decision.decide(
-        connections.database_url, result, ModelRegistry(connections.mlflow, settings.model_name), auto_promote=auto,
+        connections.database_url, result, ModelRegistry(tracking_uri, settings.model_name), auto_promote=auto,
         decided_by=f"flow ab-analysis (CHURN_AB_AUTO_PROMOTE={'true' if auto else 'false'})",
     )  # fmt: skip
 
@@ -43,7 +45,7 @@ def ab_analysis_flow(name: str | None = None) -> str:
             raise records.ExperimentError("no experiment is running: name one")
         name = running.name
     result = analyse(connections, name)
-    decided = decide(platform_connections(mlflow=True), result) if result.winner else None
+    decided = decide(connections, result) if result.winner else None
     markdown = analysis.summary_markdown(result)
     if decided is not None:
         markdown += f"\n\n**Decision ({decided.action}, by {decided.decided_by}):** {decided.reason}"

@@ -23,7 +23,6 @@ class Connections:
     redis_url: str | None = None
     mlflow_tracking_uri: str | None = None
     service_url: str | None = None
-    prefect_api_url: str | None = None
 
     @property
     def redis(self) -> str:
@@ -39,11 +38,6 @@ class Connections:
     def service(self) -> str:
         """The prediction service's URL; an error names it when the entrypoint did not resolve it."""
         return _required(self.service_url, "the prediction service (CHURN_SERVE_URL)")
-
-    @property
-    def prefect(self) -> str:
-        """The Prefect API's URL; an error names it when the entrypoint did not resolve it."""
-        return _required(self.prefect_api_url, "the Prefect API (PREFECT_API_URL)")
 
 
 def _required(url: str | None, what: str) -> str:

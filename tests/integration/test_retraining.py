@@ -17,6 +17,7 @@ from churn_platform.data.synthetic.world_model import WorldConfig
 from churn_platform.experiments import records
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.monitoring import retraining
+from churn_platform.monitoring.performance_runs import newest_label_day
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
 
@@ -116,8 +117,7 @@ def test_a_fired_evaluation_trains_a_challenger_and_starts_its_experiment_once(w
         def first_day(version: str) -> date:
             return date.fromisoformat(registry.get_version(uri, name, version).tags["training_range"].split("..")[0])
 
-        horizon = world.settings.label_horizon_days
-        last = retraining.last_labelled_day(world.url, catalog_from_settings(world.settings), horizon)
+        last = newest_label_day(world.url, world.settings)
         assert last is not None and first_day(done.version) >= last - timedelta(days=89)
         assert first_day(world.champion.version) < last - timedelta(days=120)
         assert retraining.history(world.url, name)[0]["action"] == done.action

@@ -72,13 +72,10 @@ def retrain(
     table = Table(
         title=f"retraining triggers: {settings.model_name} champion version {done.evaluation.champion_version}"
     )
-    for column in ("trigger", "on", "value", "threshold", "fired", "why"):
+    for column in retraining.TRIGGER_COLUMNS:
         table.add_column(column, overflow="fold")
     for t in done.evaluation.triggers:
-        table.add_row(
-            t.name, "yes" if t.enabled else "off", "-" if t.value is None else f"{t.value:.4g}",
-            "-" if t.threshold is None else f"{t.threshold:.4g}", "[red]yes[/]" if t.fired else "no", t.reason,
-        )  # fmt: skip
+        table.add_row(*retraining.trigger_cells(t), style="red" if t.fired else None)
     console.print(table)
     console.print(f"[bold]{done.action}[/]")
     if history:

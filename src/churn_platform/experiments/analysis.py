@@ -103,6 +103,7 @@ class ArmFigures:
     brier: Interval | None
     roc_auc: Interval | None  # over the predictions, the interval from resampling users
     churn_rate: float | None  # users who churned within the horizon of their first prediction with an outcome
+    model_versions: list[str]  # the versions that answered the arm's users
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,7 @@ class Analysis:
 
     @property
     def decisive_test(self) -> Literal["paired", "split"]:
-        """The sequential test the verdict rests on: the paired one once both models scored the same users."""
-        return "paired" if self.paired is not None and self.paired.sequential is not None else "split"
+        return decisive(self.sequential, self.paired)[0]
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,7 @@ def analyse(
             outcome_users=len(found.per_user), log_loss=_mean_interval(found.per_user["log_loss"].to_numpy()),
             brier=_mean_interval(found.per_user["brier"].to_numpy()), roc_auc=auc,
             churn_rate=float(found.per_user["churned"].mean()) if len(found.per_user) else None,
+            model_versions=logged["model_versions"],
         )  # fmt: skip
 
     share = float(summary["variant_share"])
@@ -220,11 +221,9 @@ def analyse(
     better = ab.probability_variant_better(loss_c, loss_v) if enough else None
     sequential = ab.msprt(loss_c, loss_v, thresholds.tau, thresholds.alpha, previous_p) if enough else None
     paired = _paired(rows, thresholds, previous_paired_p)
-    test: Literal["paired", "split"] = "split"
-    decisive, users_now = sequential, sum(f.outcome_users for f in figures.values())
-    if paired is not None and paired.sequential is not None:
-        test, decisive, users_now = "paired", paired.sequential, paired.users
-    winner, reason = _verdict(figures, srm, decisive, thresholds, test, users_now)
+    test, deciding = decisive(sequential, paired)
+    users_now = paired.users if test == "paired" and paired else sum(f.outcome_users for f in figures.values())
+    winner, reason = _verdict(figures, srm, deciding, thresholds, test, users_now)
     analysis = Analysis(
         name, datetime.now(UTC), summary["control"], summary["variant"], share, figures, srm, welch, churn,
         auc_difference, better, sequential, paired, winner, reason,
@@ -232,6 +231,16 @@ def analyse(
     if not store:
         return analysis
     return _store(url, analysis)
+
+
+def decisive(
+    split: ab.Sequential | None, paired: PairedFigures | None
+) -> tuple[Literal["paired", "split"], ab.Sequential | None]:
+    """The sequential test the verdict rests on: the paired one once both models scored the same users, else the
+    split one (never whichever rejects first)."""
+    if paired is not None and paired.sequential is not None:
+        return "paired", paired.sequential
+    return "split", split
 
 
 def _paired(rows: pd.DataFrame, thresholds: Thresholds, previous_p: float) -> PairedFigures | None:
@@ -363,6 +372,10 @@ ARM_COLUMNS = ("arm", "users", "predictions", "with outcomes (users)", "log loss
                "churn rate")  # fmt: skip
 
 
+def difference_text(estimate: float, low: float, high: float) -> str:
+    return f"{estimate:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
 def interval_text(value: Interval | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value.estimate:.{digits}f} [{value.low:.{digits}f}, {value.high:.{digits}f}]"
 
@@ -386,7 +399,7 @@ def comparison_rows(analysis: Analysis) -> list[tuple[str, str, str, str]]:
         ("ROC AUC (bootstrap over users)", analysis.auc_difference, "higher is better"),
     ):
         if found is not None:
-            rows.append((label, f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]", f"{found.p_value:.3g}",
+            rows.append((label, difference_text(found.estimate, found.low, found.high), f"{found.p_value:.3g}",
                          reads))  # fmt: skip
     decisive = analysis.decisive_test
     if analysis.sequential is not None:
@@ -398,13 +411,13 @@ def comparison_rows(analysis: Analysis) -> list[tuple[str, str, str, str]]:
         if paired.loss_difference is not None:
             found = paired.loss_difference
             rows.append((f"log loss per user, paired ({paired.users:,} users, both models)",
-                         f"{found.estimate:+.4f} [{found.low:+.4f}, {found.high:+.4f}]", f"{found.p_value:.3g}",
+                         difference_text(found.estimate, found.low, found.high), f"{found.p_value:.3g}",
                          "the same users: lower is better"))  # fmt: skip
         if paired.delong is not None:
             d = paired.delong
             half = 1.959964 * math.sqrt(max(d.variance, 0.0))  # rounding can leave it just below 0
             difference = d.auc_variant - d.auc_control
-            interval = f"{difference:+.4f} [{difference - half:+.4f}, {difference + half:+.4f}]"
+            interval = difference_text(difference, difference - half, difference + half)
             rows.append(("ROC AUC, paired (DeLong)", interval, f"{d.p_value:.3g}", "the same users: higher is better"))
         if paired.sequential is not None:
             rows.append(("sequential, paired (mSPRT, always valid)", f"{paired.sequential.difference:+.4f}",

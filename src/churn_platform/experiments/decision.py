@@ -22,7 +22,7 @@ from psycopg.rows import class_row
 
 from churn_platform import db
 from churn_platform.experiments.analysis import Analysis
-from churn_platform.experiments.records import LOCK_SQL, STOP_NAMED_SQL, experiment_summary
+from churn_platform.experiments.records import LOCK_SQL, STOP_NAMED_SQL
 from churn_platform.model.aliases import CHAMPION, PREVIOUS, ModelReferences
 
 Action = Literal["promoted", "kept", "recommended"]
@@ -97,7 +97,7 @@ def decide(url: str, analysis: Analysis, registry: Registry, *, auto_promote: bo
     if analysis.winner is None:
         return None
     name = analysis.name
-    served = experiment_summary(url, name)["arms"][analysis.winner]["model_versions"]
+    served = analysis.arms[analysis.winner].model_versions
     with db.connect(url) as conn, conn.transaction():
         conn.execute(LOCK_SQL)
         cur = conn.cursor(row_factory=class_row(Decision))

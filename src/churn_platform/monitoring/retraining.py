@@ -30,6 +30,7 @@ from churn_platform.features.catalog import Catalog, catalog_from_settings
 from churn_platform.features.snapshots import labels_table_name
 from churn_platform.monitoring.checks import TEST_AUC_METRIC
 from churn_platform.monitoring.drift_runs import resolve_version
+from churn_platform.monitoring.performance_runs import newest_label_day
 from churn_platform.settings import Settings
 from churn_platform.training import pipeline, registry
 
@@ -56,7 +57,6 @@ INSERT INTO monitoring.retraining_evaluations (evaluated_at, model_name, champio
 VALUES (%(evaluated_at)s, %(model_name)s, %(champion_version)s, %(fired)s, %(reason)s, %(triggers)s) RETURNING id
 """
 ACTION_SQL = "UPDATE monitoring.retraining_evaluations SET action = %(action)s WHERE id = %(id)s"
-LAST_LABELLED_SQL = "SELECT max(event_timestamp) FROM {labels} WHERE horizon_days = %(horizon)s"
 HISTORY_SQL = """
 SELECT id, evaluated_at, champion_version, fired, reason, action FROM monitoring.retraining_evaluations
 WHERE model_name = %(model)s ORDER BY evaluated_at DESC, id DESC LIMIT %(limit)s
@@ -193,6 +193,18 @@ def history(url: str, model_name: str, limit: int = 20) -> list[dict[str, Any]]:
         return [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
 
 
+TRIGGER_COLUMNS = ("trigger", "on", "value", "threshold", "fired", "why")
+
+
+def trigger_cells(trigger: Trigger) -> list[str]:
+    """One trigger's row under TRIGGER_COLUMNS (the CLI's table and the Markdown summary)."""
+    return [
+        trigger.name, "yes" if trigger.enabled else "off", "-" if trigger.value is None else f"{trigger.value:.4g}",
+        "-" if trigger.threshold is None else f"{trigger.threshold:.4g}", "yes" if trigger.fired else "no",
+        trigger.reason,
+    ]  # fmt: skip
+
+
 def summary_markdown(evaluation: Evaluation) -> str:
     """The evaluation as Markdown (a Prefect artifact): each trigger, its value and threshold, and the decision."""
     lines = [
@@ -200,14 +212,10 @@ def summary_markdown(evaluation: Evaluation) -> str:
         "",
         f"**{'Fired' if evaluation.fired else 'Not fired'}:** {evaluation.reason}.",
         "",
-        "| trigger | on | value | threshold | fired | why |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(TRIGGER_COLUMNS) + " |",
+        "|---" * len(TRIGGER_COLUMNS) + "|",
+        *("| " + " | ".join(trigger_cells(t)) + " |" for t in evaluation.triggers),
     ]
-    for t in evaluation.triggers:
-        value = "-" if t.value is None else f"{t.value:.4g}"
-        threshold = "-" if t.threshold is None else f"{t.threshold:.4g}"
-        lines.append(f"| {t.name} | {'yes' if t.enabled else 'off'} | {value} | {threshold} |"
-                     f" {'yes' if t.fired else 'no'} | {t.reason} |")  # fmt: skip
     if evaluation.action:
         lines += ["", f"**Action:** {evaluation.action}"]
     return "\n".join(lines)
@@ -220,7 +228,11 @@ class Retraining:
     evaluation: Evaluation
     version: str | None  # the challenger trained, when the triggers fired (or retraining was forced)
     experiment: str | None  # its A/B experiment against the champion, when one was started
-    action: str  # what was done, in a sentence
+
+    @property
+    def action(self) -> str:
+        """What was done, in a sentence (nothing fired: why not)."""
+        return self.evaluation.action or self.evaluation.reason
 
 
 def champion_of(settings: Settings, connections: Connections) -> Champion:
@@ -241,14 +253,14 @@ def retrain(settings: Settings, connections: Connections, *, if_needed: bool = T
     evaluation = record(url, evaluate(url, catalog, settings, champion_of(settings, connections)))
     assert evaluation.evaluation_id is not None
     if if_needed and not evaluation.fired:
-        return Retraining(evaluation, None, None, evaluation.reason)
+        return Retraining(evaluation, None, None)
     running = records.running_experiment(url)
     if running is not None:  # a challenger is under test already: its verdict comes first
         action = f"not retrained: experiment {running.name} is testing {running.variant} against {running.control}"
         record_action(url, evaluation.evaluation_id, action)
-        return Retraining(replace(evaluation, action=action), None, None, action)
+        return Retraining(replace(evaluation, action=action), None, None)
     start = None
-    last = last_labelled_day(url, catalog, settings.label_horizon_days)
+    last = newest_label_day(url, settings)
     if settings.retrain_window_days is not None and last is not None:
         start = last - timedelta(days=settings.retrain_window_days - 1)
     trained = pipeline.train(settings, connections, start=start)
@@ -270,11 +282,4 @@ def retrain(settings: Settings, connections: Connections, *, if_needed: bool = T
         experiment = None
         action = f"trained version {version} as `challenger`; no A/B experiment started: {exc} ({why})"
     record_action(url, evaluation.evaluation_id, action)
-    return Retraining(replace(evaluation, action=action), version, experiment, action)
-
-
-def last_labelled_day(url: str, catalog: Catalog, horizon_days: int) -> date | None:
-    with db.connect(url, autocommit=True) as conn:
-        query = sql.SQL(LAST_LABELLED_SQL).format(labels=labels_table_name(catalog))
-        found = conn.execute(query, {"horizon": horizon_days}).fetchone()
-    return None if found is None or found[0] is None else found[0].astimezone(UTC).date()
+    return Retraining(replace(evaluation, action=action), version, experiment)

@@ -53,7 +53,6 @@ __all__ = [
     "mlflow_health",
     "mlflow_tracking_uri",
     "postgres_health",
-    "prefect_api_url",
     "prefect_health",
     "redis_health",
     "redis_process_id",
@@ -135,14 +134,13 @@ class Resolved:
         return [component.name for component in self.started]
 
 
-def resolve(
-    settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False, prefect: bool = False
-) -> Resolved:
-    """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow, the prediction service and
-    the Prefect API when asked for. A configured URL is taken as it is (a server that does not answer fails where
-    it is used, named); an embedded server is started if it is not running, and named in `started` (with the
-    servers it needed). If a start fails, what this call started is stopped again."""
-    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service, prefect=prefect)
+def resolve(settings: Settings, *, redis: bool = False, mlflow: bool = False, service: bool = False) -> Resolved:
+    """The servers an entrypoint needs, resolved once: PostgreSQL always; Redis, MLflow and the prediction service
+    when asked for. A configured URL is taken as it is (a server that does not answer fails where it is used,
+    named); an embedded server is started if it is not running, and named in `started` (with the servers it
+    needed). If a start fails, what this call started is stopped again. (Flows find the Prefect API with
+    `running_prefect_api`: `churn up` starts it, nothing else does.)"""
+    urls, missing = _resolved(settings, redis=redis, mlflow=mlflow, service=service)
     if not missing:
         return Resolved(_connections(urls), ())
     with stack_lock(settings.data_dir):
@@ -179,7 +177,7 @@ def running(
 
 
 def _resolved(
-    settings: Settings, *, redis: bool, mlflow: bool, service: bool, prefect: bool = False
+    settings: Settings, *, redis: bool, mlflow: bool, service: bool
 ) -> tuple[dict[str, str], list[Component]]:
     """The configured URLs of the servers asked for, and the embedded components that must run for the others."""
     configured = {
@@ -187,13 +185,10 @@ def _resolved(
         "redis": settings.redis_url,
         "mlflow": settings.mlflow_tracking_uri,
         "service": settings.serve_url,
-        "prefect": settings.prefect_api_url,
-        "flows": None,
     }
-    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service, "prefect": prefect,
-              "flows": False}  # fmt: skip
+    wanted = {"postgres": True, "redis": redis, "mlflow": mlflow, "service": service}  # no entrypoint needs the rest
     urls = {name: url for name, url in configured.items() if wanted[name] and url}
-    missing = [c for c in components(settings) if wanted[c.name] and c.name not in urls]
+    missing = [c for c in components(settings) if wanted.get(c.name) and c.name not in urls]
     return urls, missing
 
 
@@ -203,7 +198,6 @@ def _connections(urls: dict[str, str]) -> Connections:
         redis_url=urls.get("redis"),
         mlflow_tracking_uri=urls.get("mlflow"),
         service_url=urls.get("service"),
-        prefect_api_url=urls.get("prefect"),
     )
 
 
@@ -238,15 +232,11 @@ def service_url(settings: Settings) -> str:
     return connect(settings, service=True).service
 
 
-def prefect_api_url(settings: Settings) -> str:
-    """The Prefect API flows report to: PREFECT_API_URL, or the embedded server's (started if needed)."""
-    return resolve(settings, prefect=True).connections.prefect
-
-
 def running_prefect_api(settings: Settings) -> str | None:
     """PREFECT_API_URL, or the embedded Prefect server's API while it runs; None otherwise (starts nothing): where
     a flow run by an entrypoint reports, instead of a temporary server of its own."""
     if settings.prefect_api_url:
         return settings.prefect_api_url
-    recorded = components(settings)[3].status()
-    return recorded.url if recorded.url and recorded.healthy else None
+    prefect = next(component for component in components(settings) if component.name == "prefect")
+    status = prefect.status()
+    return status.url if status.url and status.healthy else None

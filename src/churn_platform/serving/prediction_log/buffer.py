@@ -72,17 +72,9 @@ class PredictionLogBuffer:
         """Queue one request's rows (as `copy_lines` takes them); if they cannot be formatted they count as rejected."""
         try:
             lines = copy_lines(
-                request_id,
-                predicted_at,
-                latency_ms,
-                endpoint,
-                user_ids,
-                routes,
-                probabilities,
-                hashes,
-                snapshots,
+                request_id, predicted_at, latency_ms, endpoint, user_ids, routes, probabilities, hashes, snapshots,
                 shadows,
-            )
+            )  # fmt: skip
         except (TypeError, ValueError, AttributeError) as exc:
             with self._cond:
                 self._rejected += len(user_ids)
