@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help install demo test check lint typecheck up down status bench bento clean
+.PHONY: help install demo test scenario check lint typecheck up down status bench bento clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,7 +15,10 @@ uv-bootstrap:
 install: uv-bootstrap  ## create .venv from uv.lock
 	$(UV) sync --frozen
 
-demo: install  ## start the embedded stack, generate the default world, serve its features, train a model, predict
+# The demo ends with a short closed-loop scenario: a week of the platform's days on the world, which drifts from the
+# second; it prints the story (drift share and ROC AUC per version and day, the retraining decisions, the A/B
+# verdicts, and the Prefect runs, MLflow versions and Evidently reports behind them).
+demo: install  ## start the embedded stack, generate the default world, serve its features, train, predict, simulate
 	$(RUN) churn up
 	$(RUN) churn generate --replace
 	$(RUN) churn features compute
@@ -24,6 +27,7 @@ demo: install  ## start the embedded stack, generate the default world, serve it
 	$(RUN) churn features show
 	$(RUN) churn train
 	$(RUN) churn predict
+	$(RUN) churn simulate --days 7 --drift-at 2
 	$(RUN) churn status
 
 # Test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one of them: a module's served world
@@ -32,6 +36,9 @@ TEST_WORKERS ?= 2
 
 test: install  ## run the tests against real PostgreSQL and Redis
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
+
+scenario: install  ## the closed loop end to end on real servers, drift to promotion (about 25 minutes)
+	$(RUN) pytest -m scenario tests/integration/test_closed_loop.py
 
 lint: install
 	$(RUN) ruff check src tests flows bench bentos feature_repo .ci

@@ -25,19 +25,21 @@ def analyse(connections: Connections, name: str) -> analysis.Analysis:
 
 
 @task(retries=2, retry_delay_seconds=10)
-def decide(connections: Connections, result: analysis.Analysis) -> decision.Decision | None:
+def decide(connections: Connections, result: analysis.Analysis, auto_promote: bool | None) -> decision.Decision | None:
     settings = get_settings()
-    auto = settings.ab_auto_promote
+    auto = settings.ab_auto_promote if auto_promote is None else auto_promote
     tracking_uri = stack.connect(settings, mlflow=True).mlflow  # only a winner needs the registry (the schema is in)
     return decision.decide(
         connections.database_url, result, ModelRegistry(tracking_uri, settings.model_name), auto_promote=auto,
-        decided_by=f"flow ab-analysis (CHURN_AB_AUTO_PROMOTE={'true' if auto else 'false'})",
+        decided_by=f"flow ab-analysis ({'automatic promotion' if auto else 'automatic promotion off'}"
+        f"{', CHURN_AB_AUTO_PROMOTE' if auto_promote is None else ', asked by the run'})",
     )  # fmt: skip
 
 
 @flow(name="ab-analysis")
-def ab_analysis_flow(name: str | None = None) -> str:
-    """Analyse the named experiment (default: the running one); its verdict."""
+def ab_analysis_flow(name: str | None = None, auto_promote: bool | None = None) -> str:
+    """Analyse the named experiment (default: the running one); its verdict. A declared winner is promoted or
+    recommended as `auto_promote` says (default: CHURN_AB_AUTO_PROMOTE)."""
     connections = platform_connections()
     if name is None:
         running = records.running_experiment(connections.database_url)
@@ -45,7 +47,7 @@ def ab_analysis_flow(name: str | None = None) -> str:
             raise records.ExperimentError("no experiment is running: name one")
         name = running.name
     result = analyse(connections, name)
-    decided = decide(connections, result) if result.winner else None
+    decided = decide(connections, result, auto_promote) if result.winner else None
     markdown = analysis.summary_markdown(result)
     if decided is not None:
         markdown += f"\n\n**Decision ({decided.action}, by {decided.decided_by}):** {decided.reason}"

@@ -1,8 +1,9 @@
 """The platform's Prefect deployments, served by one long-running process (`churn up` starts it, `churn down` stops
-it): world advance (a synthetic world, one simulated day per run), features (snapshots, labels, materialization),
-monitor, retrain (if a trigger fires) and A/B analysis. Each can be run from the Prefect UI or with
-`churn flows run NAME`; with CHURN_FLOWS_INTERVAL_MINUTES set, each also runs on that schedule, in this order of
-the platform's day.
+it): the platform's day (`flows/day.py`: each step below in order as child flow runs, and a synthetic world's
+traffic), and each step on its own: world advance (a synthetic world, one simulated day per run), features
+(snapshots, labels, materialization), monitor, A/B analysis and retrain (if a trigger fires). Each can be run from
+the Prefect UI or with `churn flows run NAME`. With CHURN_FLOWS_INTERVAL_MINUTES set the platform's day runs on that
+schedule (the platform's clock: one day per run, its steps in order); the steps alone stay on demand.
 
     uv run python -m flows.deployments      # what `churn up` runs, with the stack's URLs in its environment
 """
@@ -17,6 +18,7 @@ from prefect import serve
 from churn_platform.settings import Settings, get_settings
 from churn_platform.stack.flow_server import DEPLOYMENTS, TAG
 from flows.ab_analysis import ab_analysis_flow
+from flows.day import platform_day_flow, simulate_flow
 from flows.features import features_flow
 from flows.generate import advance_world_flow
 from flows.monitor import monitor_flow
@@ -28,6 +30,8 @@ def deployments(settings: Settings) -> list[Any]:
     minutes = settings.flows_interval_minutes
     schedule: dict[str, Any] = {} if minutes is None else {"interval": timedelta(minutes=minutes)}
     flows: dict[str, tuple[Any, dict[str, Any]]] = {
+        "day": (platform_day_flow, {}),
+        "simulate": (simulate_flow, {"days": 7}),
         "advance-world": (advance_world_flow, {"days": 1}),
         "features": (features_flow, {}),
         "monitor": (monitor_flow, {}),
@@ -40,7 +44,7 @@ def deployments(settings: Settings) -> list[Any]:
             parameters=parameters,
             description=DEPLOYMENTS[key][2],
             tags=[TAG],
-            **schedule,
+            **(schedule if key == "day" else {}),
         )
         for key, (flow, parameters) in flows.items()
     ]

@@ -19,8 +19,8 @@ def generate(url: str, config: WorldConfig, replace: bool) -> world.WorldSummary
 
 
 @task
-def advance(url: str, days: int) -> world.WorldSummary:
-    return world.advance_world(url, days)
+def advance(url: str, days: int, label_rate: bool) -> world.WorldSummary:
+    return world.advance_world(url, days, label_rate=label_rate)
 
 
 @task
@@ -54,10 +54,11 @@ def generate_world_flow(
 
 
 @flow(name="advance-world")
-def advance_world_flow(days: int = 7) -> world.WorldSummary:
-    """Continue the stored world by `days` days."""
+def advance_world_flow(days: int = 7, label_rate: bool = True) -> world.WorldSummary:
+    """Continue the stored world by `days` days (its summary with the positive-label rate, which reads every
+    snapshot's horizon, unless not `label_rate`)."""
     url = platform_connections().database_url
-    summary = advance(url, days)
+    summary = advance(url, days, label_rate)
     publish(summary, key="synthetic-world")
     return summary
 

@@ -17,16 +17,20 @@ from flows.common import platform_connections, retry_unless, run_on_the_stack
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(drift_runs.MonitoringError))
 def drift(
-    connections: Connections, window_days: int | None, end: date | None, version: str | None
+    connections: Connections, window_days: int | None, end: date | None, version: str | None, every: int | None
 ) -> drift_runs.DriftRun:
     ends = None if end is None else datetime.combine(end, time.max, tzinfo=UTC)
-    return drift_runs.run_drift(get_settings(), connections, window_days=window_days, end=ends, version=version)
+    return drift_runs.run_drift(get_settings(), connections, window_days=window_days, end=ends, version=version,
+                                report_every_days=every)  # fmt: skip
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless(drift_runs.MonitoringError))
-def performance(connections: Connections, end: date | None, version: str | None) -> performance_runs.PerformanceRun:
+def performance(
+    connections: Connections, end: date | None, version: str | None, every: int | None
+) -> performance_runs.PerformanceRun:
     """Realised figures where outcomes are known (labels come a horizon late), estimated ones for every day."""
-    return performance_runs.run_performance(get_settings(), connections, last_day=end, version=version)
+    return performance_runs.run_performance(get_settings(), connections, last_day=end, version=version,
+                                            report_every_days=every)  # fmt: skip
 
 
 @task
@@ -42,13 +46,17 @@ def deliver_alerts(connections: Connections, changes: list[alerts.Changes]) -> N
 
 
 @flow(name="monitor")
-def monitor_flow(window_days: int | None = None, end: date | None = None, version: str | None = None) -> int:
+def monitor_flow(
+    window_days: int | None = None, end: date | None = None, version: str | None = None,
+    report_every_days: int | None = None,
+) -> int:  # fmt: skip
     """One drift and data-quality run and one performance run (each stored, reported, tracked, alerting),
-    summarised in one Markdown artifact; the drift run's id."""
+    summarised in one Markdown artifact; the drift run's id. Evidently reports come every `report_every_days`
+    days of windows (default: CHURN_MONITOR_REPORT_EVERY_DAYS)."""
     connections = platform_connections(mlflow=True)
-    run = drift(connections, window_days, end, version)
+    run = drift(connections, window_days, end, version, report_every_days)
     deliver_alerts(connections, [run.alerts])  # now: the performance run may fail
-    evaluated = performance(connections, end, version)
+    evaluated = performance(connections, end, version, report_every_days)
     deliver_alerts(connections, [evaluated.alerts])
     summary = (
         drift_runs.summary_markdown(run, connections.mlflow) + "\n\n" + performance_runs.summary_markdown(evaluated)

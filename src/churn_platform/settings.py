@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     flows_interval_minutes: float | None = Field(
         default=None,
         gt=0,
-        description="Run every deployment on this interval (the platform's day: a synthetic world advances one"
-        " simulated day per run); unset: on demand only (Prefect UI, `churn flows run`).",
+        description="Run the platform's day (deployment `platform-day/daily`) on this interval: a synthetic world"
+        " advances one simulated day per run; unset: on demand only (Prefect UI, `churn flows run`).",
     )
     prefect_start_timeout_s: float = Field(
         default=120.0, gt=0, description="How long `churn up` waits for the embedded Prefect server to answer."
@@ -279,6 +279,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Snapshot days `churn monitor performance` evaluates, up to the newest labelled one (--days).",
     )
+    monitor_report_every_days: int = Field(
+        default=1,
+        ge=1,
+        description="Drift and performance runs write their Evidently reports for windows ending every this many"
+        " days (and a drift run whenever its verdict changes); the stored figures and MLflow metrics come with"
+        " every run. 1: a report each run.",
+    )
     monitor_report_rows: int = Field(
         default=20_000,
         ge=100,
@@ -353,6 +360,13 @@ class Settings(BaseSettings):
         description="Retrain when this many labelled snapshots have outcomes the champion never saw; unset or `off`:"
         " the trigger is off.",
     )
+    retrain_drift_outcome_days: int | None = Field(
+        default=7,
+        ge=1,
+        description="A retraining the drift trigger alone asks for waits until this many days of labelled snapshots"
+        " follow the drift's first flagged run: labels come a horizon late, and a model trained before any outcome"
+        " of the changed world cannot learn the change; `off`: train at once.",
+    )
     retrain_window_days: int | None = Field(
         default=180,
         ge=30,
@@ -414,6 +428,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "retrain_drift_share", "retrain_auc_margin", "retrain_new_labelled_rows", "retrain_window_days",
+        "retrain_drift_outcome_days",
         "flows_interval_minutes", mode="before",
     )  # fmt: skip
     @classmethod

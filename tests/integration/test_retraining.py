@@ -156,3 +156,24 @@ def test_the_flow_and_the_command_say_why_they_did_not_retrain(
     assert result.exit_code == 0, result.output
     for shown in ("retraining triggers", "drift share 10% <= 30%", "earlier evaluations, newest first"):
         assert shown in result.output, result.output
+
+
+def test_a_retraining_asked_for_by_drift_alone_waits_for_outcomes_of_the_changed_world(world: World) -> None:
+    # Drift flagged on the snapshots to 2025-07-01, the champion's quality intact, labels only to about 06-20
+    _monitored(world, drift_share=0.1, auc=world.champion.test_auc or 0.8)
+    _monitored(world, drift_share=0.6, auc=world.champion.test_auc or 0.8)
+    uri, name = world.settings.mlflow_tracking_uri or "", world.settings.model_name
+    challenger = registry.model_references(uri, name).aliases.get("challenger")
+
+    done = retraining.retrain(world.settings, connections(world.settings, mlflow=True), if_needed=True)
+
+    # Then the evaluation fired, but nothing is trained: a model trained now would learn the world before the change
+    last = newest_label_day(world.url, world.settings)
+    assert done.evaluation.fired and done.version is None and done.experiment is None
+    assert done.action == (
+        f"waiting for outcomes: drift first flagged on snapshots to 2025-07-01, labelled snapshots reach {last} (0 of"
+        " the 7 days after it that CHURN_RETRAIN_DRIFT_OUTCOME_DAYS asks for); a model trained now would learn the"
+        " world before the change"
+    )
+    assert retraining.history(world.url, name)[0]["action"] == done.action
+    assert registry.model_references(uri, name).aliases.get("challenger") == challenger

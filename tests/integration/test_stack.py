@@ -63,7 +63,7 @@ def test_embedded_stack_starts_serves_and_stops(data_dir: Path) -> None:
         assert _flow_runs(statuses["prefect"].url or "") == ["stack-check"]
         # The deployments are served; one run from the command line as the UI's Run button does is executed by
         # the served process, and a failure comes back as Prefect's Failed state with the flow's own message
-        assert statuses["flows"].detail.startswith("serving 5 deployments")
+        assert statuses["flows"].detail.startswith("serving 7 deployments")
         listed = _churn(data_dir, "flows", "list")
         assert listed.exit_code == 0 and "monitor/champion" in listed.output, listed.output
         failed = _churn(data_dir, "flows", "run", "ab-analysis")

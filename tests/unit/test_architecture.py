@@ -14,6 +14,7 @@ FORBIDDEN = {
     "training": ("stack", "serving", "experiments", "monitoring", "cli"),
     "experiments": ("stack", "training", "serving", "monitoring", "cli"),
     "monitoring": ("stack", "serving", "cli"),
+    "simulation": ("stack", "cli"),
     "serving": ("stack", "training", "cli"),
     "db": ("stack", "cli"),
     "connections": ("stack", "cli"),

@@ -19,10 +19,11 @@ from churn_platform.cli.monitor import monitor_app
 from churn_platform.cli.scores import score
 from churn_platform.cli.servers import down, status, up
 from churn_platform.cli.serving import explain, predict
+from churn_platform.cli.simulate import simulate
 from churn_platform.cli.world import generate, world_app
 
 app = typer.Typer(help="churn-platform: predict customer churn and keep the models honest.", no_args_is_help=True)
-for command in (up, down, status, generate, train, retrain, score, predict, explain):
+for command in (up, down, status, generate, simulate, train, retrain, score, predict, explain):
     app.command()(command)
 for group, name in (
     (db_app, "db"),

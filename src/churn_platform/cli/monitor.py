@@ -90,7 +90,7 @@ def drift(
             f" PSI {run.score.psi:.3f} over {run.score.served:,} predictions"
         )
     _print_quality(run.quality)
-    console.print(f"report: {run.report}")
+    console.print(f"report: {run.report or 'none this run (CHURN_MONITOR_REPORT_EVERY_DAYS)'}")
     console.print(f"stored as monitoring run {run.run_id}; MLflow run {run.mlflow_run_id}")
     _print_alerts(settings, connections.database_url, run.alerts)
 

@@ -16,7 +16,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "churn-monitoring"  # MLflow experiment of monitoring runs
 Step = Callable[[str], None]
 
+PREVIOUS_VERDICT_SQL = """
+SELECT dataset_drift FROM monitoring.drift_runs WHERE model_name = %(model)s AND model_version = %(version)s
+ORDER BY ran_at DESC, run_id DESC LIMIT 1
+"""
 INSERT_RUN_SQL = """
 INSERT INTO monitoring.drift_runs (
     ran_at, catalog, model_name, model_version, window_start, window_end, reference_rows, current_rows, features,
@@ -83,7 +87,7 @@ class DriftRun:
     score: ScoreDrift | None  # None when the version served no score in the window
     quality: list[quality.FeatureQuality]
     alerts: alerts.Changes
-    report: Path
+    report: Path | None  # None: no Evidently report this run (CHURN_MONITOR_REPORT_EVERY_DAYS)
     workspace_run: str | None
     mlflow_run_id: str | None
 
@@ -108,10 +112,13 @@ def run_drift(
     window_days: int | None = None,
     end: datetime | None = None,
     version: str | None = None,
+    report_every_days: int | None = None,
     on_step: Step | None = None,
 ) -> DriftRun:
     """Compare the features served in the `window_days` (default: the setting) of snapshots ending at `end`
-    (default: the newest snapshot served) with the version's reference; store, report and track the run."""
+    (default: the newest snapshot served) with the version's reference; store, report and track the run. The
+    Evidently report is written for windows ending every `report_every_days` days (default: the setting), and
+    whenever the verdict differs from the version's previous run."""
     step = on_step or (lambda _description: None)
     url = connections.database_url
     catalog = catalog_from_settings(settings)
@@ -172,34 +179,50 @@ def run_drift(
         else []
     )
 
-    step("writing the Evidently report")
     ran_at = datetime.now(UTC)
-    rows = settings.monitor_report_rows  # the report is drawn on samples; the stored figures used every row
-    snapshot = reports.drift_report(
-        reference.sample(n=rows, random_state=0) if len(reference) > rows else reference,
-        current.sample(n=rows, random_state=0) if len(current) > rows else current,
-        numeric=numeric,
-        categorical=categorical,
-        psi_threshold=settings.monitor_psi_threshold,
-        drift_share=settings.monitor_drift_share,
-        name=f"drift {registered.name} v{registered.version} {window.end:%Y-%m-%d}",
-        timestamp=window.end,
-        metadata={"model_name": registered.name, "model_version": registered.version, "window": str(window)},
-    )
-    stamp = f"{window.end:%Y%m%d}-{ran_at:%Y%m%dT%H%M%S%f}"
-    html = settings.reports_folder / "drift" / registered.name / f"drift-v{registered.version}-{stamp}.html"
-    saved = reports.save(snapshot, html, settings.reports_folder, registered.name)
+    html, workspace_run = None, None
+    every = report_every_days or settings.monitor_report_every_days
+    if report_due(window.end.date(), every) or _previous_verdict(url, registered) != result.drifted:
+        step("writing the Evidently report")
+        rows = settings.monitor_report_rows  # the report is drawn on samples; the stored figures used every row
+        snapshot = reports.drift_report(
+            reference.sample(n=rows, random_state=0) if len(reference) > rows else reference,
+            current.sample(n=rows, random_state=0) if len(current) > rows else current,
+            numeric=numeric,
+            categorical=categorical,
+            psi_threshold=settings.monitor_psi_threshold,
+            drift_share=settings.monitor_drift_share,
+            name=f"drift {registered.name} v{registered.version} {window.end:%Y-%m-%d}",
+            timestamp=window.end,
+            metadata={"model_name": registered.name, "model_version": registered.version, "window": str(window)},
+        )
+        stamp = f"{window.end:%Y%m%d}-{ran_at:%Y%m%dT%H%M%S%f}"
+        path = settings.reports_folder / "drift" / registered.name / f"drift-v{registered.version}-{stamp}.html"
+        saved = reports.save(snapshot, path, settings.reports_folder, registered.name)
+        html, workspace_run = saved.html, saved.workspace_run
 
     step("logging the monitoring run to MLflow")
-    mlflow_run_id = _log_mlflow(connections.mlflow, registered, window, result, score, saved.html, len(current))
+    mlflow_run_id = _log_mlflow(connections.mlflow, registered, window, result, score, html, len(current))
 
     step("storing the figures and the alerts")
-    run_id, changes = _store(url, catalog.name, registered, window, ran_at, thresholds, result, score, saved.html,
+    run_id, changes = _store(url, catalog.name, registered, window, ran_at, thresholds, result, score, html,
                              mlflow_run_id, len(reference), len(current), qualities, conditions)  # fmt: skip
     return DriftRun(
         run_id, ran_at, registered.name, registered.version, window, len(reference), len(current), result, score,
-        qualities, changes, saved.html, saved.workspace_run, mlflow_run_id,
+        qualities, changes, html, workspace_run, mlflow_run_id,
     )  # fmt: skip
+
+
+def report_due(last_day: date, every_days: int) -> bool:
+    """Whether a run whose window ends on `last_day` writes its Evidently report: every `every_days` days."""
+    return every_days <= 1 or last_day.toordinal() % every_days == 0
+
+
+def _previous_verdict(url: str, registered: registry.RegisteredVersion) -> bool | None:
+    """The version's newest stored drift verdict (None: no run yet)."""
+    with db.connect(url) as conn:
+        row = conn.execute(PREVIOUS_VERDICT_SQL, {"model": registered.name, "version": registered.version}).fetchone()
+    return None if row is None else bool(row[0])
 
 
 def summary_markdown(run: DriftRun, tracking_uri: str | None = None) -> str:
@@ -218,7 +241,8 @@ def summary_markdown(run: DriftRun, tracking_uri: str | None = None) -> str:
         cells = ["-" if v is None else f"{v:.3g}" for v in (f.statistic, f.p_value, f.psi)]
         lines.append(f"| {f.feature} | {f.test} | {' | '.join(cells)} | {'yes' if f.drifted else 'no'} |")
     lines += ["", *quality_markdown(run.quality), "", *alerts.changes_markdown(run.alerts)]
-    lines += ["", f"Evidently report: `{run.report}` (stored as monitoring run {run.run_id})."]
+    report = f"Evidently report: `{run.report}`" if run.report else "No Evidently report this run"
+    lines += ["", f"{report} (stored as monitoring run {run.run_id})."]
     if tracking_uri and run.mlflow_run_id:
         lines.append(f"MLflow run: {tracking_uri.rstrip('/')}/#/experiments/runs/{run.mlflow_run_id}")
     return "\n".join(lines)
@@ -249,7 +273,7 @@ def _log_mlflow(
     window: served.Window,
     result: drift.DatasetDrift,
     score: ScoreDrift | None,
-    html: Path,
+    html: Path | None,
     current_rows: int,
 ) -> str:
     import mlflow
@@ -274,14 +298,15 @@ def _log_mlflow(
             table = Path(folder) / "feature_drift.csv"
             pd.DataFrame([vars(f) for f in result.features]).to_csv(table, index=False)
             mlflow.log_artifact(str(table), "drift")
-        mlflow.log_artifact(str(html), "drift")
+        if html is not None:
+            mlflow.log_artifact(str(html), "drift")
         run_id: str = run.info.run_id
     return run_id
 
 
 def _store(
     url: str, catalog: str, registered: registry.RegisteredVersion, window: served.Window, ran_at: datetime,
-    thresholds: drift.Thresholds, result: drift.DatasetDrift, score: ScoreDrift | None, html: Path,
+    thresholds: drift.Thresholds, result: drift.DatasetDrift, score: ScoreDrift | None, html: Path | None,
     mlflow_run_id: str | None, reference_rows: int, current_rows: int, qualities: list[quality.FeatureQuality],
     conditions: list[alerts.Check],
 ) -> tuple[int, alerts.Changes]:  # fmt: skip
@@ -292,8 +317,8 @@ def _store(
         "drift_share": result.share, "dataset_drift": result.drifted,
         "score_ks": None if score is None else score.ks, "score_p_value": None if score is None else score.p_value,
         "score_psi": None if score is None else score.psi, "alpha": thresholds.alpha,
-        "psi_threshold": thresholds.psi, "share_threshold": thresholds.share, "report_path": str(html),
-        "mlflow_run_id": mlflow_run_id,
+        "psi_threshold": thresholds.psi, "share_threshold": thresholds.share,
+        "report_path": None if html is None else str(html), "mlflow_run_id": mlflow_run_id,
     }  # fmt: skip
     with db.connect(url) as conn, conn.transaction(), conn.cursor() as cur:
         cur.execute(INSERT_RUN_SQL, values)

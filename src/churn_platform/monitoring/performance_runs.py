@@ -17,7 +17,7 @@ from churn_platform.data.labels import ChurnDefinition
 from churn_platform.features.catalog import catalog_from_settings
 from churn_platform.features.snapshots import labels_table_name
 from churn_platform.monitoring import alerts, checks, estimation, performance, reports, served
-from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, resolve_version
+from churn_platform.monitoring.drift_runs import EXPERIMENT, MonitoringError, Step, report_due, resolve_version
 from churn_platform.settings import Settings
 
 COMPARED_DAYS = timedelta(days=365)  # how far before the evaluated days past estimates are set beside outcomes
@@ -61,11 +61,13 @@ def run_performance(
     days: int | None = None,
     last_day: date | None = None,
     version: str | None = None,
+    report_every_days: int | None = None,
     on_step: Step | None = None,
 ) -> PerformanceRun:
     """Estimate the figures of the `days` snapshot days (default: the setting) ending at `last_day` (default: the
     newest served) from the scores, and evaluate the `days` ending at `last_day` (default: the newest labelled)
-    against their outcomes."""
+    against their outcomes. The Evidently report is written when `last_day` falls every `report_every_days` days
+    (default: the setting)."""
     step = on_step or (lambda _description: None)
     url = connections.database_url
     horizon = settings.label_horizon_days
@@ -114,8 +116,10 @@ def run_performance(
 
     report, mlflow_run_id = None, None
     if overall is not None:
-        step("writing the Evidently report")
-        report = _report(settings, registered.name, registered.version, realised, first, last, horizon, evaluated_at)
+        if report_due(last, report_every_days or settings.monitor_report_every_days):
+            step("writing the Evidently report")
+            report = _report(settings, registered.name, registered.version, realised, first, last, horizon,
+                             evaluated_at)  # fmt: skip
         step("logging the run to MLflow")
         mlflow_run_id = _log_mlflow(
             connections.mlflow, registered.name, registered.version, first, last, overall, by_day, report
@@ -254,7 +258,7 @@ def _log_mlflow(
     last: date,
     overall: performance.Figures,
     by_day: dict[tuple[str, date], performance.Figures],
-    html: Path,
+    html: Path | None,
 ) -> str:
     import mlflow
 
@@ -271,6 +275,7 @@ def _log_mlflow(
                 table, index=False
             )
             mlflow.log_artifact(str(table), "performance")
-        mlflow.log_artifact(str(html), "performance")
+        if html is not None:
+            mlflow.log_artifact(str(html), "performance")
         run_id: str = run.info.run_id
     return run_id

@@ -48,6 +48,16 @@ WITH recent AS (
 SELECT sum(rows * roc_auc) / sum(rows), sum(rows), min(day), max(day) FROM recent
 WHERE day > (SELECT max(day) FROM recent) - %(days)s::integer
 """
+# When the champion's current run of drifted windows began: the window of its first flagged run after its last calm
+# one (runs in the order they ran).
+DRIFT_ONSET_SQL = """
+SELECT window_end FROM monitoring.drift_runs
+WHERE model_name = %(model)s AND model_version = %(version)s AND drift_share > %(threshold)s
+  AND run_id > COALESCE((SELECT max(run_id) FROM monitoring.drift_runs
+                         WHERE model_name = %(model)s AND model_version = %(version)s
+                           AND drift_share <= %(threshold)s), 0)
+ORDER BY run_id LIMIT 1
+"""
 NEW_LABELS_SQL = """
 SELECT count(*) FROM {labels}
 WHERE horizon_days = %(horizon)s AND event_timestamp + make_interval(days => %(horizon)s::integer) > %(seen_through)s
@@ -235,6 +245,30 @@ class Retraining:
         return self.evaluation.action or self.evaluation.reason
 
 
+def _waiting_for_outcomes(url: str, settings: Settings, evaluation: Evaluation, last: date | None) -> str | None:
+    """Why a retraining the drift trigger alone asked for waits (None: it need not). Labels come a horizon late: a
+    model trained before CHURN_RETRAIN_DRIFT_OUTCOME_DAYS days of outcomes of the changed world would learn the
+    world before the change."""
+    needed, threshold = settings.retrain_drift_outcome_days, settings.retrain_drift_share
+    fired = {trigger.name for trigger in evaluation.triggers if trigger.fired}
+    if needed is None or threshold is None or fired != {"drift"}:
+        return None
+    keys = {"model": evaluation.model_name, "version": evaluation.champion_version, "threshold": threshold}
+    with db.connect(url) as conn:
+        row = conn.execute(DRIFT_ONSET_SQL, keys).fetchone()
+    if row is None or row[0] is None:
+        return None
+    onset = row[0].astimezone(UTC).date()
+    have = 0 if last is None else max(0, (last - onset).days + 1)
+    if have >= needed:
+        return None
+    return (
+        f"waiting for outcomes: drift first flagged on snapshots to {onset}, labelled snapshots reach"
+        f" {last or 'no day yet'} ({have} of the {needed} days after it that CHURN_RETRAIN_DRIFT_OUTCOME_DAYS asks"
+        f" for); a model trained now would learn the world before the change"
+    )
+
+
 def champion_of(settings: Settings, connections: Connections) -> Champion:
     """The champion's version, test AUC and the outcomes it learned from, as the registry records them."""
     registered = resolve_version(settings, connections, None)
@@ -259,8 +293,12 @@ def retrain(settings: Settings, connections: Connections, *, if_needed: bool = T
         action = f"not retrained: experiment {running.name} is testing {running.variant} against {running.control}"
         record_action(url, evaluation.evaluation_id, action)
         return Retraining(replace(evaluation, action=action), None, None)
-    start = None
     last = newest_label_day(url, settings)
+    waiting = _waiting_for_outcomes(url, settings, evaluation, last) if if_needed else None
+    if waiting is not None:
+        record_action(url, evaluation.evaluation_id, waiting)
+        return Retraining(replace(evaluation, action=waiting), None, None)
+    start = None
     if settings.retrain_window_days is not None and last is not None:
         start = last - timedelta(days=settings.retrain_window_days - 1)
     trained = pipeline.train(settings, connections, start=start)

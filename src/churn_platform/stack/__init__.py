@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterator
 from churn_platform.connections import Connections
 from churn_platform.settings import Settings
 from churn_platform.stack.base import Component, ComponentStatus, StackError, StackRecord, stack_lock
-from churn_platform.stack.flow_server import EmbeddedFlows, served_deployments
+from churn_platform.stack.flow_server import EmbeddedFlows, prefect_post, served_deployments
 from churn_platform.stack.mlflow_server import EmbeddedMlflow, ExternalMlflow, mlflow_health
 from churn_platform.stack.postgres import EmbeddedPostgres, ExternalPostgres, postgres_health
 from churn_platform.stack.prediction_service import EmbeddedService, ExternalService, service_health
@@ -54,6 +54,7 @@ __all__ = [
     "mlflow_tracking_uri",
     "postgres_health",
     "prefect_health",
+    "prefect_post",
     "redis_health",
     "redis_process_id",
     "redis_server_binary",

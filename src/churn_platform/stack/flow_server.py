@@ -15,6 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 import psutil
 
@@ -36,6 +37,8 @@ TAG = "churn-platform"
 MODULE = "flows.deployments"
 # `churn flows run NAME` -> (flow, deployment, what it does); Prefect names a deployment "<flow>/<deployment>"
 DEPLOYMENTS = {
+    "day": ("platform-day", "daily", "one day of the platform, in order: the steps below, and a world's traffic"),
+    "simulate": ("simulate", "scenario", "a synthetic world's closed loop: N platform days in a row, drift optional"),
     "advance-world": ("advance-world", "one-day", "a synthetic world: one more simulated day of events"),
     "features": ("features", "refresh", "snapshots and labels to the newest event, then materialization"),
     "monitor": ("monitor", "champion", "drift, data quality, realised and estimated performance, alerts"),
@@ -44,15 +47,21 @@ DEPLOYMENTS = {
 }
 
 
+def prefect_post(api_url: str, route: str, body: dict[str, Any], *, timeout_s: float = 30.0) -> Any:
+    """POST a JSON body to a Prefect API route (e.g. `/flow_runs/filter`); the decoded answer."""
+    request = urllib.request.Request(
+        f"{api_url.rstrip('/')}{route}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with opener_for(api_url).open(request, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
 def served_deployments(api_url: str) -> list[str]:
     """The names of the platform's deployments the API holds (empty when it does not answer)."""
-    body = json.dumps({"deployments": {"tags": {"all_": [TAG]}}, "limit": 200}).encode()
-    request = urllib.request.Request(
-        f"{api_url.rstrip('/')}/deployments/filter", data=body, headers={"Content-Type": "application/json"}
-    )
     try:
-        with opener_for(api_url).open(request, timeout=5) as response:
-            return sorted(str(d["name"]) for d in json.loads(response.read()))
+        found = prefect_post(api_url, "/deployments/filter", {"deployments": {"tags": {"all_": [TAG]}}, "limit": 200},
+                             timeout_s=5)  # fmt: skip
+        return sorted(str(d["name"]) for d in found)
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
         return []
 
@@ -89,6 +98,8 @@ class EmbeddedFlows:
             "CHURN_DATA_DIR": str(self.settings.data_dir.resolve()),
             "CHURN_FEATURE_REPO": str(self.settings.feature_repo.resolve()),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(folder.parent), os.environ.get("PYTHONPATH")])),
+            # a run asked for (the UI's button, `churn flows run`) starts within 2 s rather than Prefect's 10
+            "PREFECT_RUNNER_POLL_FREQUENCY": os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
         }
         with open(self.log_path, "ab") as log_file:
             process = subprocess.Popen(

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,10 @@ ON CONFLICT (world_id) DO UPDATE SET days_simulated = EXCLUDED.days_simulated, s
 """
 LOAD_WORLD_SQL = "SELECT config, state, runtime FROM synthetic.worlds WHERE world_id = 1"
 LOCK_WORLD_SQL = LOAD_WORLD_SQL + " FOR UPDATE"
+SCHEDULE_DRIFT_SQL = (
+    "UPDATE synthetic.worlds SET config = jsonb_set(config, '{drift_at}', to_jsonb(%(day)s::int)), updated_at = now()"
+    " WHERE world_id = 1"
+)
 EVENT_COUNTS_SQL = "SELECT event_type, count(*) FROM raw.events GROUP BY event_type ORDER BY count(*) DESC"
 
 
@@ -343,18 +347,26 @@ def _load_id(cur: psycopg.Cursor[Any], source: str) -> int:
     return int(row[0])
 
 
-def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None = None) -> WorldSummary:
-    """Continue the stored world by `days` days: new events, new arrivals, realised churn, in one transaction."""
+def _locked_world(cur: psycopg.Cursor[Any]) -> tuple[WorldConfig, SimulatedState]:
+    """The stored world, locked for this transaction (NoWorldError: none)."""
+    cur.execute(WORLD_LOCK_SQL)
+    row = cur.execute(LOCK_WORLD_SQL).fetchone()
+    if row is None:
+        raise NoWorldError("this database holds no synthetic world: run `churn generate` first")
+    config = WorldConfig.from_json(row[0])
+    return config, kinds.state_from_bytes(config, bytes(row[1]), row[2])
+
+
+def advance_world(
+    url: str, days: int, *, progress: Callable[[int], None] | None = None, label_rate: bool = True
+) -> WorldSummary:
+    """Continue the stored world by `days` days: new events, new arrivals, realised churn, in one transaction; its
+    summary (with the positive-label rate unless not `label_rate`)."""
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
     started = time.perf_counter()
     with db.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(WORLD_LOCK_SQL)
-        row = cur.execute(LOCK_WORLD_SQL).fetchone()
-        if row is None:
-            raise NoWorldError("this database holds no synthetic world: run `churn generate` first")
-        config = WorldConfig.from_json(row[0])
-        state = kinds.state_from_bytes(config, bytes(row[1]), row[2])
+        config, state = _locked_world(cur)
         first_new_user = state.n_users
         load_id = _load_id(cur, f"synthetic world advance: days {state.day}..{state.day + days - 1}")
         written, oracle = _simulate_into(cur, config, state, days, load_id, progress)
@@ -363,7 +375,32 @@ def advance_world(url: str, days: int, *, progress: Callable[[int], None] | None
         cur.execute(FINISH_LOAD_SQL, {"rows": written, "load_id": load_id})
         _save_state(cur, config, state)
     seconds = time.perf_counter() - started
-    return summarise(url, config, state, Written(written, sum(o.user_index.shape[0] for o in oracle), seconds))
+    written_summary = Written(written, sum(o.user_index.shape[0] for o in oracle), seconds)
+    return summarise(url, config, state, written_summary, label_rate=label_rate)
+
+
+def schedule_drift(url: str, after_days: int) -> date:
+    """Make the stored subscription world drift `after_days` simulated days from now: from that day on it follows
+    the drift scenario's regime (an app launch and a price rise). The first drifted day's date."""
+    if after_days < 0:
+        raise ValueError(f"--drift-at: expected 0 or more days from now, got {after_days}")
+    with db.connect(url) as conn, conn.cursor() as cur:
+        config, state = _locked_world(cur)
+        if config.kind != "subscription":
+            raise ValueError(f"the drift scenario changes a subscription world; this one is a {config.kind} world")
+        if config.drift_at is not None and config.drift_at <= state.day:
+            drifted = config.start_date + timedelta(days=config.drift_at)
+            raise ValueError(f"this world drifts already (since {drifted}, day {config.drift_at})")
+        day = state.day + after_days
+        cur.execute(SCHEDULE_DRIFT_SQL, {"day": day})
+    return config.start_date + timedelta(days=day)
+
+
+def days_simulated(url: str) -> int | None:
+    """How many days the stored world has simulated (None: no world); cheap enough to poll."""
+    with db.connect(url) as conn:
+        row = conn.execute("SELECT days_simulated FROM synthetic.worlds WHERE world_id = 1").fetchone()
+    return None if row is None else int(row[0])
 
 
 def load_world(url: str) -> tuple[WorldConfig, SimulatedState] | None:
@@ -376,15 +413,22 @@ def load_world(url: str) -> tuple[WorldConfig, SimulatedState] | None:
     return config, kinds.state_from_bytes(config, bytes(row[1]), row[2])
 
 
-def summarise(url: str, config: WorldConfig, state: SimulatedState, written: Written | None = None) -> WorldSummary:
+def summarise(
+    url: str, config: WorldConfig, state: SimulatedState, written: Written | None = None, *, label_rate: bool = True
+) -> WorldSummary:
     """Users, events by type and the positive-label rate of what the database now holds, and what was written.
 
     The rate uses the world's own churn definition over its oracle's horizon: a subscription world's `cancel`
-    events, or no purchase within the horizon in a purchases world.
+    events, or no purchase within the horizon in a purchases world. It reads every snapshot's horizon (seconds on a
+    large world): without `label_rate` it is left out.
     """
     with db.connect(url) as conn:
         by_type = {str(t): int(n) for t, n in conn.execute(EVENT_COUNTS_SQL)}
-        rate = labels.positive_label_rate(conn, kinds.churn_definition(config), config.horizon_days)
+        rate = (
+            labels.positive_label_rate(conn, kinds.churn_definition(config), config.horizon_days)
+            if label_rate
+            else labels.LabelRate(0, None)
+        )
     active = state.active_users()
     return WorldSummary(
         config=config,
