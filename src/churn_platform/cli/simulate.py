@@ -34,7 +34,7 @@ class DayRun:
 
 
 def simulate(
-    days: Annotated[int, typer.Option(min=1, help="Simulated days to run the platform's day for.")] = 14,
+    days: Annotated[int, typer.Option(min=1, max=200, help="Simulated days to run the platform's day for.")] = 14,
     drift_at: Annotated[
         int | None,
         typer.Option("--drift-at", min=1, help="The simulated day (1: the first) from which the world drifts."),
@@ -81,9 +81,9 @@ def simulate(
     with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("days", total=days)
         while True:
-            state_name, message = flow_run_state(api, run.id)
+            state_type, state_name, message = flow_run_state(api, run.id)
             done = (world.days_simulated(url) or begun) - begun
-            finished = state_name in FINAL_STATES
+            finished = state_type in FINAL_STATES
             complete = done if finished else max(0, done - 1)  # the newest day is still running
             while printed < complete:
                 day = first + timedelta(days=printed)
@@ -94,7 +94,7 @@ def simulate(
             if finished:
                 break
             time.sleep(2.0)
-    if state_name != "Completed":
+    if state_type != "COMPLETED":
         raise fail(f"flow run {run.ui_url} is {state_name}: {message or 'see its logs in the Prefect UI'}")
     runs = day_runs(api, run.id, first)
     story = read_story(url, settings.model_name, settings.label_horizon_days, first, first + timedelta(days=days - 1),
@@ -102,14 +102,14 @@ def simulate(
     print_story(story, runs, settings, mlflow, api)
 
 
-FINAL_STATES = ("Completed", "Failed", "Crashed", "Cancelled")
+FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
-def flow_run_state(api: str, run_id: str) -> tuple[str, str | None]:
-    """The flow run's state name and message."""
+def flow_run_state(api: str, run_id: str) -> tuple[str, str, str | None]:
+    """The flow run's state type, state name and message."""
     found = stack.prefect_post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "limit": 1})
     state = found[0]["state"] or {}
-    return str(state.get("name") or found[0]["state_name"]), state.get("message")
+    return str(found[0]["state_type"]), str(state.get("name") or found[0]["state_name"]), state.get("message")
 
 
 def day_runs(api: str, parent_id: str, first: date) -> list[DayRun]:

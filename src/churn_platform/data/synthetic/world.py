@@ -388,7 +388,7 @@ def schedule_drift(url: str, after_days: int) -> date:
         config, state = _locked_world(cur)
         if config.kind != "subscription":
             raise ValueError(f"the drift scenario changes a subscription world; this one is a {config.kind} world")
-        if config.drift_at is not None and config.drift_at <= state.day:
+        if config.drift_at is not None and config.drift_at < state.day:
             drifted = config.start_date + timedelta(days=config.drift_at)
             raise ValueError(f"this world drifts already (since {drifted}, day {config.drift_at})")
         day = state.day + after_days
