@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -140,6 +140,24 @@ def _day_line(story: Story, told: set[str]) -> str:
     return f"{day.day}  served {served}  drift share {drift}  {' | '.join(_short(text) for text in new)}"
 
 
+def _streaks(evaluations: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive evaluations that came to the same thing (calm, waiting, an experiment running) as one group;
+    a retraining that trained is a group of its own."""
+    groups: list[list[dict[str, Any]]] = []
+    for evaluation in evaluations:
+        kind = (evaluation["fired"], (evaluation["action"] or "").split(":")[0])
+        if groups and not kind[1].startswith("trained") and kind == groups[-1][0]["kind"]:
+            groups[-1].append({**evaluation, "kind": kind})
+        else:
+            groups.append([{**evaluation, "kind": kind}])
+    return groups
+
+
+def _day_of(runs: list[DayRun], at: datetime) -> date | str:
+    run = next((r for r in runs if r.holds(at)), None)
+    return run.day if run is not None else f"{at:%Y-%m-%d %H:%M}"
+
+
 def _short(text: str, width: int = 90) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -157,9 +175,9 @@ def print_story(story: Story, runs: list[DayRun], settings: Settings, mlflow: st
     for evaluation in story.evaluations:
         run = next((r for r in runs if r.holds(evaluation["evaluated_at"])), None)
         action = evaluation["action"] or ""
-        if run is not None and evaluation["fired"]:
-            mark = "trained" if action.startswith("trained") else "waits" if "waiting" in action else "fired"
-            marks.setdefault(run.day, []).append(f"retrain {mark}")
+        if run is not None and action.startswith(("trained", "waiting")):
+            mark = "retrain trained" if action.startswith("trained") else "retrain waits for outcomes"
+            marks.setdefault(run.day, []).append(mark)
     for decided in story.decisions:
         run = next((r for r in runs if r.holds(decided["decided_at"])), None)
         if run is not None:
@@ -182,16 +200,15 @@ def print_story(story: Story, runs: list[DayRun], settings: Settings, mlflow: st
         timeline.add_row(str(day.day), served, drift, *aucs, ", ".join(marks.get(day.day, [])))
     console.print(timeline)
 
-    fired = [e for e in story.evaluations if e["fired"]]
-    calm = [e for e in story.evaluations if not e["fired"]]
-    console.print(f"\n[bold]retraining[/]: {len(story.evaluations)} evaluations, {len(fired)} fired")
-    for evaluation in fired:
-        run = next((r for r in runs if r.holds(evaluation["evaluated_at"])), None)
-        when = run.day if run else evaluation["evaluated_at"]
-        console.print(f"  {when} champion v{evaluation['champion_version']}: {evaluation['reason']}", soft_wrap=True)
-        console.print(f"      -> {evaluation['action'] or 'nothing done'}", soft_wrap=True)
-    if calm:
-        console.print(f"  the newest calm one: {calm[-1]['reason']}", soft_wrap=True)
+    fired = sum(1 for e in story.evaluations if e["fired"])
+    console.print(f"\n[bold]retraining[/]: {len(story.evaluations)} evaluations, {fired} fired")
+    for group in _streaks(story.evaluations):
+        first, last = (_day_of(runs, e["evaluated_at"]) for e in (group[0], group[-1]))
+        when = str(first) if len(group) == 1 else f"{first} .. {last} ({len(group)} days)"
+        newest = group[-1]
+        console.print(f"  {when}, champion v{newest['champion_version']}: {newest['reason']}", soft_wrap=True)
+        if newest["action"]:
+            console.print(f"      -> {newest['action']}", soft_wrap=True)
 
     console.print("\n[bold]A/B experiments[/]" + ("" if story.experiments else ": none"))
     analyses = {a["name"]: a for a in story.analyses}
