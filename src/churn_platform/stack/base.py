@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -91,6 +92,26 @@ class ExternalServer(abc.ABC):
     def status(self) -> ComponentStatus:
         healthy, detail = self.health()
         return ComponentStatus(self.name, redact(self.url), healthy, False, detail)
+
+
+# Importing Feast makes a process create a metrics folder of its own and name it in these variables; it deletes the
+# folder when it exits. A server this process starts must not inherit them: they would name a folder gone as soon as
+# the command that started it (`churn up`) has exited, and every later process that imports Feast there would fail.
+PROCESS_METRICS_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment for a server this process starts: its own, without the metrics folder Feast made for this
+    process (a folder the user configured is kept), with `overrides`."""
+    environment = dict(os.environ)
+    feast_metrics = sys.modules.get("feast.metrics")
+    if feast_metrics is not None and getattr(feast_metrics, "_owns_mp_dir", False):
+        owned = getattr(feast_metrics, "_prometheus_mp_dir", None)
+        for name in PROCESS_METRICS_VARIABLES:
+            if environment.get(name) == owned:
+                del environment[name]
+    environment.update(overrides)
+    return environment
 
 
 def opener_for(url: str) -> urllib.request.OpenerDirector:
@@ -357,7 +378,7 @@ class EmbeddedHttpServer(abc.ABC):
             )
         self.directory.mkdir(parents=True, exist_ok=True)
         recorded_too = self.prepare()
-        environment = dict(os.environ)
+        environment = child_environment()
         command = self.spawn(port, environment)
         url = self.url(port)
         with open(self.log_path, "ab") as log_file:

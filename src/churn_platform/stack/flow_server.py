@@ -25,6 +25,7 @@ from churn_platform.stack.base import (
     ComponentStatus,
     StackError,
     StackRecord,
+    child_environment,
     opener_for,
     running_record,
     stop_recorded,
@@ -89,8 +90,7 @@ class EmbeddedFlows:
         if not (folder / "deployments.py").exists():
             raise StackError(f"no flows/deployments.py in {folder.parent} (CHURN_FLOWS_DIR)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        environment = {
-            **os.environ,
+        environment = child_environment(**{
             "CHURN_DATABASE_URL": postgres,
             "CHURN_REDIS_URL": redis,
             "MLFLOW_TRACKING_URI": mlflow,
@@ -100,7 +100,7 @@ class EmbeddedFlows:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(folder.parent), os.environ.get("PYTHONPATH")])),
             # a run asked for (the UI's button, `churn flows run`) starts within 2 s rather than Prefect's 10
             "PREFECT_RUNNER_POLL_FREQUENCY": os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "2"),
-        }
+        })  # fmt: skip
         with open(self.log_path, "ab") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", MODULE], cwd=folder.parent, env=environment, stdout=log_file,

@@ -9,7 +9,6 @@ registered and features are materialized (it polls). `churn status` shows which.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import urllib.error
@@ -24,6 +23,7 @@ from churn_platform.stack.base import (
     ExternalServer,
     StackError,
     StackRecord,
+    child_environment,
     free_loopback_port,
     loopback_port_is_free,
     running_record,
@@ -114,9 +114,8 @@ class EmbeddedService:
         bento = self.settings.serve_bento_dir.resolve()
         if not (bento / "service.py").exists():
             raise StackError(f"no prediction service in {bento} (CHURN_SERVE_BENTO_DIR)")
-        environment = {
-            **os.environ,
-            # The stack's own servers, resolved here: the service must not start (or lock) anything itself.
+        # The stack's own servers, resolved here: the service must not start (or lock) anything itself.
+        environment = child_environment(**{
             "CHURN_DATABASE_URL": postgres,
             "CHURN_REDIS_URL": redis,
             "MLFLOW_TRACKING_URI": mlflow,
@@ -124,7 +123,7 @@ class EmbeddedService:
             "CHURN_FEATURE_REPO": str(self.settings.feature_repo.resolve()),
             "BENTOML_HOME": str(self.directory / "bentoml"),
             "BENTOML_DO_NOT_TRACK": "true",
-        }
+        })  # fmt: skip
         command = [
             sys.executable, "-m", "bentoml", "serve", SERVICE,
             "--working-dir", str(bento),
