@@ -143,3 +143,13 @@ def test_a_user_scored_every_day_counts_once_so_a_calibrated_model_is_rarely_ref
             rejected[by_user] += (found.intercept, found.slope) != (0.0, 1.0)
     assert rejected[True] <= 5  # nominal: 1 of 100
     assert rejected[False] >= 30  # every snapshot counted as a user: the ratio test sees evidence that is not there
+
+
+def test_a_version_without_a_recent_prediction_keeps_its_calibration() -> None:
+    # A version that stopped serving (a promoted challenger replaced it) has no prediction in the newest horizon
+    empty = np.array([], dtype="float64")
+    seen = estimation.SeenOutcomes(empty, np.array([], dtype=bool))
+
+    found = estimation.recalibrate(empty, seen, 7, contractual=True, users=np.array([], dtype=object))
+
+    assert (found.intercept, found.slope, found.decided) == (0.0, 1.0, 0)

@@ -188,6 +188,8 @@ def recalibrate(
     with `users`, the fit takes each user's longest-seen prediction only, so the likelihood, and its ratio test,
     count independent users."""
     observed = seen.exposure_days > 0
+    if not observed.any():  # nothing seen yet, or no prediction at all (a version that stopped serving)
+        return Recalibration()
     if users is not None:
         ids = np.asarray(users)
         order = np.lexsort((-seen.exposure_days, ids))  # by user, the longest seen first
