@@ -35,7 +35,7 @@ demo: install  ## start the embedded stack, generate the default world, serve it
 TEST_WORKERS ?= 2
 
 test: install  ## run the tests against real PostgreSQL and Redis
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 scenario: install  ## the closed loop end to end on real servers, drift to promotion (about 25 minutes)
 	$(RUN) pytest -m scenario tests/integration/test_closed_loop.py
