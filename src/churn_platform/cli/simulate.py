@@ -153,8 +153,13 @@ def _streaks(evaluations: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
+def _run_at(runs: list[DayRun], at: datetime) -> DayRun | None:
+    """The day run that was running at `at` (None: outside every one)."""
+    return next((run for run in runs if run.holds(at)), None)
+
+
 def _day_of(runs: list[DayRun], at: datetime) -> date | str:
-    run = next((r for r in runs if r.holds(at)), None)
+    run = _run_at(runs, at)
     return run.day if run is not None else f"{at:%Y-%m-%d %H:%M}"
 
 
@@ -173,13 +178,13 @@ def print_story(story: Story, runs: list[DayRun], settings: Settings, mlflow: st
     by_day = {run.day: run for run in runs}
     marks: dict[date, list[str]] = {}
     for evaluation in story.evaluations:
-        run = next((r for r in runs if r.holds(evaluation["evaluated_at"])), None)
+        run = _run_at(runs, evaluation["evaluated_at"])
         action = evaluation["action"] or ""
         if run is not None and action.startswith(("trained", "waiting")):
             mark = "retrain trained" if action.startswith("trained") else "retrain waits for outcomes"
             marks.setdefault(run.day, []).append(mark)
     for decided in story.decisions:
-        run = next((r for r in runs if r.holds(decided["decided_at"])), None)
+        run = _run_at(runs, decided["decided_at"])
         if run is not None:
             marks.setdefault(run.day, []).append(f"{decided['action']} v{decided['winner_version']}")
 

@@ -82,12 +82,6 @@ class Story:
     decisions: list[dict[str, Any]]
     versions: list[str] = field(default_factory=list)  # every version that served, or was trained or decided on
 
-    def realised_auc(self, version: str, days: list[date]) -> float | None:
-        """The version's realised ROC AUC over `days`, the daily values weighted equally (None: none known)."""
-        values = [d.realised_auc.get(version) for d in self.days if d.day in days]
-        known = [value for value in values if value is not None]
-        return None if not known else sum(known) / len(known)
-
 
 def _rows(cur: Any, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     cur.execute(statement, params)
